@@ -1,0 +1,250 @@
+"""The app factory: builds the bot's parts, the bolt App and the HTTP (WSGI) application."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import docker
+import redis
+import requests
+from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_bolt import App, BoltContext
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+from bot.clock import Clock, SystemClock
+from bot.config import PipelinesConfig, load_pipelines
+from bot.context import Context
+from bot.keys import Keys
+from bot.kpis import PrometheusSource
+from bot.notify import Notifier
+from bot.recovery import reconcile_live_versions, recover_orphans
+from bot.rollouts import RolloutRunner, RolloutSettings
+from bot.settings import Settings
+from bot.slack_notifier import SlackNotifier, build_web_client
+from bot.state import Store
+from bot.targets.base import Target
+from bot.targets.docker_host import DockerHostTarget
+from bot.watch import SYNC_INTERVAL_SECONDS, Watcher
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+logger = logging.getLogger(__name__)
+
+RECOVERY_INTERVAL_SECONDS = 2.0
+
+
+def instance_name() -> str:
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Immune:
+    """One running bot: its context, its bolt app, its scheduler."""
+
+    ctx: Context
+    bolt: App
+    scheduler: BackgroundScheduler
+    watcher: Watcher
+    docker_client: Any
+    extra_stops: list[Callable[[], None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Reconcile with the engine, then start the background jobs."""
+        try:
+            reconcile_live_versions(self.ctx)
+        except Exception:
+            logger.exception("could not reconcile live versions with the engine at start-up")
+        self.scheduler.add_job(
+            recover_orphans,
+            "interval",
+            args=[self.ctx],
+            seconds=RECOVERY_INTERVAL_SECONDS,
+            id="recover-orphans",
+            coalesce=True,
+            max_instances=1,
+            # A late recovery pass is still wanted; never silently drop it.
+            misfire_grace_time=None,
+        )
+        self.scheduler.add_job(
+            self.watcher.sync,
+            "interval",
+            seconds=SYNC_INTERVAL_SECONDS,
+            id="sync-watches",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+        self.scheduler.start()
+        self.watcher.sync()
+        recover_orphans(self.ctx)
+
+    def stop(self) -> None:
+        for stop in self.extra_stops:
+            stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.ctx.runner.shutdown()
+
+    def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
+        return build_wsgi(self)
+
+
+def build(
+    settings: Settings,
+    *,
+    config: PipelinesConfig | None = None,
+    clock: Clock | None = None,
+    notifier: Notifier | None = None,
+    instance_id: str | None = None,
+) -> Immune:
+    """Build every part from settings; nothing starts until Immune.start()."""
+    clock = clock or SystemClock()
+    config = config or load_pipelines(settings.pipelines_file)
+    redis_client = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=15,
+        retry_on_timeout=True,
+    )
+    store = Store(redis_client, Keys(settings.redis_prefix), clock)
+    docker_client = (
+        docker.DockerClient(base_url=settings.docker_host)
+        if settings.docker_host
+        else docker.from_env()
+    )
+    targets: dict[str, Target] = {"docker": DockerHostTarget(docker_client)}
+    if any(p.target == "swarm" for p in config.pipelines.values()):
+        from bot.targets.swarm import SwarmTarget
+
+        targets["swarm"] = SwarmTarget(docker_client)
+    web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
+    notifier = notifier or SlackNotifier(web_client)
+    instance_id = instance_id or instance_name()
+    runner = RolloutRunner(
+        store=store,
+        config=config,
+        targets=targets,
+        notifier=notifier,
+        clock=clock,
+        instance_id=instance_id,
+        settings=RolloutSettings(
+            lock_ttl_seconds=settings.lock_ttl_seconds, workers=settings.rollout_workers
+        ),
+    )
+    ctx = Context(
+        settings=settings,
+        config=config,
+        store=store,
+        runner=runner,
+        notifier=notifier,
+        clock=clock,
+        instance_id=instance_id,
+    )
+    bolt = build_bolt_app(settings, ctx, web_client)
+    scheduler = BackgroundScheduler(timezone="UTC", executors={"default": SchedulerPool(20)})
+    watcher = Watcher(ctx, scheduler, PrometheusSource(settings.prometheus_url))
+    runner.on_live = watcher.begin
+    return Immune(
+        ctx=ctx, bolt=bolt, scheduler=scheduler, watcher=watcher, docker_client=docker_client
+    )
+
+
+def build_bolt_app(settings: Settings, ctx: Context, web_client: Any) -> App:
+    from handlers import actions, commands, errors, events, views
+
+    bolt = App(
+        token=settings.slack_bot_token,
+        signing_secret=settings.slack_signing_secret or "",
+        client=web_client,
+        # The listener acks with its answer and hands slow work to the rollout pool, so the
+        # HTTP reply needs no polling for the ack (bolt's default mode polls every 10 ms).
+        process_before_response=True,
+        token_verification_enabled=settings.slack_token_verification
+        and bool(settings.slack_bot_token),
+        request_verification_enabled=True,
+    )
+
+    @bolt.middleware
+    def provide_context(context: BoltContext, next: Callable[[], None]) -> None:
+        context["immune"] = ctx
+        next()
+
+    commands.register(bolt)
+    actions.register(bolt)
+    events.register(bolt)
+    views.register(bolt)
+    errors.register(bolt)
+    return bolt
+
+
+# HTTP --------------------------------------------------------------------------------------
+
+
+def dependency_health(immune: Immune) -> tuple[bool, dict[str, Any]]:
+    """Each dependency's state; Redis down is fatal (503), the others degrade."""
+    report: dict[str, Any] = {}
+    try:
+        immune.ctx.store.ping()
+        report["redis"] = {"ok": True}
+    except redis.RedisError as exc:
+        report["redis"] = {"ok": False, "error": type(exc).__name__}
+    try:
+        immune.docker_client.ping()
+        report["docker"] = {"ok": True}
+    except Exception as exc:
+        report["docker"] = {"ok": False, "error": type(exc).__name__}
+    prometheus_url = immune.ctx.settings.prometheus_url.rstrip("/") + "/-/ready"
+    try:
+        answer = requests.get(prometheus_url, timeout=1)
+        report["prometheus"] = {"ok": answer.status_code == 200, "status": answer.status_code}
+    except requests.RequestException as exc:
+        report["prometheus"] = {"ok": False, "error": type(exc).__name__}
+    report["scheduler"] = {
+        "ok": immune.scheduler.running,
+        "jobs": len(immune.scheduler.get_jobs()) if immune.scheduler.running else 0,
+    }
+    report["instance"] = immune.ctx.instance_id
+    return bool(report["redis"]["ok"]), report
+
+
+def build_wsgi(immune: Immune) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
+    slack = SlackRequestHandler(immune.bolt, path="/slack/events")
+
+    def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/slack/events":
+            return slack(environ, start_response)
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            healthy, report = dependency_health(immune)
+            body = json.dumps({"ok": healthy, **report}).encode()
+            start_response(
+                "200 OK" if healthy else "503 Service Unavailable",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        if path == "/metrics" and method in ("GET", "HEAD"):
+            body = generate_latest()
+            start_response(
+                "200 OK",
+                [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        body = b"Not Found"
+        start_response(
+            "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    return application

@@ -1,0 +1,124 @@
+"""/halt and /resume: stopping the line, and re-opening it once the analysis is written."""
+
+from __future__ import annotations
+
+from bot import incidents, messages
+from bot.commands import CommandRequest, Reply, help_reply
+from bot.context import Context
+from bot.errors import NotAllowed, ResumeRefused
+from bot.models import RolloutStatus
+from bot.parsing import parse_halt, parse_resume, wants_help
+
+
+def halt(ctx: Context, request: CommandRequest) -> Reply:
+    """Anyone may halt (the andon cord): stopping the line must never wait for permission."""
+    if wants_help(request.text):
+        return help_reply("/halt")
+    args = parse_halt(request.text)
+    names = sorted(ctx.config.pipelines) if args.pipeline == "all" else [args.pipeline]
+    for name in names:
+        ctx.pipeline(name)
+    reason = args.reason or "no reason given"
+    halted, already = [], []
+    for name in names:
+        state = ctx.store.pipeline(name)
+        if state.halted:
+            already.append(name)
+            continue
+        halt_pipeline(ctx, name, by=request.user_id, reason=reason, command=request.typed)
+        halted.append(name)
+    lines = []
+    if halted:
+        lines.append(f":octagonal_sign: Halted {', '.join(f'`{n}`' for n in halted)}: {reason}.")
+    for name in already:
+        state = ctx.store.pipeline(name)
+        lines.append(
+            f"`{name}` was already halted by <@{state.halted_by}> "
+            f"{messages.slack_date(state.halted_at or 0)}: {state.halted_reason}."
+        )
+    return Reply("\n".join(lines))
+
+
+def halt_pipeline(
+    ctx: Context, name: str, *, by: str, reason: str, incident: str = "", command: str = ""
+) -> None:
+    """Halt one pipeline; a rollout awaiting approval is cancelled, one in flight stops safely."""
+    pipeline = ctx.pipeline(name)
+    ctx.store.halt(name, by=by, reason=reason, incident=incident)
+    ctx.audit(
+        actor=by, action="halt", pipeline=name, outcome="halted", detail=reason, command=command
+    )
+    state = ctx.store.pipeline(name)
+    if state.inflight_rollout:
+        rollout = ctx.store.rollout(state.inflight_rollout)
+        if rollout is not None and rollout.status is RolloutStatus.awaiting_approval:
+            from bot import approvals
+
+            approvals.cancel(ctx, rollout, f"pipeline halted by <@{by}>")
+    if by != "immune":
+        ctx.notifier.post(
+            pipeline.channel,
+            f":octagonal_sign: `{name}` halted by <@{by}>: {reason}. New deploys are refused.",
+        )
+
+
+def resume(ctx: Context, request: CommandRequest) -> Reply:
+    if wants_help(request.text):
+        return help_reply("/resume")
+    args = parse_resume(request.text)
+    pipeline = ctx.pipeline(args.pipeline)
+    state = ctx.store.pipeline(args.pipeline)
+    if not state.halted:
+        return Reply(f"`{args.pipeline}` is not halted; deploys are open.")
+    forced = args.force_reason is not None
+    if forced and not ctx.config.is_admin(request.user_id):
+        ctx.audit(
+            actor=request.user_id,
+            action="resume",
+            pipeline=args.pipeline,
+            outcome="refused",
+            detail="force_not_admin",
+            command=request.typed,
+        )
+        raise NotAllowed(
+            "Only admins may `/resume --force`.",
+            hint="Admins: " + ", ".join(f"<@{u}>" for u in ctx.config.admins)
+            if ctx.config.admins
+            else None,
+        )
+    if state.halted_incident and not forced:
+        missing = incidents.missing_analysis(ctx, state.halted_incident)
+        if missing:
+            ctx.audit(
+                actor=request.user_id,
+                action="resume",
+                pipeline=args.pipeline,
+                outcome="refused",
+                detail="missing: " + ", ".join(missing),
+                command=request.typed,
+            )
+            raise ResumeRefused(
+                f"`{args.pipeline}` stays halted until incident {state.halted_incident} is analysed. "
+                f"Missing: {', '.join(missing)}.",
+                hint="Answer in the breach alert's thread (`why 1: …`, `root cause: …`, `test: <link>`) "
+                "or with its *Five whys* button.",
+            )
+    ctx.store.reopen(args.pipeline)
+    ctx.audit(
+        actor=request.user_id,
+        action="resume",
+        pipeline=args.pipeline,
+        outcome="forced" if forced else "resumed",
+        detail=args.force_reason or "",
+        command=request.typed,
+    )
+    if state.halted_incident:
+        incidents.record_resume(
+            ctx, state.halted_incident, request.user_id, args.force_reason or ""
+        )
+    how = f" (forced: {args.force_reason})" if forced else ""
+    ctx.notifier.post(
+        pipeline.channel,
+        f":large_green_circle: `{args.pipeline}` resumed by <@{request.user_id}>{how}.",
+    )
+    return Reply(f"`{args.pipeline}` is open again{how}.")

@@ -1,0 +1,30 @@
+"""Every action_id, callback_id and block_id the bot uses (DESIGN.md, "Interactive IDs")."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ActionId(StrEnum):
+    deploy_approve = "deploy_approve"
+    deploy_reject = "deploy_reject"
+    rollback_confirm = "rollback_confirm"
+    five_whys_open = "five_whys_open"
+
+
+class CallbackId(StrEnum):
+    five_whys = "five_whys"
+
+
+class BlockId(StrEnum):
+    approval_actions = "approval_actions"
+    breach_actions = "breach_actions"
+    five_whys_why = "five_whys_why_{n}"  # formatted with n = 1…5
+    five_whys_root_cause = "five_whys_root_cause"
+    five_whys_test = "five_whys_test"
+
+
+class InputActionId(StrEnum):
+    """action_ids of the modal's inputs (view_submission state values are keyed by them)."""
+
+    answer = "answer"

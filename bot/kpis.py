@@ -1,0 +1,117 @@
+"""KPI sources and tolerances: a value per poll, and the verdict on it.
+
+A source answers one number or "no data". Errors, timeouts, empty results and NaN are all no
+data, handled by the KPI's `no_data` policy, so a broken query is never healthy by accident.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import requests
+
+from bot.config import Kpi
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a source answered: a value, or None with the reason there was no data."""
+
+    value: float | None
+    detail: str = ""
+    config_error: bool = False  # the query itself is wrong (e.g. returns several series)
+
+
+class KpiSource(Protocol):
+    def read(self, query: str, timeout: float) -> Reading: ...
+
+
+class PrometheusSource:
+    """Instant queries against Prometheus' HTTP API (`GET /api/v1/query`)."""
+
+    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+        self.url = base_url.rstrip("/") + "/api/v1/query"
+        self.session = session or requests.Session()
+        # Prometheus is addressed directly; a proxy from the environment must not intercept.
+        self.session.trust_env = False
+
+    def read(self, query: str, timeout: float) -> Reading:
+        try:
+            response = self.session.get(
+                self.url, params={"query": query, "timeout": f"{timeout:.3f}s"}, timeout=timeout
+            )
+        except requests.Timeout:
+            return Reading(None, f"Prometheus timed out after {timeout:g}s")
+        except requests.RequestException as exc:
+            return Reading(None, f"Prometheus unreachable ({type(exc).__name__})")
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            return Reading(None, f"Prometheus answered HTTP {response.status_code} without JSON")
+        if body.get("status") != "success":
+            error = body.get("error") or f"HTTP {response.status_code}"
+            bad_query = body.get("errorType") == "bad_data"
+            return Reading(None, f"Prometheus error: {error}", config_error=bad_query)
+        return reading_from_result(body.get("data") or {})
+
+
+def reading_from_result(data: dict[str, Any]) -> Reading:
+    """The query's scalar, or its single series' value; anything else is no data."""
+    result_type = data.get("resultType")
+    result = data.get("result")
+    if result_type == "scalar" and isinstance(result, list) and len(result) == 2:
+        return _number(result[1])
+    if result_type == "vector" and isinstance(result, list):
+        if not result:
+            return Reading(
+                None, "empty result (no series yet, or the label selector matches nothing)"
+            )
+        if len(result) > 1:
+            return Reading(
+                None,
+                f"the query returns {len(result)} series; aggregate it to one (sum, max, avg …)",
+                config_error=True,
+            )
+        return _number(result[0].get("value", [None, None])[1])
+    return Reading(
+        None, f"unsupported result type {result_type!r}; use a scalar or one series", True
+    )
+
+
+def _number(raw: object) -> Reading:
+    try:
+        value = float(str(raw))
+    except ValueError:
+        return Reading(None, f"not a number: {raw!r}")
+    if math.isnan(value) or math.isinf(value):
+        return Reading(None, f"value is {raw} (a ratio over no traffic?)")
+    return Reading(value)
+
+
+class Verdict(StrEnum):
+    ok = "ok"
+    breach = "breach"
+    no_data = "no_data"  # counted as breaching (policy: breach)
+    ignored = "ignored"  # no data, skipped (policy: ignore)
+    warmup = "warmup"
+
+
+def judge(kpi: Kpi, reading: Reading, slot: int, warmup_polls: int) -> Verdict:
+    """The verdict on one poll; warm-up polls are recorded, not judged."""
+    if slot <= warmup_polls:
+        return Verdict.warmup
+    if reading.value is None:
+        return Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
+    return Verdict.breach if kpi.breaches(reading.value) else Verdict.ok
+
+
+def next_streak(streak: int, verdict: Verdict) -> int:
+    """Polls in a row beyond tolerance; a skipped poll neither counts nor resets."""
+    if verdict in (Verdict.breach, Verdict.no_data):
+        return streak + 1
+    if verdict is Verdict.ok:
+        return 0
+    return streak

@@ -1,0 +1,28 @@
+"""The bot's own Prometheus metrics, served at GET /metrics (names prefixed `immune_`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMMANDS = Counter("immune_commands_total", "Slash commands handled", ["command", "outcome"])
+ROLLOUTS = Counter(
+    "immune_rollouts_total", "Rollouts by kind and outcome", ["pipeline", "kind", "outcome"]
+)
+KPI_POLLS = Counter(
+    "immune_kpi_polls_total", "KPI polls by verdict", ["pipeline", "kpi", "verdict"]
+)
+KPI_POLL_SECONDS = Histogram(
+    "immune_kpi_poll_seconds",
+    "Time to query and judge one KPI",
+    ["pipeline"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+POLL_LATENESS_SECONDS = Histogram(
+    "immune_poll_lateness_seconds",
+    "How late a scheduled poll started",
+    ["pipeline"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BREACHES = Counter("immune_breaches_total", "KPI breaches acted on", ["pipeline", "kpi"])
+ROLLBACKS = Counter("immune_rollbacks_total", "Rollbacks started", ["pipeline", "trigger"])
+WATCHES_ACTIVE = Gauge("immune_watches_active", "Watches this replica has scheduled")

@@ -1,0 +1,51 @@
+"""How the domain tells people things, without knowing it is Slack."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from bot.models import Rollout
+
+if TYPE_CHECKING:
+    from bot.incidents import Incident
+
+
+class Notifier(Protocol):
+    def rollout_changed(self, rollout: Rollout) -> str | None:
+        """Post the rollout's progress message, or update it in place; returns its ts."""
+        ...
+
+    def tell_requester(self, response_url: str | None, text: str) -> None:
+        """An ephemeral answer to whoever asked (through Slack's response_url)."""
+        ...
+
+    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+        """A plain message in a channel or thread; returns its ts."""
+        ...
+
+    def incident_opened(self, incident: Incident) -> None:
+        """The breach alert, its chart and the five-whys thread."""
+        ...
+
+    def incident_changed(self, incident: Incident, note: str) -> None:
+        """A reply in the incident's thread (what is still missing, or the summary)."""
+        ...
+
+
+class SilentNotifier:
+    """Tells nobody: for tools and tests that look only at state."""
+
+    def rollout_changed(self, rollout: Rollout) -> str | None:
+        return rollout.message_ts
+
+    def tell_requester(self, response_url: str | None, text: str) -> None:
+        return None
+
+    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+        return None
+
+    def incident_opened(self, incident: Incident) -> None:
+        return None
+
+    def incident_changed(self, incident: Incident, note: str) -> None:
+        return None

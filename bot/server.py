@@ -1,0 +1,56 @@
+"""Serving the bot: waitress (a production WSGI server) for HTTP; Socket Mode when configured."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from waitress.server import create_server
+
+from bot.app import Immune
+
+logger = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """The bot's HTTP endpoint on a thread; port 0 picks a free port (tests, benchmarks)."""
+
+    def __init__(self, immune: Immune, host: str, port: int, threads: int = 16) -> None:
+        self.server = create_server(
+            immune.wsgi(),
+            host=host,
+            port=port,
+            threads=threads,
+            # Slack waits 3 s; a stuck client must not hold a thread for long.
+            channel_timeout=30,
+            ident="immune",
+        )
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)  # type: ignore[union-attr]
+
+    @property
+    def host(self) -> str:
+        return str(self.server.effective_host)  # type: ignore[union-attr]
+
+    def serve_forever(self) -> None:
+        logger.info("listening on http://%s:%s", self.host, self.port)
+        self.server.run()
+
+    def start_in_thread(self) -> None:
+        self.thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def start_socket_mode(immune: Immune, app_token: str) -> None:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    handler = SocketModeHandler(immune.bolt, app_token)
+    handler.connect()  # type: ignore[no-untyped-call]
+    immune.extra_stops.append(handler.close)
+    logger.info("connected to Slack in Socket Mode")

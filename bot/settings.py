@@ -1,0 +1,89 @@
+"""Process settings from the environment (and `.env`), validated with pydantic-settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import SettingsError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    # Skip auth.test at start-up: only for local runs against an emulator that starts later.
+    slack_token_verification: bool = True
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field(default="immune", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    docker_host: str | None = None
+    prometheus_url: str = "http://127.0.0.1:9090"
+    pipelines_file: str = "pipelines.yml"
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=3000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # Tuning; defaults suit one bot on one host.
+    rollout_workers: int = Field(default=8, ge=1, le=64)
+    http_threads: int = Field(default=16, ge=1, le=256)
+    lock_ttl_seconds: float = Field(default=15.0, gt=1)
+    audit_max_age_days: float = Field(default=90.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, url: str) -> str:
+        return url if url.endswith("/") else url + "/"
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.slack_app_token)
+
+    def require_slack(self) -> None:
+        """Refuse to start without what Slack needs, naming the missing setting."""
+        if not self.slack_bot_token:
+            raise SettingsError("SLACK_BOT_TOKEN is not set (a bot token, xoxb-…)")
+        if not self.slack_bot_token.startswith("xoxb-"):
+            raise SettingsError("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+        if self.socket_mode:
+            assert self.slack_app_token is not None
+            if not self.slack_app_token.startswith("xapp-"):
+                raise SettingsError(
+                    "SLACK_APP_TOKEN must be an app-level token starting with xapp-"
+                )
+        elif not self.slack_signing_secret:
+            raise SettingsError(
+                "SLACK_SIGNING_SECRET is not set (required in HTTP mode; "
+                "find it under Basic Information in your Slack app)"
+            )
+
+
+def load_settings() -> Settings:
+    """Settings, or SettingsError naming the first bad variable in one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"{name}: {message}") from exc
+
+
+def configure_logging(level: str) -> None:
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
+    )

@@ -1,0 +1,273 @@
+"""Pipeline state in Redis: the only memory the bot has, shared by every replica."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import redis
+
+from bot.clock import Clock
+from bot.keys import Keys
+from bot.models import AuditEntry, PipelineState, PipelineStatus, Rollout
+
+logger = logging.getLogger(__name__)
+
+# A rollout may start only when no lock is held and no earlier rollout is still recorded as in
+# flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced).
+_CLAIM_ROLLOUT = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+local inflight = redis.call('HGET', KEYS[2], 'inflight_rollout')
+if inflight and inflight ~= '' then return inflight end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'inflight_rollout', ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+return false
+"""
+
+# Recovering an orphan: take the lock only if nobody holds it and the orphan is still in flight.
+_ADOPT_ROLLOUT = """
+if redis.call('GET', KEYS[1]) then return 0 end
+if redis.call('HGET', KEYS[2], 'inflight_rollout') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RENEW_IF_HOLDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_ROLLOUT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'inflight_rollout', '')
+end
+return 1
+"""
+
+_DELETE_IF_HOLDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Store:
+    """Typed access to the bot's Redis keys."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, clock: Clock) -> None:
+        self.redis = client
+        self.keys = keys
+        self.clock = clock
+        self._claim = client.register_script(_CLAIM_ROLLOUT)
+        self._adopt = client.register_script(_ADOPT_ROLLOUT)
+        self._renew = client.register_script(_RENEW_IF_HOLDER)
+        self._release = client.register_script(_RELEASE_ROLLOUT)
+        self._delete_if_holder = client.register_script(_DELETE_IF_HOLDER)
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # Pipelines ---------------------------------------------------------------------------
+
+    def pipeline(self, name: str) -> PipelineState:
+        data = cast(dict[str, str], self.redis.hgetall(self.keys.pipeline(name)))
+        return PipelineState.from_hash(name, data)
+
+    def update_pipeline(self, name: str, **fields: str | float | None) -> None:
+        mapping: dict[Any, Any] = {k: "" if v is None else str(v) for k, v in fields.items()}
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.pipeline(name), mapping=mapping)
+        pipe.sadd(self.keys.pipelines(), name)
+        pipe.execute()
+
+    def halt(self, name: str, *, by: str, reason: str, incident: str = "") -> None:
+        self.update_pipeline(
+            name,
+            status=PipelineStatus.halted.value,
+            halted_by=by,
+            halted_reason=reason,
+            halted_at=self.clock.now(),
+            halted_incident=incident,
+        )
+
+    def reopen(self, name: str) -> None:
+        self.update_pipeline(
+            name,
+            status=PipelineStatus.open.value,
+            halted_by="",
+            halted_reason="",
+            halted_at="",
+            halted_incident="",
+        )
+
+    # The one-rollout-per-pipeline lock -------------------------------------------------
+
+    def claim_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> str | None:
+        """Take the pipeline's rollout lock; returns the holder's rollout id when taken."""
+        keys = [
+            self.keys.rollout_lock(pipeline),
+            self.keys.pipeline(pipeline),
+            self.keys.pipelines(),
+        ]
+        holder = self._claim(keys=keys, args=[rollout_id, int(ttl_seconds * 1000), pipeline])
+        return cast(str, holder) if holder else None
+
+    def adopt_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
+        keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
+        return bool(self._adopt(keys=keys, args=[rollout_id, int(ttl_seconds * 1000)]))
+
+    def renew_rollout_lock(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
+        keys = [self.keys.rollout_lock(pipeline)]
+        return bool(self._renew(keys=keys, args=[rollout_id, int(ttl_seconds * 1000)]))
+
+    def release_rollout(self, pipeline: str, rollout_id: str) -> None:
+        keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
+        self._release(keys=keys, args=[rollout_id])
+
+    def rollout_lock_holder(self, pipeline: str) -> str | None:
+        return cast(str | None, self.redis.get(self.keys.rollout_lock(pipeline)))
+
+    # Which replica runs a rollout (a lease renewed while it works) ---------------------
+
+    def take_runner_lease(self, rollout_id: str, instance: str, ttl_seconds: float) -> bool:
+        key = self.keys.rollout_runner(rollout_id)
+        return bool(self.redis.set(key, instance, nx=True, px=int(ttl_seconds * 1000)))
+
+    def renew_runner_lease(self, rollout_id: str, instance: str, ttl_seconds: float) -> bool:
+        keys = [self.keys.rollout_runner(rollout_id)]
+        return bool(self._renew(keys=keys, args=[instance, int(ttl_seconds * 1000)]))
+
+    def drop_runner_lease(self, rollout_id: str, instance: str) -> None:
+        self._delete_if_holder(keys=[self.keys.rollout_runner(rollout_id)], args=[instance])
+
+    def runner_of(self, rollout_id: str) -> str | None:
+        return cast(str | None, self.redis.get(self.keys.rollout_runner(rollout_id)))
+
+    # Rollouts ----------------------------------------------------------------------------
+
+    def create_rollout(self, rollout: Rollout) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self.keys.rollout(rollout.id), rollout.model_dump_json())
+        pipe.zadd(self.keys.pipeline_rollouts(rollout.pipeline), {rollout.id: rollout.created_at})
+        pipe.sadd(self.keys.pipelines(), rollout.pipeline)
+        pipe.execute()
+
+    def rollout(self, rollout_id: str) -> Rollout | None:
+        raw = cast(str | None, self.redis.get(self.keys.rollout(rollout_id)))
+        return None if raw is None else Rollout.model_validate_json(raw)
+
+    def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
+        """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
+        key = self.keys.rollout(rollout_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise KeyError(f"rollout {rollout_id} does not exist")
+                    rollout = Rollout.model_validate_json(cast(str, raw))
+                    change(rollout)
+                    pipe.multi()
+                    pipe.set(key, rollout.model_dump_json())
+                    pipe.execute()
+                    return rollout
+                except redis.WatchError:
+                    continue
+
+    def recent_rollouts(self, pipeline: str, limit: int = 10) -> list[Rollout]:
+        ids = cast(
+            list[str], self.redis.zrevrange(self.keys.pipeline_rollouts(pipeline), 0, limit - 1)
+        )
+        return self._rollouts(ids)
+
+    def _rollouts(self, ids: Iterable[str]) -> list[Rollout]:
+        ids = list(ids)
+        if not ids:
+            return []
+        raws = cast(list[str | None], self.redis.mget([self.keys.rollout(i) for i in ids]))
+        return [Rollout.model_validate_json(raw) for raw in raws if raw is not None]
+
+    def known_pipelines(self) -> set[str]:
+        return cast(set[str], self.redis.smembers(self.keys.pipelines()))
+
+    # Requests already seen (Slack retries, double clicks) -------------------------------
+
+    def first_delivery(self, kind: str, request_id: str, ttl_seconds: float = 3600) -> bool:
+        """True the first time a request id is seen, across every replica."""
+        key = self.keys.seen(kind, request_id)
+        return bool(self.redis.set(key, "1", nx=True, px=int(ttl_seconds * 1000)))
+
+    # Audit stream ------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        pipeline: str = "",
+        outcome: str = "",
+        detail: str = "",
+        rollout: str = "",
+        command: str = "",
+        max_age_days: float = 90.0,
+    ) -> str:
+        """Append to the audit stream; entries older than `max_age_days` are trimmed by age."""
+        now = self.clock.now()
+        entry = AuditEntry(
+            at=now,
+            actor=actor,
+            action=action,
+            pipeline=pipeline,
+            outcome=outcome,
+            detail=detail[:2000],
+            rollout=rollout,
+            command=command[:500],
+        )
+        fields: dict[Any, Any] = entry.model_dump(exclude={"id"})
+        fields["at"] = repr(now)
+        min_id = int((now - max_age_days * 86400) * 1000)
+        entry_id = self.redis.xadd(
+            self.keys.audit(), fields, minid=max(min_id, 0), approximate=True
+        )
+        logger.info(
+            "audit actor=%s action=%s pipeline=%s outcome=%s rollout=%s detail=%s",
+            actor,
+            action,
+            pipeline,
+            outcome,
+            rollout,
+            detail,
+        )
+        return cast(str, entry_id)
+
+    def audit_entries(
+        self, *, pipeline: str | None = None, limit: int = 50, since: float | None = None
+    ) -> list[AuditEntry]:
+        """Newest first; filtered by pipeline when given."""
+        entries: list[AuditEntry] = []
+        max_id = "+"
+        min_id = "-" if since is None else str(int(since * 1000))
+        while len(entries) < limit:
+            batch = cast(
+                list[tuple[str, dict[str, str]]],
+                self.redis.xrevrange(self.keys.audit(), max=max_id, min=min_id, count=500),
+            )
+            if not batch:
+                break
+            for entry_id, fields in batch:
+                if pipeline is None or fields.get("pipeline") == pipeline:
+                    entries.append(AuditEntry(id=entry_id, **fields))  # type: ignore[arg-type]
+                    if len(entries) >= limit:
+                        break
+            last_id = batch[-1][0]
+            ms, seq = (int(part) for part in last_id.split("-"))
+            max_id = f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}"
+            if len(batch) < 500:
+                break
+        return entries

@@ -1,0 +1,361 @@
+"""One Docker engine: swap the live container for the new version's (DESIGN.md, "The swap").
+
+With host networking the old and new containers cannot hold the same port at once, so the old
+one stops first; it is kept (stopped, renamed `<name>--<version>`) so a rollback is a start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+from docker.models.containers import Container
+
+from bot.config import Pipeline
+from bot.errors import ImageNotFound
+from bot.health import probe
+from bot.images import ImageRef
+from bot.targets.base import (
+    LiveVersion,
+    LocatedImage,
+    Progress,
+    RolloutFailed,
+    RolloutRequest,
+    SwapResult,
+    TestResult,
+)
+
+logger = logging.getLogger(__name__)
+
+LABEL_PIPELINE = "immune.pipeline"
+LABEL_VERSION = "immune.version"
+LABEL_ROLLOUT = "immune.rollout"
+LABEL_REFERENCE = "immune.reference"
+LABEL_ROLE = "immune.role"  # "service" or "test"
+
+STOP_TIMEOUT_SECONDS = 10
+LOG_TAIL_LINES = 20
+
+
+def hardened_options(pipeline: Pipeline) -> dict[str, Any]:
+    """Engine options for a service container: hardened defaults, then the config's own."""
+    options: dict[str, Any] = {}
+    if pipeline.hardened:
+        options.update(
+            init=True,
+            security_opt=["no-new-privileges:true"],
+            cap_drop=["ALL"],
+        )
+    options.update(pipeline.container)
+    return options
+
+
+def _logs_tail(container: Container, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        raw: bytes = container.logs(tail=lines, stdout=True, stderr=True)
+    except docker.errors.APIError:
+        return ""
+    return raw.decode("utf-8", "replace").strip()
+
+
+class DockerHostTarget:
+    """Deploys to the engine the docker SDK finds (`DOCKER_HOST` or the default socket)."""
+
+    def __init__(
+        self, client: docker.DockerClient, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.client = client
+        self.sleep = sleep
+        self.http = requests.Session()
+        # Health URLs are the service's own; a proxy from the environment must not intercept.
+        self.http.trust_env = False
+
+    # Images ------------------------------------------------------------------------------
+
+    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+        try:
+            if pipeline.pull == "always":
+                found = self._pull(image)
+            else:
+                try:
+                    found = self.client.images.get(image.reference)
+                except docker.errors.ImageNotFound:
+                    if pipeline.pull == "never":
+                        raise
+                    found = self._pull(image)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(
+                f"Image `{image.reference}` is not on the Docker engine.",
+                hint="Build or load it there (this pipeline has `pull: never`), "
+                "or check the version.",
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise ImageNotFound(
+                f"Could not get image `{image.reference}`: {exc.explanation}"
+            ) from exc
+        user = (found.attrs.get("Config") or {}).get("User") or ""
+        runs_as_root = user.split(":")[0] in ("", "0", "root")
+        return LocatedImage(reference=image.reference, image_id=found.id, runs_as_root=runs_as_root)
+
+    def _pull(self, image: ImageRef) -> Any:
+        if image.digest:
+            return self.client.images.pull(image.repository, tag=image.digest)
+        return self.client.images.pull(image.repository, tag=image.tag)
+
+    # The test gate -----------------------------------------------------------------------
+
+    def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
+        assert pipeline.tests is not None
+        started = time.monotonic()
+        container = self.client.containers.create(
+            located.image_id,
+            command=pipeline.tests.command,
+            network_mode="none",
+            labels={LABEL_ROLLOUT: rollout_id, LABEL_ROLE: "test"},
+            init=True,
+            security_opt=["no-new-privileges:true"],
+            cap_drop=["ALL"],
+        )
+        try:
+            container.start()
+            try:
+                result = container.wait(timeout=pipeline.tests.timeout)
+                exit_code: int | None = int(result.get("StatusCode", -1))
+                timed_out = False
+            except requests.exceptions.ConnectionError:
+                # docker SDK surfaces the wait timeout as a read timeout on the socket.
+                container.kill()
+                exit_code, timed_out = None, True
+            output = _logs_tail(container, 30)
+        finally:
+            container.remove(force=True)
+        return TestResult(
+            passed=exit_code == 0,
+            exit_code=exit_code,
+            output_tail=output,
+            seconds=time.monotonic() - started,
+            timed_out=timed_out,
+        )
+
+    # What runs ---------------------------------------------------------------------------
+
+    def _containers(self, pipeline_name: str) -> list[Container]:
+        return list(
+            self.client.containers.list(
+                all=True,
+                filters={"label": [f"{LABEL_PIPELINE}={pipeline_name}", f"{LABEL_ROLE}=service"]},
+            )
+        )
+
+    def _running(self, pipeline_name: str) -> list[Container]:
+        return [c for c in self._containers(pipeline_name) if c.status in ("running", "restarting")]
+
+    def live(self, pipeline_name: str, pipeline: Pipeline) -> LiveVersion | None:
+        running = self._running(pipeline_name)
+        if not running:
+            return None
+        container = running[0]
+        return LiveVersion(
+            version=container.labels.get(LABEL_VERSION, ""),
+            rollout_id=container.labels.get(LABEL_ROLLOUT, ""),
+        )
+
+    # The swap ----------------------------------------------------------------------------
+
+    def roll_out(self, request: RolloutRequest, progress: Progress) -> SwapResult:
+        pipeline, name = request.pipeline, request.pipeline.container["name"]
+        notes: list[str] = []
+        if request.located.runs_as_root and pipeline.hardened and "user" not in pipeline.container:
+            notes.append("image runs as root (it sets no non-root USER); set container.user")
+        old = self._running(request.pipeline_name)
+        self._check_name_free(name, request.pipeline_name)
+        progress.check_cancelled()
+        new: Container | None = None
+        stopped_at = time.monotonic()
+        try:
+            with progress.step("start", detail=f"stop {old[0].name}" if old else "first deploy"):
+                for container in old:
+                    container.stop(timeout=STOP_TIMEOUT_SECONDS)
+                    self._keep(container, name)
+                new = self._start_version(request, name)
+            with progress.step("health check", detail=pipeline.health.url):
+                self._wait_healthy(new, pipeline)
+        except RolloutFailed as failure:
+            if new is not None:
+                self._discard(new)
+            restored = self._restore(old, name, pipeline)
+            raise RolloutFailed(
+                failure.reason, logs_tail=failure.logs_tail, restored=restored
+            ) from failure
+        gap = time.monotonic() - stopped_at if old else None
+        self._prune(request.pipeline_name, pipeline.keep_versions)
+        return SwapResult(gap_seconds=gap, notes=notes)
+
+    def _check_name_free(self, name: str, pipeline_name: str) -> None:
+        try:
+            squatter = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        if squatter.labels.get(LABEL_PIPELINE) != pipeline_name:
+            raise RolloutFailed(
+                f"a container named `{name}` exists that immune did not create; "
+                "remove or rename it, then deploy again",
+                restored=True,
+            )
+
+    def _keep(self, container: Container, name: str) -> None:
+        """Rename a stopped version out of the way: `web--1.4.1`."""
+        version = container.labels.get(LABEL_VERSION, container.short_id)
+        kept_name = f"{name}--{version}"
+        if container.name == kept_name:
+            return
+        try:
+            previous = self.client.containers.get(kept_name)
+        except docker.errors.NotFound:
+            pass
+        else:
+            previous.remove(force=True)
+        container.rename(kept_name)
+
+    def _start_version(self, request: RolloutRequest, name: str) -> Container:
+        """Start a kept container of this image if there is one (fast), else create one."""
+        version = request.image.version
+        for candidate in self._containers(request.pipeline_name):
+            if (
+                candidate.labels.get(LABEL_VERSION) == version
+                and candidate.image is not None
+                and candidate.image.id == request.located.image_id
+                and candidate.status not in ("running", "restarting")
+            ):
+                if candidate.name != name:
+                    self._free_name(name)
+                    candidate.rename(name)
+                candidate.start()
+                return candidate
+        self._free_name(name)
+        options = hardened_options(request.pipeline)
+        labels = dict(options.pop("labels", None) or {})
+        labels.update(
+            {
+                LABEL_PIPELINE: request.pipeline_name,
+                LABEL_VERSION: version,
+                LABEL_ROLLOUT: request.rollout_id,
+                LABEL_REFERENCE: request.image.reference,
+                LABEL_ROLE: "service",
+            }
+        )
+        options["name"] = name
+        try:
+            container = self.client.containers.create(
+                request.located.image_id, labels=labels, detach=True, **options
+            )
+        except (docker.errors.APIError, TypeError) as exc:
+            raise RolloutFailed(f"the engine refused to create the container: {exc}") from exc
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            logs = _logs_tail(container)
+            self._discard(container)
+            raise RolloutFailed(
+                f"the container did not start: {exc.explanation}", logs_tail=logs
+            ) from exc
+        return container
+
+    def _free_name(self, name: str) -> None:
+        """A stopped container of ours still holding the live name is kept under its version."""
+        try:
+            holder = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        if holder.status in ("running", "restarting"):
+            raise RolloutFailed(f"`{name}` is still running; refusing to start a second copy")
+        self._keep(holder, name)
+
+    def _wait_healthy(self, container: Container, pipeline: Pipeline) -> None:
+        deadline = time.monotonic() + pipeline.health.timeout
+        last = "no answer yet"
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                code = container.attrs.get("State", {}).get("ExitCode")
+                raise RolloutFailed(
+                    f"the container exited with code {code} before it was healthy",
+                    logs_tail=_logs_tail(container),
+                )
+            answer = probe(
+                self.http, pipeline.health.url, timeout=min(2.0, pipeline.health.timeout)
+            )
+            if answer.healthy:
+                return
+            last = answer.detail
+            if time.monotonic() >= deadline:
+                raise RolloutFailed(
+                    f"health check {pipeline.health.url} failed for "
+                    f"{pipeline.health.timeout:g}s (last: {last})",
+                    logs_tail=_logs_tail(container),
+                )
+            self.sleep(pipeline.health.interval)
+
+    def _discard(self, container: Container) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+    def _restore(self, old: list[Container], name: str, pipeline: Pipeline) -> bool:
+        if not old:
+            return True  # nothing served before; nothing to restore
+        container = old[0]
+        self._free_name(name)
+        container.rename(name)
+        container.start()
+        try:
+            self._wait_healthy(container, pipeline)
+        except RolloutFailed:
+            logger.error("restored container %s is not healthy", name)
+            return False
+        return True
+
+    def _prune(self, pipeline_name: str, keep: int) -> None:
+        """Keep the newest `keep` stopped versions; remove older ones."""
+        stopped = [c for c in self._containers(pipeline_name) if c.status not in ("running",)]
+        stopped.sort(key=lambda c: c.attrs.get("Created", ""), reverse=True)
+        for container in stopped[keep:]:
+            self._discard(container)
+
+    # Recovery after a crash --------------------------------------------------------------
+
+    def recover(self, request: RolloutRequest, progress: Progress) -> bool:
+        name = request.pipeline.container["name"]
+        new = [
+            c
+            for c in self._containers(request.pipeline_name)
+            if c.labels.get(LABEL_ROLLOUT) == request.rollout_id
+        ]
+        running_new = [c for c in new if c.status == "running"]
+        if running_new:
+            with progress.step("health check", detail="after bot restart"):
+                try:
+                    self._wait_healthy(running_new[0], request.pipeline)
+                    return True
+                except RolloutFailed:
+                    pass
+        for container in new:
+            self._discard(container)
+        if request.from_version:
+            with progress.step("restore", detail=f"start {request.from_version} again"):
+                old = [
+                    c
+                    for c in self._containers(request.pipeline_name)
+                    if c.labels.get(LABEL_VERSION) == request.from_version
+                ]
+                running = [
+                    c for c in self._containers(request.pipeline_name) if c.status == "running"
+                ]
+                if not running and old and not self._restore(old[:1], name, request.pipeline):
+                    raise RolloutFailed(f"could not restore {request.from_version}", restored=False)
+        return False

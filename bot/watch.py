@@ -1,0 +1,363 @@
+"""The watch: KPI polls after a rollout goes live, and what happens on a breach.
+
+Every replica schedules every watch (APScheduler jobs rebuilt from Redis each second), and all
+fire at the same instants: `live_at + n * interval`. Before polling, a replica claims poll slot
+n with SET NX, so each poll runs exactly once whichever replicas are alive; when one dies,
+another takes the next slot. Streaks and samples live in Redis, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import cast
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from pydantic import BaseModel
+
+from bot import incidents, metrics
+from bot.config import Kpi, Pipeline
+from bot.context import Context
+from bot.images import resolve_version
+from bot.incidents import Incident, KpiSample
+from bot.kpis import KpiSource, judge, next_streak
+from bot.models import Rollout, RolloutKind, RolloutStatus, new_id
+
+logger = logging.getLogger(__name__)
+
+MAX_SAMPLES_PER_ROLLOUT = 2000
+WATCH_JOB_PREFIX = "watch:"
+SYNC_INTERVAL_SECONDS = 1.0
+
+
+class WatchState(BaseModel):
+    """A watch as kept in Redis (hash `watches`, field = rollout id)."""
+
+    rollout_id: str
+    pipeline: str
+    started_at: float
+    interval: float
+    duration: float
+    warmup: int
+
+    @property
+    def last_slot(self) -> int:
+        return max(1, math.floor(self.duration / self.interval + 1e-9))
+
+    def slot_at(self, now: float) -> int:
+        # APScheduler never fires early, so flooring (with a hair for float error) names the
+        # scheduled slot even when the poll starts late.
+        return math.floor((now - self.started_at) / self.interval + 1e-3)
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    slot: int
+    samples: list[KpiSample]
+    breached: Kpi | None
+    finished: bool
+
+
+class Watcher:
+    def __init__(self, ctx: Context, scheduler: BaseScheduler, source: KpiSource) -> None:
+        self.ctx = ctx
+        self.scheduler = scheduler
+        self.source = source
+
+    # Starting and scheduling -------------------------------------------------------------
+
+    def begin(self, rollout: Rollout, pipeline: Pipeline) -> None:
+        """Called when a deploy goes live: record the watch, then schedule it here."""
+        watch = WatchState(
+            rollout_id=rollout.id,
+            pipeline=rollout.pipeline,
+            started_at=rollout.live_at or self.ctx.clock.now(),
+            interval=pipeline.watch.interval,
+            duration=pipeline.watch.duration,
+            warmup=pipeline.watch.warmup,
+        )
+        self.ctx.store.redis.hset(
+            self.ctx.store.keys.watches(), rollout.id, watch.model_dump_json()
+        )
+        self.ctx.audit(
+            actor="immune",
+            action="watch.start",
+            pipeline=rollout.pipeline,
+            rollout=rollout.id,
+            detail=f"{len(pipeline.kpis)} KPI(s) every {watch.interval:g}s for {watch.duration:g}s",
+        )
+        self._schedule(watch)
+
+    def watches(self) -> dict[str, WatchState]:
+        raw = cast(dict[str, str], self.ctx.store.redis.hgetall(self.ctx.store.keys.watches()))
+        return {rid: WatchState.model_validate_json(value) for rid, value in raw.items()}
+
+    def sync(self) -> None:
+        """Make this replica's jobs match the watches in Redis (start-up, and every second)."""
+        wanted = self.watches()
+        for job in self.scheduler.get_jobs():
+            if (
+                job.id.startswith(WATCH_JOB_PREFIX)
+                and job.id.removeprefix(WATCH_JOB_PREFIX) not in wanted
+            ):
+                job.remove()
+        scheduled = {job.id for job in self.scheduler.get_jobs()}
+        for rollout_id, watch in wanted.items():
+            if WATCH_JOB_PREFIX + rollout_id not in scheduled:
+                self._schedule(watch)
+        metrics.WATCHES_ACTIVE.set(len(wanted))
+
+    def _schedule(self, watch: WatchState) -> None:
+        first = datetime.fromtimestamp(watch.started_at + watch.interval, tz=UTC)
+        now = self.ctx.clock.now()
+        if now > watch.started_at + watch.interval:
+            # Rebuilt after a restart: resume at the next slot boundary, keeping the phase.
+            next_slot = watch.slot_at(now) + 1
+            first = datetime.fromtimestamp(watch.started_at + next_slot * watch.interval, tz=UTC)
+            if watch.slot_at(now) >= watch.last_slot:
+                first = datetime.fromtimestamp(now + 0.05, tz=UTC)
+        self.scheduler.add_job(
+            self.poll,
+            IntervalTrigger(seconds=watch.interval, start_date=first, timezone=UTC),
+            args=[watch.rollout_id],
+            id=WATCH_JOB_PREFIX + watch.rollout_id,
+            replace_existing=True,
+            coalesce=True,  # several missed polls make one late poll, not a burst
+            max_instances=1,  # an overrunning poll never piles up behind itself
+            misfire_grace_time=max(1, int(watch.interval * 10)),  # late, not silently dropped
+        )
+
+    def _unschedule(self, rollout_id: str) -> None:
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(WATCH_JOB_PREFIX + rollout_id)
+
+    def end(self, rollout_id: str) -> None:
+        """Forget a watch everywhere (other replicas drop their job at their next sync)."""
+        self.ctx.store.redis.hdel(self.ctx.store.keys.watches(), rollout_id)
+        self._unschedule(rollout_id)
+
+    # Polling -----------------------------------------------------------------------------
+
+    def poll(self, rollout_id: str) -> PollOutcome | None:
+        """One scheduled poll; returns None when another replica has this slot."""
+        store = self.ctx.store
+        raw = cast(str | None, store.redis.hget(store.keys.watches(), rollout_id))
+        if raw is None:
+            self._unschedule(rollout_id)
+            return None
+        watch = WatchState.model_validate_json(raw)
+        now = self.ctx.clock.now()
+        slot = min(watch.slot_at(now), watch.last_slot)
+        if slot < 1:
+            return None
+        claim_ttl = int(max(watch.duration, watch.interval) * 2000) + 60_000
+        if not store.redis.set(
+            store.keys.poll_slot(rollout_id, slot), self.ctx.instance_id, nx=True, px=claim_ttl
+        ):
+            return None
+        rollout = store.rollout(rollout_id)
+        pipeline = self.ctx.config.pipelines.get(watch.pipeline)
+        if rollout is None or pipeline is None or rollout.status is not RolloutStatus.live:
+            self.end(rollout_id)
+            return None
+        metrics.POLL_LATENESS_SECONDS.labels(pipeline=watch.pipeline).observe(
+            max(0.0, now - (watch.started_at + slot * watch.interval))
+        )
+        samples, breached = self._poll_kpis(watch, pipeline, slot)
+        if breached is not None:
+            self.breach(rollout, pipeline, breached)
+            return PollOutcome(slot, samples, breached, True)
+        if slot >= watch.last_slot:
+            self.finish_good(rollout, watch)
+            return PollOutcome(slot, samples, None, True)
+        return PollOutcome(slot, samples, None, False)
+
+    def _poll_kpis(
+        self, watch: WatchState, pipeline: Pipeline, slot: int
+    ) -> tuple[list[KpiSample], Kpi | None]:
+        store = self.ctx.store
+        timeout = min(10.0, watch.interval * 0.8)
+        samples: list[KpiSample] = []
+        breached: Kpi | None = None
+        for kpi in pipeline.kpis:
+            started = time.perf_counter()
+            reading = self.source.read(kpi.query, timeout)
+            metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
+                time.perf_counter() - started
+            )
+            verdict = judge(kpi, reading, slot, watch.warmup)
+            if reading.config_error:
+                logger.error("KPI %s of %s: %s", kpi.name, watch.pipeline, reading.detail)
+            metrics.KPI_POLLS.labels(
+                pipeline=watch.pipeline, kpi=kpi.name, verdict=verdict.value
+            ).inc()
+            sample = KpiSample(
+                at=self.ctx.clock.now(),
+                slot=slot,
+                kpi=kpi.name,
+                value=reading.value,
+                verdict=verdict.value,
+                detail=reading.detail,
+            )
+            samples.append(sample)
+            streak_field = f"streak:{kpi.name}"
+            streak = int(
+                cast(str | None, store.redis.hget(store.keys.watch(watch.rollout_id), streak_field))
+                or 0
+            )
+            streak = next_streak(streak, verdict)
+            pipe = store.redis.pipeline()
+            pipe.hset(
+                store.keys.watch(watch.rollout_id),
+                mapping={streak_field: streak, "last_slot": slot},
+            )
+            pipe.rpush(store.keys.samples(watch.rollout_id), sample.model_dump_json())
+            pipe.ltrim(store.keys.samples(watch.rollout_id), -MAX_SAMPLES_PER_ROLLOUT, -1)
+            pipe.execute()
+            if streak >= kpi.for_polls and breached is None:
+                breached = kpi
+        return samples, breached
+
+    def samples(self, rollout_id: str) -> list[KpiSample]:
+        raw = cast(
+            list[str], self.ctx.store.redis.lrange(self.ctx.store.keys.samples(rollout_id), 0, -1)
+        )
+        return [KpiSample.model_validate_json(item) for item in raw]
+
+    # Endings -----------------------------------------------------------------------------
+
+    def finish_good(self, rollout: Rollout, watch: WatchState) -> None:
+        """The watch ended without a breach: this version is the pipeline's last good one."""
+        became_good = False
+
+        def good(r: Rollout) -> None:
+            nonlocal became_good
+            if r.status is RolloutStatus.live:
+                r.status = RolloutStatus.good
+                r.finished_at = self.ctx.clock.now()
+                became_good = True
+
+        updated = self.ctx.runner.change(rollout.id, good)
+        self.end(rollout.id)
+        if not became_good:
+            return
+        state = self.ctx.store.pipeline(rollout.pipeline)
+        if state.live_rollout == rollout.id:
+            self.ctx.store.update_pipeline(
+                rollout.pipeline, last_good_version=updated.version, last_good_rollout=updated.id
+            )
+        metrics.ROLLOUTS.labels(
+            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="good"
+        ).inc()
+        self.ctx.audit(
+            actor="immune",
+            action="watch.good",
+            pipeline=rollout.pipeline,
+            rollout=rollout.id,
+            outcome="good",
+            detail=f"{updated.version} passed its watch; now the last good version",
+        )
+
+    def breach(self, rollout: Rollout, pipeline: Pipeline, kpi: Kpi) -> Incident | None:
+        """Roll back (or offer to), halt, record the incident, raise the alarm: once."""
+        detected_at = self.ctx.clock.now()
+        claimed = False
+
+        def mark_breached(r: Rollout) -> None:
+            nonlocal claimed
+            if r.status is RolloutStatus.live:
+                r.status = RolloutStatus.rolled_back
+                r.finished_at = detected_at
+                r.notes.append(f"KPI {kpi.name} breached: {kpi.tolerance_text()}")
+                claimed = True
+
+        # The status change is the claim: a second detection (another replica, a later poll)
+        # finds the rollout no longer live and does nothing.
+        if pipeline.auto_rollback:
+            self.ctx.runner.change(rollout.id, mark_breached)
+        else:
+            # The bad version stays live until someone confirms; the breach is claimed once.
+            claimed = bool(
+                self.ctx.store.redis.set(
+                    self.ctx.store.keys.seen("breach", rollout.id), "1", nx=True, ex=86400
+                )
+            )
+        self.end(rollout.id)
+        if not claimed:
+            return None
+        metrics.BREACHES.labels(pipeline=rollout.pipeline, kpi=kpi.name).inc()
+        state = self.ctx.store.pipeline(rollout.pipeline)
+        incident = Incident(
+            id=new_id("inc"),
+            pipeline=rollout.pipeline,
+            channel=pipeline.channel,
+            rollout_id=rollout.id,
+            bad_version=rollout.version,
+            restored_version=state.last_good_version or None,
+            kpi=kpi.name,
+            query=kpi.query,
+            tolerance=kpi.tolerance_text(),
+            samples=[s for s in self.samples(rollout.id) if s.kpi == kpi.name],
+            opened_at=detected_at,
+            live_at=rollout.live_at,
+        )
+        from bot.halts import halt_pipeline
+
+        halt_pipeline(
+            self.ctx, rollout.pipeline, by="immune", reason="KPI breach", incident=incident.id
+        )
+        incident.actions.append(f"halted `{rollout.pipeline}`")
+        if pipeline.auto_rollback:
+            incident.rollback_rollout_id = self._roll_back(incident, pipeline)
+        else:
+            incident.actions.append(
+                "auto-rollback is off: waiting for someone to confirm the rollback"
+            )
+        incidents.create_incident(self.ctx.store, incident)
+        self.ctx.runner.change(rollout.id, lambda r: setattr(r, "incident_id", incident.id))
+        self.ctx.audit(
+            actor="immune",
+            action="breach",
+            pipeline=rollout.pipeline,
+            rollout=rollout.id,
+            outcome="halted",
+            detail=f"{kpi.name} beyond {kpi.tolerance_text()} for {kpi.for_polls} poll(s); incident {incident.id}",
+        )
+        try:
+            self.ctx.notifier.incident_opened(incident)
+        except Exception:
+            logger.exception("could not post the breach alert of incident %s", incident.id)
+        return incident
+
+    def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:
+        from bot.commands import start_rollout
+        from bot.errors import ImmuneError
+
+        if not incident.restored_version:
+            incident.actions.append(
+                "no last good version to roll back to: the bad version still runs"
+            )
+            return None
+        try:
+            rollout = start_rollout(
+                self.ctx,
+                incident.pipeline,
+                pipeline,
+                resolve_version(pipeline.image, incident.restored_version),
+                kind=RolloutKind.auto_rollback,
+                actor="immune",
+                reason=f"KPI {incident.kpi} breach",
+            )
+        except ImmuneError as exc:
+            incident.actions.append(f"automatic rollback not started: {exc.message}")
+            logger.error("incident %s: rollback not started: %s", incident.id, exc.message)
+            return None
+        metrics.ROLLBACKS.labels(pipeline=incident.pipeline, trigger="breach").inc()
+        incident.actions.append(f"rolling back to `{incident.restored_version}` ({rollout.id})")
+        return rollout.id

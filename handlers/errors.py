@@ -1,0 +1,43 @@
+"""The one place errors become answers: ImmuneErrors as ephemeral replies, bugs as an error id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_sdk.webhook import WebhookClient
+
+from bot import metrics
+from bot.errors import ImmuneError
+
+
+def register(app: App) -> None:
+    app.error(on_error)
+
+
+def user_text_for(error: Exception, logger: logging.Logger) -> str:
+    if isinstance(error, ImmuneError):
+        logger.info("refused (%s): %s", error.code, error.message)
+        return error.user_text()
+    error_id = secrets.token_hex(4)
+    logger.error("unexpected error %s", error_id, exc_info=error)
+    return f"Something went wrong on our side (error id `{error_id}`); nothing was changed. Tell the bot's operators."
+
+
+def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> BoltResponse:
+    text = user_text_for(error, logger)
+    code = error.code if isinstance(error, ImmuneError) else "internal"
+    if "command" in body:
+        metrics.COMMANDS.labels(command=body["command"], outcome=code).inc()
+        payload = json.dumps({"response_type": "ephemeral", "text": text})
+        return BoltResponse(status=200, body=payload, headers={"Content-Type": "application/json"})
+    response_url = body.get("response_url")
+    if response_url:
+        # Button presses: the answer goes to the person who pressed, not the channel.
+        WebhookClient(response_url, timeout=10).send(
+            text=text, response_type="ephemeral", replace_original=False
+        )
+    return BoltResponse(status=200, body="")
