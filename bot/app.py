@@ -164,7 +164,7 @@ def build_bolt_app(settings: Settings, ctx: Context, web_client: Any) -> App:
     from handlers import actions, commands, errors, events, views
 
     bolt = App(
-        token=settings.slack_bot_token,
+        # The token travels in `client` (bolt warns when given both).
         signing_secret=settings.slack_signing_secret or "",
         client=web_client,
         # The listener acks with its answer and hands slow work to the rollout pool, so the

@@ -12,6 +12,7 @@ from bot.errors import NotFound
 from bot.state import Store
 
 if TYPE_CHECKING:
+    from bot.commands import Reply
     from bot.context import Context
 
 
@@ -107,3 +108,8 @@ def missing_analysis(ctx: Context, incident_id: str) -> list[str]:
 
 def record_resume(ctx: Context, incident_id: str, user: str, force_reason: str) -> None:
     raise NotImplementedError("the five whys arrive with issue 4")
+
+
+def confirm_rollback(ctx: Context, incident_id: str, user: str, request_id: str) -> Reply:
+    """Someone pressed rollback_confirm on a breach alert (auto_rollback: false)."""
+    raise NotImplementedError("issue 3/4")

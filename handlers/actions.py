@@ -1,9 +1,55 @@
-"""Actions listeners."""
+"""Button listeners: approvals, the breach alert's rollback and five-whys buttons."""
 
 from __future__ import annotations
 
-from slack_bolt import App
+from typing import Any
+
+from slack_bolt import Ack, App, BoltContext, Respond
+from slack_sdk import WebClient
+
+from bot import approvals, five_whys, incidents
+from bot.ids import ActionId
 
 
 def register(app: App) -> None:
-    """Listeners arrive with the features that need them."""
+    app.action(ActionId.deploy_approve.value)(approve)
+    app.action(ActionId.deploy_reject.value)(reject)
+    app.action(ActionId.rollback_confirm.value)(confirm_rollback)
+    app.action(ActionId.five_whys_open.value)(open_five_whys)
+
+
+def _pressed(body: dict[str, Any]) -> tuple[str, str, str]:
+    """(user id, button value, a request id that is the same on Slack's retries)."""
+    action = body["actions"][0]
+    request_id = f"{body.get('trigger_id', '')}:{action.get('action_ts', '')}"
+    return body["user"]["id"], action.get("value", ""), request_id
+
+
+def approve(ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond) -> None:
+    ack()
+    user, rollout_id, request_id = _pressed(body)
+    reply = approvals.decide(context["immune"], rollout_id, user, "approved", request_id)
+    respond(text=reply.text, response_type="ephemeral", replace_original=False)
+
+
+def reject(ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond) -> None:
+    ack()
+    user, rollout_id, request_id = _pressed(body)
+    reply = approvals.decide(context["immune"], rollout_id, user, "rejected", request_id)
+    respond(text=reply.text, response_type="ephemeral", replace_original=False)
+
+
+def confirm_rollback(
+    ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond
+) -> None:
+    ack()
+    user, incident_id, request_id = _pressed(body)
+    reply = incidents.confirm_rollback(context["immune"], incident_id, user, request_id)
+    respond(text=reply.text, response_type="ephemeral", replace_original=False)
+
+
+def open_five_whys(ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+    ack()
+    _, incident_id, _ = _pressed(body)
+    view = five_whys.build_modal(context["immune"], incident_id)
+    client.views_open(trigger_id=body["trigger_id"], view=view)

@@ -1,9 +1,29 @@
-"""Views listeners."""
+"""Modal submissions: the five-whys form."""
 
 from __future__ import annotations
 
-from slack_bolt import App
+from typing import Any
+
+from slack_bolt import Ack, App, BoltContext
+
+from bot import five_whys
+from bot.ids import CallbackId
 
 
 def register(app: App) -> None:
-    """Listeners arrive with the features that need them."""
+    app.view(CallbackId.five_whys.value)(submit_five_whys)
+
+
+def submit_five_whys(
+    ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext
+) -> None:
+    errors = five_whys.record_modal(
+        context["immune"],
+        incident_id=view.get("private_metadata", ""),
+        user=body["user"]["id"],
+        values=view.get("state", {}).get("values", {}),
+    )
+    if errors:
+        ack(response_action="errors", errors=errors)
+    else:
+        ack()
