@@ -87,12 +87,12 @@ class Immune:
         self.watcher.sync()
         recover_orphans(self.ctx)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
         for stop in self.extra_stops:
             stop()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
-        self.ctx.runner.shutdown()
+            self.scheduler.shutdown(wait=wait)
+        self.ctx.runner.shutdown(wait=wait)
 
     def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
         return build_wsgi(self)

@@ -82,6 +82,11 @@ def resolve_version(repository: str, version: str) -> ImageRef:
         name, tag = parse_repository_tag(name)
     else:
         tag = digest_or_tag
+    if not REPOSITORY.match(name):
+        raise BadVersion(
+            f"`{text}` is neither a valid image tag nor a valid image reference",
+            hint="Give a tag like `1.4.2`, or a reference like `repo/name:1.4.2` or `repo/name@sha256:…`.",
+        )
     if name != repository:
         raise BadVersion(
             f"`{text}` is an image of `{name}`, but this pipeline deploys `{repository}`"

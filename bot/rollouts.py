@@ -148,9 +148,10 @@ class RolloutRunner:
     def submit_recovery(self, rollout_id: str) -> Future[None]:
         return self._pool.submit(self._run_guarded, rollout_id, True)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop taking work; a rollout cut short here is adopted by recovery later."""
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _renew_forever(self) -> None:
         interval = self.settings.lock_ttl_seconds / 3

@@ -38,6 +38,9 @@ LABEL_VERSION = "immune.version"
 LABEL_ROLLOUT = "immune.rollout"
 LABEL_REFERENCE = "immune.reference"
 LABEL_ROLE = "immune.role"  # "service" or "test"
+# The live container name is unique on an engine, so it tells this install's containers apart
+# from another install's pipeline of the same name on a shared engine.
+LABEL_CONTAINER = "immune.container"
 
 STOP_TIMEOUT_SECONDS = 10
 LOG_TAIL_LINES = 20
@@ -145,19 +148,23 @@ class DockerHostTarget:
 
     # What runs ---------------------------------------------------------------------------
 
-    def _containers(self, pipeline_name: str) -> list[Container]:
-        return list(
-            self.client.containers.list(
-                all=True,
-                filters={"label": [f"{LABEL_PIPELINE}={pipeline_name}", f"{LABEL_ROLE}=service"]},
-            )
-        )
+    def _containers(self, pipeline_name: str, container_name: str) -> list[Container]:
+        labels = [
+            f"{LABEL_PIPELINE}={pipeline_name}",
+            f"{LABEL_CONTAINER}={container_name}",
+            f"{LABEL_ROLE}=service",
+        ]
+        return list(self.client.containers.list(all=True, filters={"label": labels}))
 
-    def _running(self, pipeline_name: str) -> list[Container]:
-        return [c for c in self._containers(pipeline_name) if c.status in ("running", "restarting")]
+    def _running(self, pipeline_name: str, container_name: str) -> list[Container]:
+        return [
+            c
+            for c in self._containers(pipeline_name, container_name)
+            if c.status in ("running", "restarting")
+        ]
 
     def live(self, pipeline_name: str, pipeline: Pipeline) -> LiveVersion | None:
-        running = self._running(pipeline_name)
+        running = self._running(pipeline_name, pipeline.container["name"])
         if not running:
             return None
         container = running[0]
@@ -173,7 +180,7 @@ class DockerHostTarget:
         notes: list[str] = []
         if request.located.runs_as_root and pipeline.hardened and "user" not in pipeline.container:
             notes.append("image runs as root (it sets no non-root USER); set container.user")
-        old = self._running(request.pipeline_name)
+        old = self._running(request.pipeline_name, name)
         self._check_name_free(name, request.pipeline_name)
         progress.check_cancelled()
         new: Container | None = None
@@ -194,7 +201,7 @@ class DockerHostTarget:
                 failure.reason, logs_tail=failure.logs_tail, restored=restored
             ) from failure
         gap = time.monotonic() - stopped_at if old else None
-        self._prune(request.pipeline_name, pipeline.keep_versions)
+        self._prune(request.pipeline_name, name, pipeline.keep_versions)
         return SwapResult(gap_seconds=gap, notes=notes)
 
     def _check_name_free(self, name: str, pipeline_name: str) -> None:
@@ -226,7 +233,7 @@ class DockerHostTarget:
     def _start_version(self, request: RolloutRequest, name: str) -> Container:
         """Start a kept container of this image if there is one (fast), else create one."""
         version = request.image.version
-        for candidate in self._containers(request.pipeline_name):
+        for candidate in self._containers(request.pipeline_name, name):
             if (
                 candidate.labels.get(LABEL_VERSION) == version
                 and candidate.image is not None
@@ -248,6 +255,7 @@ class DockerHostTarget:
                 LABEL_ROLLOUT: request.rollout_id,
                 LABEL_REFERENCE: request.image.reference,
                 LABEL_ROLE: "service",
+                LABEL_CONTAINER: name,
             }
         )
         options["name"] = name
@@ -320,9 +328,9 @@ class DockerHostTarget:
             return False
         return True
 
-    def _prune(self, pipeline_name: str, keep: int) -> None:
+    def _prune(self, pipeline_name: str, name: str, keep: int) -> None:
         """Keep the newest `keep` stopped versions; remove older ones."""
-        stopped = [c for c in self._containers(pipeline_name) if c.status not in ("running",)]
+        stopped = [c for c in self._containers(pipeline_name, name) if c.status not in ("running",)]
         stopped.sort(key=lambda c: c.attrs.get("Created", ""), reverse=True)
         for container in stopped[keep:]:
             self._discard(container)
@@ -333,7 +341,7 @@ class DockerHostTarget:
         name = request.pipeline.container["name"]
         new = [
             c
-            for c in self._containers(request.pipeline_name)
+            for c in self._containers(request.pipeline_name, name)
             if c.labels.get(LABEL_ROLLOUT) == request.rollout_id
         ]
         running_new = [c for c in new if c.status == "running"]
@@ -350,11 +358,13 @@ class DockerHostTarget:
             with progress.step("restore", detail=f"start {request.from_version} again"):
                 old = [
                     c
-                    for c in self._containers(request.pipeline_name)
+                    for c in self._containers(request.pipeline_name, name)
                     if c.labels.get(LABEL_VERSION) == request.from_version
                 ]
                 running = [
-                    c for c in self._containers(request.pipeline_name) if c.status == "running"
+                    c
+                    for c in self._containers(request.pipeline_name, name)
+                    if c.status == "running"
                 ]
                 if not running and old and not self._restore(old[:1], name, request.pipeline):
                     raise RolloutFailed(f"could not restore {request.from_version}", restored=False)

@@ -131,7 +131,7 @@ class InProcessBot:
 
     def stop(self) -> None:
         self.server.close()
-        self.immune.stop()
+        self.immune.stop(wait=True)
 
 
 class BotProcess:

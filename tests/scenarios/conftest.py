@@ -1,0 +1,100 @@
+"""Fixtures for whole flows: the real bot behind its signed endpoint, the Slack emulator."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.bot_harness import (
+    CHANNEL,
+    BotProcess,
+    InProcessBot,
+    bot_settings,
+    docker_pipeline,
+    free_port,
+    write_pipelines,
+)
+from tests.support.slack_emulator import SlackEmulator
+
+
+@pytest.fixture
+def emulator() -> Iterator[SlackEmulator]:
+    with SlackEmulator() as running:
+        running.add_channel(CHANNEL, "deploys")
+        yield running
+
+
+@pytest.fixture
+def redis_prefix(redis_client: Any) -> str:
+    """A key prefix of this test's own; redis_client flushes the database around it."""
+    return f"immune-test-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def web_pipeline(demo_images: Any, unique_name: str) -> Callable[..., dict[str, Any]]:
+    """Build a docker pipeline for the demo image on a free port (unique container name)."""
+
+    def make(suffix: str = "", **extra: Any) -> dict[str, Any]:
+        name = f"{unique_name}-{suffix}" if suffix else unique_name
+        return docker_pipeline(
+            image=demo_images.repo, container_name=name, port=free_port(), **extra
+        )
+
+    return make
+
+
+@pytest.fixture
+def start_bot(
+    tmp_path: Path, redis_server: Any, emulator: SlackEmulator, redis_prefix: str
+) -> Iterator[Callable[..., InProcessBot]]:
+    """Start the production bot in this process with a given pipelines config."""
+    bots: list[InProcessBot] = []
+
+    def start(config: dict[str, Any], *, clock: Any = None, **settings: Any) -> InProcessBot:
+        path = tmp_path / f"pipelines-{len(bots)}.yml"
+        write_pipelines(path, config)
+        env = bot_settings(
+            redis_url=redis_server.url,
+            emulator=emulator,
+            pipelines_file=path,
+            prefix=redis_prefix,
+            **settings,
+        )
+        bot = InProcessBot(env, emulator, clock=clock)
+        bots.append(bot)
+        return bot
+
+    yield start
+    for bot in bots:
+        bot.stop()
+
+
+@pytest.fixture
+def start_bot_process(
+    tmp_path: Path, redis_server: Any, emulator: SlackEmulator, redis_prefix: str
+) -> Iterator[Callable[..., BotProcess]]:
+    """`python -m bot` as a subprocess (for kill -9 and restart scenarios)."""
+    processes: list[BotProcess] = []
+
+    def start(config: dict[str, Any], **settings: Any) -> BotProcess:
+        path = tmp_path / "pipelines.yml"
+        write_pipelines(path, config)
+        env = bot_settings(
+            redis_url=redis_server.url,
+            emulator=emulator,
+            pipelines_file=path,
+            prefix=redis_prefix,
+            **settings,
+        )
+        process = BotProcess(env, emulator, tmp_path / f"bot-{len(processes)}.log")
+        processes.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
