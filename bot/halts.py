@@ -6,7 +6,7 @@ from bot import incidents, messages
 from bot.commands import CommandRequest, Reply, help_reply
 from bot.context import Context
 from bot.errors import NotAllowed, ResumeRefused
-from bot.models import RolloutStatus
+from bot.models import Rollout, RolloutKind, RolloutStatus
 from bot.parsing import parse_halt, parse_resume, wants_help
 
 
@@ -19,21 +19,41 @@ def halt(ctx: Context, request: CommandRequest) -> Reply:
     for name in names:
         ctx.pipeline(name)
     reason = args.reason or "no reason given"
-    halted, already = [], []
-    for name in names:
-        state = ctx.store.pipeline(name)
-        if state.halted:
-            already.append(name)
-            continue
-        halt_pipeline(ctx, name, by=request.user_id, reason=reason, command=request.typed)
-        halted.append(name)
+    states = {name: ctx.store.pipeline(name) for name in names}
+    halted = [name for name in names if not states[name].halted]
+    # Every pipeline is marked halted before anything slower happens (audit, approvals, Slack):
+    # `/halt all` stops every line at once, and a runner's next safe point already sees it.
+    for name in halted:
+        ctx.store.halt(name, by=request.user_id, reason=reason)
+    inflight = [
+        rollout
+        for name in halted
+        if (
+            rollout := _after_halt(
+                ctx, name, by=request.user_id, reason=reason, command=request.typed
+            )
+        )
+    ]
+    by_channel: dict[str, list[str]] = {}
+    for name in halted:
+        by_channel.setdefault(ctx.pipeline(name).channel, []).append(name)
+    for channel, channel_names in by_channel.items():
+        ctx.notifier.post(
+            channel,
+            f":octagonal_sign: {_names(channel_names)} halted by <@{request.user_id}>: {reason}. "
+            "New deploys are refused.",
+        )
     lines = []
     if halted:
-        lines.append(f":octagonal_sign: Halted {', '.join(f'`{n}`' for n in halted)}: {reason}.")
-    for name in already:
-        state = ctx.store.pipeline(name)
+        lines.append(f":octagonal_sign: Halted {_names(halted)}: {reason}.")
+    lines += [_inflight_note(rollout) for rollout in inflight]
+    for name in names:
+        if name in halted:
+            continue
+        state = states[name]
+        who = "immune" if state.halted_by == "immune" else f"<@{state.halted_by}>"
         lines.append(
-            f"`{name}` was already halted by <@{state.halted_by}> "
+            f"`{name}` was already halted by {who} "
             f"{messages.slack_date(state.halted_at or 0)}: {state.halted_reason}."
         )
     return Reply("\n".join(lines))
@@ -45,21 +65,46 @@ def halt_pipeline(
     """Halt one pipeline; a rollout awaiting approval is cancelled, one in flight stops safely."""
     pipeline = ctx.pipeline(name)
     ctx.store.halt(name, by=by, reason=reason, incident=incident)
-    ctx.audit(
-        actor=by, action="halt", pipeline=name, outcome="halted", detail=reason, command=command
-    )
-    state = ctx.store.pipeline(name)
-    if state.inflight_rollout:
-        rollout = ctx.store.rollout(state.inflight_rollout)
-        if rollout is not None and rollout.status is RolloutStatus.awaiting_approval:
-            from bot import approvals
-
-            approvals.cancel(ctx, rollout, f"pipeline halted by <@{by}>")
+    _after_halt(ctx, name, by=by, reason=reason, command=command)
     if by != "immune":
         ctx.notifier.post(
             pipeline.channel,
             f":octagonal_sign: `{name}` halted by <@{by}>: {reason}. New deploys are refused.",
         )
+
+
+def _after_halt(ctx: Context, name: str, *, by: str, reason: str, command: str) -> Rollout | None:
+    """Audit a halt and settle the rollout in flight; returns that rollout, if any."""
+    ctx.audit(
+        actor=by, action="halt", pipeline=name, outcome="halted", detail=reason, command=command
+    )
+    state = ctx.store.pipeline(name)
+    if not state.inflight_rollout:
+        return None
+    rollout = ctx.store.rollout(state.inflight_rollout)
+    if rollout is not None and rollout.status is RolloutStatus.awaiting_approval:
+        from bot import approvals
+
+        approvals.cancel(ctx, rollout, f"pipeline halted by <@{by}>")
+    # A queued or running rollout stops at the runner's next safe point (RecordedProgress.
+    # check_cancelled): before its test gate or before its swap, never half-way through one.
+    return rollout
+
+
+def _inflight_note(rollout: Rollout) -> str:
+    what = f"{rollout.kind.value.replace('_', ' ')} of `{rollout.version}` ({rollout.id})"
+    if rollout.kind is not RolloutKind.deploy:
+        return f"`{rollout.pipeline}`: the {what} in flight goes on: it restores service."
+    if rollout.status is RolloutStatus.awaiting_approval:
+        return f"`{rollout.pipeline}`: the {what} awaiting approval is cancelled."
+    return (
+        f"`{rollout.pipeline}`: the {what} in flight stops at its next safe point; "
+        "a swap already under way finishes first."
+    )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
 
 
 def resume(ctx: Context, request: CommandRequest) -> Reply:

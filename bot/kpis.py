@@ -41,7 +41,7 @@ class PrometheusSource:
     def read(self, query: str, timeout: float) -> Reading:
         try:
             response = self.session.get(
-                self.url, params={"query": query, "timeout": f"{timeout:.3f}s"}, timeout=timeout
+                self.url, params={"query": query, "timeout": f"{max(1, int(timeout * 1000))}ms"}, timeout=timeout
             )
         except requests.Timeout:
             return Reading(None, f"Prometheus timed out after {timeout:g}s")

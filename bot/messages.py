@@ -9,9 +9,7 @@ import time
 from typing import Any
 
 from slack_sdk.models.blocks import (
-    ActionsBlock,
     Block,
-    ButtonElement,
     ContextBlock,
     DividerBlock,
     MarkdownTextObject,
@@ -19,7 +17,6 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.config import Pipeline
-from bot.ids import ActionId, BlockId
 from bot.models import AuditEntry, PipelineState, Rollout, RolloutKind, RolloutStatus, StepStatus
 from bot.targets.base import LiveVersion
 
@@ -141,22 +138,6 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     return blocks
 
 
-def build_rollback_confirm(rollout_id: str, version: str) -> list[Block]:
-    return [
-        ActionsBlock(
-            block_id=BlockId.breach_actions.value,
-            elements=[
-                ButtonElement(
-                    text=f"Roll back to {version}"[:75],
-                    action_id=ActionId.rollback_confirm.value,
-                    value=rollout_id,
-                    style="danger",
-                )
-            ],
-        )
-    ]
-
-
 def status_text(
     name: str,
     pipeline: Pipeline,
@@ -218,6 +199,7 @@ def history_text(name: str, rollouts: list[Rollout], audit: list[AuditEntry]) ->
             lines.append(
                 f"{slack_date(entry.at)} {who} {entry.action}: {entry.outcome}"
                 + (f" ({entry.detail})" if entry.detail else "")
+                + (" · `" + entry.command.replace("`", "'") + "`" if entry.command else "")
             )
     return _truncate("\n".join(lines), 3900)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from bot.config import Approvals
 from bot.models import Rollout
 
 if TYPE_CHECKING:
@@ -15,6 +16,12 @@ class Notifier(Protocol):
         """Post the rollout's progress message, or update it in place; returns its ts."""
         ...
 
+    def approval_changed(
+        self, rollout: Rollout, policy: Approvals, expires_at: float
+    ) -> str | None:
+        """Post the rollout's approval request, or update it in place; returns its ts."""
+        ...
+
     def tell_requester(self, response_url: str | None, text: str) -> None:
         """An ephemeral answer to whoever asked (through Slack's response_url)."""
         ...
@@ -23,8 +30,8 @@ class Notifier(Protocol):
         """A plain message in a channel or thread; returns its ts."""
         ...
 
-    def incident_opened(self, incident: Incident) -> None:
-        """The breach alert, its chart and the five-whys thread."""
+    def incident_opened(self, incident: Incident) -> str | None:
+        """The breach alert, its chart and the five-whys thread; returns the alert's ts."""
         ...
 
     def incident_changed(self, incident: Incident, note: str) -> None:
@@ -38,13 +45,18 @@ class SilentNotifier:
     def rollout_changed(self, rollout: Rollout) -> str | None:
         return rollout.message_ts
 
+    def approval_changed(
+        self, rollout: Rollout, policy: Approvals, expires_at: float
+    ) -> str | None:
+        return rollout.approval_ts
+
     def tell_requester(self, response_url: str | None, text: str) -> None:
         return None
 
     def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
         return None
 
-    def incident_opened(self, incident: Incident) -> None:
+    def incident_opened(self, incident: Incident) -> str | None:
         return None
 
     def incident_changed(self, incident: Incident, note: str) -> None:

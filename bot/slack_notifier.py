@@ -12,7 +12,8 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 from slack_sdk.webhook import WebhookClient
 
-from bot import messages
+from bot import approval_messages, charts, incident_messages, messages
+from bot.config import Approvals
 from bot.incidents import Incident
 from bot.models import Rollout
 
@@ -51,6 +52,24 @@ class SlackNotifier:
         response = self.client.chat_postMessage(channel=rollout.channel, text=text, blocks=blocks)
         return str(response["ts"])
 
+    def approval_changed(
+        self, rollout: Rollout, policy: Approvals, expires_at: float
+    ) -> str | None:
+        blocks = approval_messages.build_approval_request(rollout, policy, expires_at)
+        text = approval_messages.approval_text(rollout, policy)
+        if rollout.approval_ts:
+            try:
+                self.client.chat_update(
+                    channel=rollout.channel, ts=rollout.approval_ts, text=text, blocks=blocks
+                )
+                return rollout.approval_ts
+            except SlackApiError as exc:
+                if exc.response.get("error") != "message_not_found":
+                    raise
+                logger.warning("approval request of %s vanished; posting a new one", rollout.id)
+        response = self.client.chat_postMessage(channel=rollout.channel, text=text, blocks=blocks)
+        return str(response["ts"])
+
     def tell_requester(self, response_url: str | None, text: str) -> None:
         if not response_url:
             return
@@ -63,9 +82,43 @@ class SlackNotifier:
         response = self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)
         return str(response["ts"])
 
-    def incident_opened(self, incident: Incident) -> None:
-        raise NotImplementedError("breach alerts arrive with issue 3/4")
+    def incident_opened(self, incident: Incident) -> str | None:
+        """Post the alert, open its thread with the five-whys template, upload the chart."""
+        response = self.client.chat_postMessage(
+            channel=incident.channel,
+            text=incident_messages.alert_text(incident),
+            blocks=incident_messages.build_breach_alert(incident),
+        )
+        alert_ts = str(response["ts"])
+        self.post(incident.channel, incident_messages.thread_template(incident), thread_ts=alert_ts)
+        # The alert and its thread stand without the chart: a failed render or upload is
+        # logged, and the incident goes on.
+        try:
+            png = charts.incident_chart(incident)
+            self.client.files_upload_v2(
+                channel=incident.channel,
+                thread_ts=alert_ts,
+                content=png,
+                filename=incident_messages.chart_filename(incident),
+                title=incident_messages.chart_title(incident),
+                alt_txt=incident_messages.chart_title(incident),
+            )
+        except Exception:
+            logger.exception("could not upload the chart of incident %s", incident.id)
+        return alert_ts
 
     def incident_changed(self, incident: Incident, note: str) -> None:
-        if incident.thread_ts:
-            self.post(incident.channel, note, thread_ts=incident.thread_ts)
+        """A note in the incident's thread, and the alert re-rendered to match."""
+        if not incident.thread_ts:
+            return
+        self.post(incident.channel, note, thread_ts=incident.thread_ts)
+        if incident.alert_ts:
+            try:
+                self.client.chat_update(
+                    channel=incident.channel,
+                    ts=incident.alert_ts,
+                    text=incident_messages.alert_text(incident),
+                    blocks=incident_messages.build_breach_alert(incident),
+                )
+            except SlackApiError:
+                logger.exception("could not update the alert of incident %s", incident.id)

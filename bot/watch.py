@@ -282,10 +282,16 @@ class Watcher:
         if pipeline.auto_rollback:
             self.ctx.runner.change(rollout.id, mark_breached)
         else:
-            # The bad version stays live until someone confirms; the breach is claimed once.
-            claimed = bool(
-                self.ctx.store.redis.set(
-                    self.ctx.store.keys.seen("breach", rollout.id), "1", nx=True, ex=86400
+            # The bad version stays live until someone confirms; the breach is claimed once,
+            # and only while the rollout is still the live one being watched.
+            current = self.ctx.store.rollout(rollout.id)
+            claimed = (
+                current is not None
+                and current.status is RolloutStatus.live
+                and bool(
+                    self.ctx.store.redis.set(
+                        self.ctx.store.keys.seen("breach", rollout.id), "1", nx=True, ex=86400
+                    )
                 )
             )
         self.end(rollout.id)
@@ -303,6 +309,10 @@ class Watcher:
             kpi=kpi.name,
             query=kpi.query,
             tolerance=kpi.tolerance_text(),
+            kpi_max=kpi.max,
+            kpi_min=kpi.min,
+            for_polls=kpi.for_polls,
+            auto_rollback=pipeline.auto_rollback,
             samples=[s for s in self.samples(rollout.id) if s.kpi == kpi.name],
             opened_at=detected_at,
             live_at=rollout.live_at,
@@ -330,9 +340,13 @@ class Watcher:
             detail=f"{kpi.name} beyond {kpi.tolerance_text()} for {kpi.for_polls} poll(s); incident {incident.id}",
         )
         try:
-            self.ctx.notifier.incident_opened(incident)
+            alert_ts = self.ctx.notifier.incident_opened(incident)
         except Exception:
             logger.exception("could not post the breach alert of incident %s", incident.id)
+            return incident
+        if alert_ts:
+            # The alert's thread is where answers arrive: link it to the incident.
+            incident = incidents.record_alert(self.ctx.store, incident.id, alert_ts)
         return incident
 
     def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:

@@ -1,0 +1,94 @@
+"""A bot Context on a real Redis without Slack, Docker or HTTP: for domain-level tests."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from bot.clock import Clock, FrozenClock
+from bot.config import parse_pipelines
+from bot.context import Context
+from bot.incidents import Incident
+from bot.keys import Keys
+from bot.notify import SilentNotifier
+from bot.rollouts import RolloutRunner, RolloutSettings
+from bot.settings import Settings
+from bot.state import Store
+
+CHANNEL = "C0DEPLOY"
+START = 1_800_000_000.0  # a fixed "now" for frozen clocks
+
+
+@dataclass
+class RecordingNotifier(SilentNotifier):
+    """Keeps what the domain would have told people."""
+
+    posts: list[tuple[str, str, str | None]] = field(default_factory=list)
+    opened: list[Incident] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+        self.posts.append((channel, text, thread_ts))
+        return f"{START + len(self.posts):.6f}"
+
+    def incident_opened(self, incident: Incident) -> str | None:
+        self.opened.append(incident)
+        return f"{START + 1000 + len(self.opened):.6f}"
+
+    def incident_changed(self, incident: Incident, note: str) -> None:
+        self.notes.append((incident.id, note))
+
+
+def web_config(**pipeline: Any) -> dict[str, Any]:
+    """A pipelines config with one docker pipeline `web` (never run: no engine is used)."""
+    web: dict[str, Any] = {
+        "channel": CHANNEL,
+        "image": "immune-test/web",
+        "container": {"name": f"web-{secrets.token_hex(3)}"},
+        "health": {"url": "http://127.0.0.1:9/healthz"},
+        **pipeline,
+    }
+    return {"admins": ["U0ADMIN"], "pipelines": {"web": web}}
+
+
+@contextmanager
+def domain_context(
+    client: redis.Redis,
+    config: dict[str, Any],
+    *,
+    notifier: SilentNotifier | None = None,
+    clock: Clock | None = None,
+) -> Iterator[Context]:
+    """A Context whose runner has no targets: for code that must not start rollouts."""
+    clock = clock or FrozenClock(START)
+    prefix = f"immune-unit-{secrets.token_hex(3)}"
+    store = Store(client, Keys(prefix), clock)
+    parsed = parse_pipelines(config)
+    notifier = notifier or RecordingNotifier()
+    runner = RolloutRunner(
+        store=store,
+        config=parsed,
+        targets={},
+        notifier=notifier,
+        clock=clock,
+        instance_id="unit",
+        settings=RolloutSettings(lock_ttl_seconds=3),
+    )
+    settings = Settings(_env_file=None, redis_prefix=prefix)  # type: ignore[call-arg]
+    try:
+        yield Context(
+            settings=settings,
+            config=parsed,
+            store=store,
+            runner=runner,
+            notifier=notifier,
+            clock=clock,
+            instance_id="unit",
+        )
+    finally:
+        runner.shutdown()
