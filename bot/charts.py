@@ -43,6 +43,7 @@ def kpi_chart(
     action_at: float | None = None,
     action_label: str = "rollback",
     title: str = "",
+    history: Sequence[tuple[float, float]] = (),
 ) -> bytes:
     """PNG of one KPI's samples, its tolerance lines, and the deploy and rollback marked.
 
@@ -54,6 +55,15 @@ def kpi_chart(
 
     with_data = [s for s in samples if s.value is not None]
     without_data = [s for s in samples if s.value is None]
+    if history:
+        axes.plot(
+            [at for at, _ in history],
+            [value for _, value in history],
+            color="#90a4ae",
+            linewidth=1.0,
+            label=f"{kpi} (Prometheus, around the deploy)",
+            zorder=1,
+        )
     if with_data:
         axes.plot(
             [s.at for s in with_data],
@@ -94,12 +104,16 @@ def kpi_chart(
     if action_at is not None:
         axes.axvline(action_at, color="#ef6c00", linewidth=1.2, linestyle="-.", label=action_label)
 
-    values = [float(s.value) for s in with_data if s.value is not None]
+    values = [float(s.value) for s in with_data if s.value is not None] + [v for _, v in history]
     levels = [v for v in (*values, tolerance_max, tolerance_min, 0.0) if v is not None]
     low, high = min(levels), max(levels)
     span = (high - low) or abs(high) or 1.0
     axes.set_ylim(low - span * 0.08, high + span * 0.15)
-    times = [s.at for s in samples] + [t for t in (deploy_at, action_at) if t is not None]
+    times = (
+        [s.at for s in samples]
+        + [at for at, _ in history]
+        + [t for t in (deploy_at, action_at) if t is not None]
+    )
     if times:
         start, end = min(times), max(times)
         pad = max((end - start) * 0.05, 1.0)
@@ -147,4 +161,5 @@ def incident_chart(incident: Incident) -> bytes:
         action_at=incident.opened_at,
         action_label=action,
         title=f"{incident.kpi} on {incident.pipeline} after {incident.bad_version} went live",
+        history=incident.history,
     )

@@ -61,6 +61,8 @@ class Incident(BaseModel):
     for_polls: int = 1
     auto_rollback: bool = True
     samples: list[KpiSample] = Field(default_factory=list)
+    # The KPI from before the deploy until the breach (a Prometheus range query), for the chart.
+    history: list[tuple[float, float]] = Field(default_factory=list)
     opened_at: float
     live_at: float | None = None
     actions: list[str] = Field(default_factory=list)

@@ -28,6 +28,12 @@ class Reading:
 class KpiSource(Protocol):
     def read(self, query: str, timeout: float) -> Reading: ...
 
+    def read_range(
+        self, query: str, start: float, end: float, step: float, timeout: float
+    ) -> list[tuple[float, float]]:
+        """The query's values over a time range (for the breach chart); empty when unknown."""
+        ...
+
 
 class PrometheusSource:
     """Instant queries against Prometheus' HTTP API (`GET /api/v1/query`)."""
@@ -41,7 +47,9 @@ class PrometheusSource:
     def read(self, query: str, timeout: float) -> Reading:
         try:
             response = self.session.get(
-                self.url, params={"query": query, "timeout": f"{max(1, int(timeout * 1000))}ms"}, timeout=timeout
+                self.url,
+                params={"query": query, "timeout": f"{max(1, int(timeout * 1000))}ms"},
+                timeout=timeout,
             )
         except requests.Timeout:
             return Reading(None, f"Prometheus timed out after {timeout:g}s")
@@ -56,6 +64,25 @@ class PrometheusSource:
             bad_query = body.get("errorType") == "bad_data"
             return Reading(None, f"Prometheus error: {error}", config_error=bad_query)
         return reading_from_result(body.get("data") or {})
+
+    def read_range(
+        self, query: str, start: float, end: float, step: float, timeout: float
+    ) -> list[tuple[float, float]]:
+        params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        try:
+            response = self.session.get(self.url + "_range", params=params, timeout=timeout)
+            body: dict[str, Any] = response.json()
+        except (requests.RequestException, ValueError):
+            return []
+        series = (body.get("data") or {}).get("result") or []
+        if body.get("status") != "success" or len(series) != 1:
+            return []
+        points = []
+        for at, raw in series[0].get("values", []):
+            value = _number(raw).value
+            if value is not None:
+                points.append((float(at), value))
+        return points
 
 
 def reading_from_result(data: dict[str, Any]) -> Reading:

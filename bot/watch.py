@@ -329,6 +329,8 @@ class Watcher:
             incident.actions.append(
                 "auto-rollback is off: waiting for someone to confirm the rollback"
             )
+        # After the rollback has started: the chart's context must not delay the cure.
+        incident.history = self._history(kpi, pipeline, rollout.live_at or detected_at, detected_at)
         incidents.create_incident(self.ctx.store, incident)
         self.ctx.runner.change(rollout.id, lambda r: setattr(r, "incident_id", incident.id))
         self.ctx.audit(
@@ -348,6 +350,17 @@ class Watcher:
             # The alert's thread is where answers arrive: link it to the incident.
             incident = incidents.record_alert(self.ctx.store, incident.id, alert_ts)
         return incident
+
+    def _history(
+        self, kpi: Kpi, pipeline: Pipeline, live_at: float, until: float
+    ) -> list[tuple[float, float]]:
+        before = max(60.0, 10 * pipeline.watch.interval)
+        step = max(1.0, pipeline.watch.interval / 2)
+        try:
+            return self.source.read_range(kpi.query, live_at - before, until, step, timeout=2.0)
+        except Exception:
+            logger.exception("could not read the history of KPI %s", kpi.name)
+            return []
 
     def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:
         from bot.commands import start_rollout
