@@ -58,12 +58,16 @@ def demo_config(image: str) -> dict[str, Any]:
 
 def show_blocks(blocks: list[dict[str, Any]] | None, indent: str = "    ") -> None:
     for block in blocks or []:
-        text = (block.get("text") or {}).get("text") if isinstance(block.get("text"), dict) else None
+        text = (
+            (block.get("text") or {}).get("text") if isinstance(block.get("text"), dict) else None
+        )
         if text:
             print("\n".join(indent + line for line in text.splitlines()))
         for element in block.get("elements") or []:
             if element.get("type") == "button":
-                print(f"{indent}[{element['text']['text']}]  action_id={element['action_id']} value={element.get('value')}")
+                print(
+                    f"{indent}[{element['text']['text']}]  action_id={element['action_id']} value={element.get('value')}"
+                )
             elif isinstance(element.get("text"), str):
                 print(indent + element["text"])
         for field in block.get("fields") or []:
@@ -107,7 +111,9 @@ def command(bot: BotProcess, transcript: Transcript, line: str, user: str = USER
     name, _, text = line.partition(" ")
     print(f"\n$ {line}   (as <@{user}>)")
     response = bot.slack.command(name, text, user_id=user)
-    answer = response.json().get("text", "") if response.status == 200 else f"HTTP {response.status}"
+    answer = (
+        response.json().get("text", "") if response.status == 200 else f"HTTP {response.status}"
+    )
     print("\n".join("  (only you) " + row for row in answer.splitlines()))
     return str(answer)
 
@@ -125,7 +131,9 @@ def rollout_status(r: redis.Redis, version: str) -> str | None:
     return None
 
 
-def wait_for_status(r: redis.Redis, transcript: Transcript, version: str, statuses: set[str], timeout: float) -> str:
+def wait_for_status(
+    r: redis.Redis, transcript: Transcript, version: str, statuses: set[str], timeout: float
+) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         transcript.flush()
@@ -138,7 +146,9 @@ def wait_for_status(r: redis.Redis, transcript: Transcript, version: str, status
 
 
 def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
-    print("\n=== 1. Deploy version 1; its KPIs are watched for 12 s, then it is the last good version")
+    print(
+        "\n=== 1. Deploy version 1; its KPIs are watched for 12 s, then it is the last good version"
+    )
     command(bot, transcript, "/deploy web 1")
     wait_for_status(r, transcript, "1", {"good", "failed", "rolled_back"}, 60)
 
@@ -150,8 +160,12 @@ def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
     started = time.monotonic()
     command(bot, transcript, "/deploy web 3")
     wait_for_status(r, transcript, "3", {"rolled_back", "failed", "good"}, 60)
-    wait_until(lambda: r.hget(f"{PREFIX}:pipeline:web", "live_version") == "2", 30, what="version 2 back")
-    print(f"\n  (version 3 was live and then replaced by 2 within {time.monotonic() - started:.1f}s)")
+    wait_until(
+        lambda: r.hget(f"{PREFIX}:pipeline:web", "live_version") == "2", 30, what="version 2 back"
+    )
+    print(
+        f"\n  (version 3 was live and then replaced by 2 within {time.monotonic() - started:.1f}s)"
+    )
     time.sleep(1)
     transcript.flush()
 
@@ -186,7 +200,9 @@ def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
     transcript.flush()
     command(bot, transcript, "/pipeline web")
     command(bot, transcript, "/pipeline history web")
-    print(f"\n=== Done. Version 2 serves at http://127.0.0.1:{DEMO_PORT}/ ; the bot is at http://127.0.0.1:{BOT_PORT}/healthz")
+    print(
+        f"\n=== Done. Version 2 serves at http://127.0.0.1:{DEMO_PORT}/ ; the bot is at http://127.0.0.1:{BOT_PORT}/healthz"
+    )
 
 
 CONSOLE_HELP = """Type slash commands as in Slack, e.g.:
@@ -221,7 +237,9 @@ def console(bot: BotProcess, transcript: Transcript) -> None:
             if len(words) != 4:
                 print("usage: press <action_id> <value> <message_ts>")
                 continue
-            bot.slack.block_action(words[1], words[2], message_ts=words[3], user_id=user, channel_id=CHANNEL)
+            bot.slack.block_action(
+                words[1], words[2], message_ts=words[3], user_id=user, channel_id=CHANNEL
+            )
         elif line.startswith("reply "):
             _, thread_ts, text = line.split(" ", 2)
             say_in_thread(bot, thread_ts, text, user=user)
@@ -234,7 +252,9 @@ def console(bot: BotProcess, transcript: Transcript) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--console", action="store_true", help="type the commands yourself")
     parser.add_argument("--image", default="demo/web", help="the demo image repository")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -266,7 +286,9 @@ def main() -> int:
             lock_ttl_seconds=15,
         )
         bot = BotProcess(env, emulator, workdir / "bot.log")
-        print(f"Starting the bot: python -m bot on 127.0.0.1:{BOT_PORT} (log: {workdir / 'bot.log'})")
+        print(
+            f"Starting the bot: python -m bot on 127.0.0.1:{BOT_PORT} (log: {workdir / 'bot.log'})"
+        )
         print(f"Slack is emulated at {emulator.base_url}; Prometheus at {args.prometheus_url}")
         bot.start()
         transcript = Transcript(emulator)

@@ -52,11 +52,20 @@ def test_the_design_example_loads(tmp_path: Path) -> None:
     ("change", "expected"),
     [
         (lambda p: p.update(colour="blue"), "pipelines.web.colour: unknown key"),
-        (lambda p: p["watch"].update(interval="5 minutes"), "pipelines.web.watch.interval: invalid duration '5 minutes'"),
+        (
+            lambda p: p["watch"].update(interval="5 minutes"),
+            "pipelines.web.watch.interval: invalid duration '5 minutes'",
+        ),
         (lambda p: p.pop("image"), "pipelines.web.image: required key is missing"),
         (lambda p: p.pop("channel"), "pipelines.web.channel: required key is missing"),
-        (lambda p: p["container"].update(portz=1), "pipelines.web.container: unknown container option(s) portz"),
-        (lambda p: p["kpis"][0].pop("max"), "pipelines.web.kpis.0: KPI 'error_rate' needs max and/or min"),
+        (
+            lambda p: p["container"].update(portz=1),
+            "pipelines.web.container: unknown container option(s) portz",
+        ),
+        (
+            lambda p: p["kpis"][0].pop("max"),
+            "pipelines.web.kpis.0: KPI 'error_rate' needs max and/or min",
+        ),
         (lambda p: p.update(approvals={"approvers": []}), "approvals.approvers is empty"),
         (lambda p: p.update(windows=[{"days": "mon-fry"}]), "invalid days 'mon-fry'"),
         (lambda p: p.update(image="demo/web:1"), "must not carry a tag"),
@@ -83,7 +92,9 @@ def test_missing_file(tmp_path: Path) -> None:
         load_pipelines(tmp_path / "nope.yml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (7, 7)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (7, 7)]
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -99,13 +110,40 @@ def test_start_up_refuses_missing_settings(tmp_path: Path, monkeypatch: pytest.M
     import sys
 
     env = {"PATH": "/usr/bin:/bin", "PIPELINES_FILE": str(write(tmp_path, GOOD))}
-    result = subprocess.run([sys.executable, "-m", "bot"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == "immune: cannot start: SLACK_BOT_TOKEN is not set (a bot token, xoxb-…)"
+    assert (
+        result.stderr.strip()
+        == "immune: cannot start: SLACK_BOT_TOKEN is not set (a bot token, xoxb-…)"
+    )
     env.update(SLACK_BOT_TOKEN="xoxb-1", SLACK_SIGNING_SECRET="s", PORT="http")
-    result = subprocess.run([sys.executable, "-m", "bot"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2 and "PORT:" in result.stderr and "Traceback" not in result.stderr
     env.update(PORT="3999", PIPELINES_FILE=str(tmp_path / "missing.yml"))
-    result = subprocess.run([sys.executable, "-m", "bot"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2 and "missing.yml: file not found" in result.stderr
     assert Settings(_env_file=None).redis_prefix == "immune"  # type: ignore[call-arg]

@@ -24,7 +24,9 @@ def rollout_of(redis_client: Any, prefix: str, version: str) -> dict[str, Any] |
 
 def step_running(redis_client: Any, prefix: str, version: str, step: str) -> bool:
     rollout = rollout_of(redis_client, prefix, version)
-    return bool(rollout and any(s["name"] == step and s["ended_at"] is None for s in rollout["steps"]))
+    return bool(
+        rollout and any(s["name"] == step and s["ended_at"] is None for s in rollout["steps"])
+    )
 
 
 def ended(redis_client: Any, prefix: str, version: str) -> dict[str, Any] | None:
@@ -58,7 +60,11 @@ def test_killed_mid_health_check(
     assert serving_version(web) == "1"
 
     bot.slack.command("/deploy", f"web {version}")
-    wait_until(lambda: step_running(redis_client, redis_prefix, version, "health check"), 15, what="health check")
+    wait_until(
+        lambda: step_running(redis_client, redis_prefix, version, "health check"),
+        15,
+        what="health check",
+    )
     bot.kill()
     killed_at = time.monotonic()
     assert ended(redis_client, redis_prefix, version) is None, "killed while in flight"
@@ -81,5 +87,7 @@ def test_killed_mid_health_check(
     message = next(m for m in emulator.messages(CHANNEL) if m["ts"] == result["message_ts"])
     assert ("live and good" if outcome == "good" else "failed") in message["text"]
     audit = redis_client.xrange(f"{redis_prefix}:audit")
-    assert any(fields["action"] == "recover" and fields["rollout"] == result["id"] for _, fields in audit)
+    assert any(
+        fields["action"] == "recover" and fields["rollout"] == result["id"] for _, fields in audit
+    )
     print(f"\nkilled mid-rollout → {outcome} after restart: {recovered_in:.1f}s (lock TTL 3 s)")

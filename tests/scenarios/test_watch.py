@@ -51,7 +51,11 @@ def watched_web(web_pipeline: Any, prometheus_server: Any, unique_name: str) -> 
 def watched_rollout_ended(bot: Any, version: str, timeout: float = 40) -> Any:
     def ended() -> Any:
         newest = [r for r in bot.ctx.store.recent_rollouts("web", 5) if r.version == version]
-        if newest and newest[0].status not in (RolloutStatus.live,) and not newest[0].status.in_flight_states:
+        if (
+            newest
+            and newest[0].status not in (RolloutStatus.live,)
+            and not newest[0].status.in_flight_states
+        ):
             return newest[0]
         return None
 
@@ -166,20 +170,28 @@ def test_prometheus_stopped_mid_watch_follows_the_no_data_policy(
 
 @pytest.mark.slow
 def test_a_restarted_bot_carries_on_the_watch(
-    start_bot_process: Any, watched_web: Any, prometheus_server: Any, redis_client: Any, redis_prefix: str
+    start_bot_process: Any,
+    watched_web: Any,
+    prometheus_server: Any,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     web = watched_web(duration="12s", warmup=2)
     bot = start_bot_process({"pipelines": {"web": web}}, prometheus_url=prometheus_server.url)
     assert "Deploying" in bot.slack.command("/deploy", "web 1").json()["text"]
     watches_key = f"{redis_prefix}:watches"
-    rollout_id = wait_until(lambda: redis_client.hkeys(watches_key), 15, what="the watch to start")[0]
+    rollout_id = wait_until(lambda: redis_client.hkeys(watches_key), 15, what="the watch to start")[
+        0
+    ]
     samples_key = f"{redis_prefix}:rollout:{rollout_id}:samples"
     wait_until(lambda: redis_client.llen(samples_key) >= 3, 15, what="three polls")
     bot.kill()
     killed_at = time.time()
     time.sleep(2)
     bot.start()
-    wait_until(lambda: not redis_client.hexists(watches_key, rollout_id), 30, what="the watch to end")
+    wait_until(
+        lambda: not redis_client.hexists(watches_key, rollout_id), 30, what="the watch to end"
+    )
 
     import json
 
