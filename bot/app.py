@@ -22,10 +22,12 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.clock import Clock, SystemClock
 from bot.config import PipelinesConfig, load_pipelines
 from bot.context import Context
+from bot.durability import ReplicationBarrier, durable
 from bot.keys import Keys
 from bot.kpis import PrometheusSource
 from bot.notify import Notifier
 from bot.recovery import reconcile_live_versions, recover_orphans
+from bot.redis_conn import connect
 from bot.rollouts import RolloutRunner, RolloutSettings
 from bot.settings import Settings
 from bot.slack_notifier import SlackNotifier, build_web_client
@@ -56,6 +58,8 @@ class Immune:
     watcher: Watcher
     docker_client: Any
     extra_stops: list[Callable[[], None]] = field(default_factory=list)
+    # WAIT for Redis replicas before answering Slack (None: no replicas to wait for).
+    replicated: ReplicationBarrier | None = None
 
     def start(self) -> None:
         """Reconcile with the engine, then start the background jobs."""
@@ -109,15 +113,13 @@ def build(
     """Build every part from settings; nothing starts until Immune.start()."""
     clock = clock or SystemClock()
     config = config or load_pipelines(settings.pipelines_file)
-    redis_client = redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        health_check_interval=15,
-        retry_on_timeout=True,
+    redis_client = connect(settings.redis_url)
+    store = Store(
+        redis_client,
+        Keys(settings.redis_prefix),
+        clock,
+        audit_max_age_days=settings.audit_max_age_days,
     )
-    store = Store(redis_client, Keys(settings.redis_prefix), clock)
     docker_client = (
         docker.DockerClient(base_url=settings.docker_host)
         if settings.docker_host
@@ -131,6 +133,15 @@ def build(
     web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
     notifier = notifier or SlackNotifier(web_client)
     instance_id = instance_id or instance_name()
+    barrier = None
+    if settings.wait_replicas:
+        barrier = ReplicationBarrier(
+            redis_client,
+            store.keys.instance(instance_id),
+            settings.wait_replicas,
+            settings.redis_wait_timeout_ms,
+        )
+        notifier = durable(notifier, barrier)
     runner = RolloutRunner(
         store=store,
         config=config,
@@ -156,7 +167,12 @@ def build(
     watcher = Watcher(ctx, scheduler, PrometheusSource(settings.prometheus_url))
     runner.on_live = watcher.begin
     return Immune(
-        ctx=ctx, bolt=bolt, scheduler=scheduler, watcher=watcher, docker_client=docker_client
+        ctx=ctx,
+        bolt=bolt,
+        scheduler=scheduler,
+        watcher=watcher,
+        docker_client=docker_client,
+        replicated=barrier,
     )
 
 
@@ -225,7 +241,11 @@ def build_wsgi(immune: Immune) -> Callable[[WSGIEnvironment, StartResponse], Ite
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/slack/events":
-            return slack(environ, start_response)
+            answer = slack(environ, start_response)
+            if immune.replicated is not None:
+                # The answer leaves when this returns: what it acknowledges is replicated first.
+                immune.replicated()
+            return answer
         if path == "/healthz" and method in ("GET", "HEAD"):
             healthy, report = dependency_health(immune)
             body = json.dumps({"ok": healthy, **report}).encode()

@@ -6,14 +6,16 @@ to the rollout runner. Refusals are ImmuneErrors, turned into an ephemeral reply
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot import messages, windows
+from bot import audit_export, messages, windows
 from bot.config import Pipeline
 from bot.context import Context
 from bot.errors import (
     AlreadyLive,
     Duplicate,
+    ImmuneError,
     NotAllowed,
     NothingToRollBackTo,
     OutsideWindow,
@@ -63,8 +65,18 @@ def help_reply(command: str) -> Reply:
 def check_channel(ctx: Context, name: str, pipeline: Pipeline, request: CommandRequest) -> None:
     if not pipeline.may_command_from(request.channel_id):
         _refuse(ctx, request, name, "wrong_channel")
+        allowed = (
+            pipeline.command_channels
+            if pipeline.command_channels is not None
+            else [pipeline.channel]
+        )
+        if not allowed:
+            raise NotAllowed(
+                f"Commands for `{name}` are taken in no channel (its `command_channels` is empty).",
+                hint="Ask the bot's operators to list a channel in the pipelines file.",
+            )
         raise NotAllowed(
-            f"Commands for `{name}` are taken in <#{pipeline.channel}> only.",
+            f"Commands for `{name}` are taken in {', '.join(f'<#{c}>' for c in allowed)} only.",
             hint=f"Run `{request.typed}` there.",
         )
 
@@ -74,11 +86,39 @@ def check_deployer(ctx: Context, name: str, pipeline: Pipeline, request: Command
     if ctx.config.is_admin(user) or pipeline.deployers is None or user in pipeline.deployers:
         return
     _refuse(ctx, request, name, "not_a_deployer")
-    helpers = pipeline.deployers[:5] + ctx.config.admins[:3]
+    helpers = list(dict.fromkeys(pipeline.deployers[:5] + ctx.config.admins[:3]))
     raise NotAllowed(
         f"You are not a deployer of `{name}`.",
-        hint="Ask " + ", ".join(f"<@{u}>" for u in helpers) + " to run it, or to add you.",
+        hint="Ask " + _mentions(helpers) + " to run it, or to add you to its `deployers`."
+        if helpers
+        else f"Nobody is listed: ask the bot's operators to add you to `deployers` of `{name}` in the pipelines file.",
     )
+
+
+def check_approvable(ctx: Context, name: str, pipeline: Pipeline, request: CommandRequest) -> None:
+    """Refuse at once a deploy that could never collect its approvals (requesters don't count)."""
+    if pipeline.approvals is None:
+        return
+    others = [u for u in dict.fromkeys(pipeline.approvals.approvers) if u != request.user_id]
+    if len(others) >= pipeline.approvals.required:
+        return
+    _refuse(ctx, request, name, "not_approvable")
+    raise NotAllowed(
+        f"`{name}` needs {pipeline.approvals.required} approval(s) from people other than the "
+        f"requester, and only {len(others)} other approver(s) are listed.",
+        hint=(f"Ask {_mentions(others)} to run it" if others else "Ask another deployer to run it")
+        + ", or the bot's operators to list more approvers.",
+    )
+
+
+def admins_hint(ctx: Context) -> str:
+    if ctx.config.admins:
+        return "Admins: " + _mentions(ctx.config.admins) + "."
+    return "No admins are listed in the pipelines file; ask the bot's operators."
+
+
+def _mentions(users: list[str]) -> str:
+    return ", ".join(f"<@{u}>" for u in users)
 
 
 def _refuse(ctx: Context, request: CommandRequest, pipeline: str, why: str) -> None:
@@ -92,9 +132,33 @@ def _refuse(ctx: Context, request: CommandRequest, pipeline: str, why: str) -> N
     )
 
 
-def _check_first_delivery(ctx: Context, request: CommandRequest) -> None:
-    if request.request_id and not ctx.store.first_delivery("command", request.request_id):
-        raise Duplicate(f"Already received `{request.typed}`; it is being handled once.")
+def answer_once(
+    ctx: Context, kind: str, request_id: str | None, what: str, handle: Callable[[], Reply]
+) -> Reply:
+    """Handle a request once across every replica (Slack redelivers, people double-click).
+
+    The first delivery claims the request id (SET NX); a redelivery gets the first answer
+    again, or, while the first is still being handled, says so. The answer is kept, refusals
+    included, so a retry never runs the checks (and the audit) a second time.
+    """
+    if not request_id:
+        return handle()
+    if not ctx.store.first_delivery(kind, request_id):
+        earlier = ctx.store.first_answer(kind, request_id)
+        if earlier is None:
+            raise Duplicate(f"Already received {what}; it is being handled once.")
+        raise Duplicate(f"Already answered {what} (it arrived again); the answer was:\n{earlier}")
+    try:
+        reply = handle()
+    except ImmuneError as exc:
+        ctx.store.record_answer(kind, request_id, exc.user_text())
+        raise
+    except Exception:
+        # Nothing was answered: a redelivery may try again (the pipeline lock still holds).
+        ctx.store.forget_delivery(kind, request_id)
+        raise
+    ctx.store.record_answer(kind, request_id, reply.text)
+    return reply
 
 
 def claim(ctx: Context, name: str, rollout_id: str, ttl: float) -> None:
@@ -120,6 +184,12 @@ def claim(ctx: Context, name: str, rollout_id: str, ttl: float) -> None:
 def deploy(ctx: Context, request: CommandRequest) -> Reply:
     if wants_help(request.text):
         return help_reply("/deploy")
+    return answer_once(
+        ctx, "command", request.request_id, f"`{request.typed}`", lambda: _deploy(ctx, request)
+    )
+
+
+def _deploy(ctx: Context, request: CommandRequest) -> Reply:
     args = parse_deploy(request.text)
     pipeline = ctx.pipeline(args.pipeline)
     check_channel(ctx, args.pipeline, pipeline, request)
@@ -129,9 +199,8 @@ def deploy(ctx: Context, request: CommandRequest) -> Reply:
         _refuse(ctx, request, args.pipeline, "force_not_admin")
         raise NotAllowed(
             "Only admins may `--force` a deploy.",
-            hint="Admins: " + ", ".join(f"<@{u}>" for u in ctx.config.admins)
-            if ctx.config.admins
-            else None,
+            hint=admins_hint(ctx)
+            + (" Without `--force` it waits for a deploy window." if pipeline.windows else ""),
         )
     state = ctx.store.pipeline(args.pipeline)
     if state.halted:
@@ -152,10 +221,16 @@ def deploy(ctx: Context, request: CommandRequest) -> Reply:
             _refuse(ctx, request, args.pipeline, "outside_window")
             raise OutsideWindow(
                 f"`{args.pipeline}` is outside its deploy windows ({windows.describe(pipeline.windows, ctx.config.timezone)}).",
-                hint=f"The next window opens {messages.slack_date(verdict.next_open)}"
-                if verdict.next_open is not None
-                else "No window is ever open: check the config.",
+                hint=(
+                    f"The next window opens {messages.slack_date(verdict.next_open)}."
+                    if verdict.next_open is not None
+                    else "No window is ever open: check the config."
+                )
+                + " Admins may deploy outside it with `--force <reason>` ("
+                + (_mentions(ctx.config.admins) if ctx.config.admins else "none are listed")
+                + ").",
             )
+    check_approvable(ctx, args.pipeline, pipeline, request)
     image = resolve_version(pipeline.image, args.version)
     if state.live_version == image.version and not state.inflight_rollout:
         raise AlreadyLive(
@@ -165,7 +240,6 @@ def deploy(ctx: Context, request: CommandRequest) -> Reply:
     if pipeline.pull == "never":
         # Fails fast, in the ack, for a typo; with pulls allowed the runner finds out.
         ctx.target(pipeline).locate(args.pipeline, pipeline, image)
-    _check_first_delivery(ctx, request)
     rollout = start_rollout(
         ctx,
         args.pipeline,
@@ -221,7 +295,18 @@ def start_rollout(
     if needs_approval:
         assert pipeline.approvals is not None
         ttl = pipeline.approvals.expire + ttl
-    claim(ctx, name, rollout.id, ttl)
+    try:
+        claim(ctx, name, rollout.id, ttl)
+    except RolloutInFlight:
+        ctx.audit(
+            actor=actor,
+            action=kind.value,
+            pipeline=name,
+            outcome="refused",
+            detail=f"rollout_in_flight; {image.reference}",
+            command=command,
+        )
+        raise
     ctx.store.create_rollout(rollout)
     ctx.audit(
         actor=actor,
@@ -247,6 +332,13 @@ def start_rollout(
 def rollback(ctx: Context, request: CommandRequest) -> Reply:
     if wants_help(request.text):
         return help_reply("/rollback")
+    return answer_once(
+        ctx, "command", request.request_id, f"`{request.typed}`", lambda: _rollback(ctx, request)
+    )
+
+
+def _rollback(ctx: Context, request: CommandRequest) -> Reply:
+    """Never blocked by deploy windows: a rollback restores service."""
     args = parse_rollback(request.text)
     pipeline = ctx.pipeline(args.pipeline)
     check_channel(ctx, args.pipeline, pipeline, request)
@@ -271,7 +363,6 @@ def rollback(ctx: Context, request: CommandRequest) -> Reply:
             )
         image = resolve_version(pipeline.image, state.last_good_version)
     ctx.target(pipeline).locate(args.pipeline, pipeline, image)
-    _check_first_delivery(ctx, request)
     rollout = start_rollout(
         ctx,
         args.pipeline,
@@ -315,6 +406,10 @@ def pipeline_command(ctx: Context, request: CommandRequest) -> Reply:
                 ctx.store.audit_entries(pipeline=args.subject, limit=15),
             )
         )
+    if args.view == "audit":
+        assert args.subject is not None
+        ctx.pipeline(args.subject)
+        return Reply(audit_export.slack_reply(export_audit(ctx, args.subject)))
     if args.view == "incident":
         from bot import incidents
 
@@ -330,3 +425,16 @@ def pipeline_command(ctx: Context, request: CommandRequest) -> Reply:
         engine = ctx.target(pipeline).live(name, pipeline) if args.subject else None
         parts.append(messages.status_text(name, pipeline, state, inflight, watching, engine))
     return Reply("\n\n".join(parts))
+
+
+def export_audit(ctx: Context, name: str) -> str:
+    """The pipeline's audit trail as a Markdown document: who did what, when, how it ended."""
+    entries = ctx.store.audit_entries(pipeline=name, limit=audit_export.MAX_ENTRIES + 1)
+    return audit_export.export_markdown(
+        name,
+        entries,
+        ctx.store.recent_rollouts(name, audit_export.MAX_ROLLOUTS),
+        zone=ctx.config.timezone,
+        now=ctx.clock.now(),
+        kept_days=ctx.settings.audit_max_age_days,
+    )

@@ -52,6 +52,17 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def parse_delay(value: object) -> float:
+    """Like parse_duration, but zero (`0`, `0s`) is allowed: no wait."""
+    zero = value == 0 and not isinstance(value, bool)
+    if zero or (isinstance(value, str) and re.fullmatch(r"0+(\.0+)?(ms|s|m|h|d)?", value.strip())):
+        return 0.0
+    return parse_duration(value)
+
+
+Delay = Annotated[float, BeforeValidator(parse_delay)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -203,19 +214,70 @@ class Kpi(_Strict):
         )
 
 
-class SwarmUpdate(_Strict):
+class _SwarmPolicy(_Strict):
+    """How Swarm replaces tasks; every field is sent to the engine.
+
+    The docker SDK's own defaults (parallelism 0 = all at once, failure_action `continue`)
+    differ from the engine's (1, `pause`), so immune never leaves one unset.
+    """
+
     parallelism: int = Field(default=1, ge=0)
-    delay: Duration = 1.0
+    delay: Delay = 1.0
     monitor: Duration = 5.0
+    # stop-first: with host networking on one node the new task cannot bind the old task's
+    # port while it runs, so start-first only suits services whose tasks get their own ports.
     order: Literal["start-first", "stop-first"] = "stop-first"
-    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
     max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SwarmUpdate(_SwarmPolicy):
+    """`update_config`: replacing tasks with a new spec."""
+
+    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+
+
+class SwarmRollback(_SwarmPolicy):
+    """`rollback_config`: putting the previous spec back (it cannot roll back itself)."""
+
+    failure_action: Literal["pause", "continue"] = "pause"
 
 
 class SwarmSpec(_Strict):
     replicas: int = Field(default=1, ge=1)
     update: SwarmUpdate = SwarmUpdate()
-    rollback: SwarmUpdate = SwarmUpdate(failure_action="pause")
+    rollback: SwarmRollback = SwarmRollback()
+    # An update (or the engine's rollback) still running after this is treated as failed.
+    timeout: Duration = 300.0
+
+
+# Container options (docker SDK `containers.run()` names) a Swarm service can carry; the
+# others (ports, volumes, devices, restart policies, ...) mean something else, or nothing,
+# for a service, and are refused by name rather than silently dropped.
+SWARM_CONTAINER_OPTIONS = frozenset(
+    {
+        "name",
+        "environment",
+        "user",
+        "labels",
+        "command",
+        "entrypoint",
+        "working_dir",
+        "healthcheck",
+        "init",
+        "cap_add",
+        "cap_drop",
+        "network_mode",
+        "hostname",
+        "read_only",
+        "stop_signal",
+        "tty",
+        "stdin_open",
+        "extra_hosts",
+        "sysctls",
+        "group_add",
+    }
+)
+SLOT_PLACEHOLDER = "{slot}"
 
 
 class Pipeline(_Strict):
@@ -262,6 +324,26 @@ class Pipeline(_Strict):
             if reserved in options:
                 raise ValueError(f"container.{reserved} is set by immune, not the config")
         return options
+
+    @model_validator(mode="after")
+    def _swarm_options(self) -> Pipeline:
+        if self.target != "swarm":
+            if SLOT_PLACEHOLDER in self.health.url:
+                raise ValueError("health.url: {slot} is for target: swarm only")
+            return self
+        refused = sorted(set(self.container) - SWARM_CONTAINER_OPTIONS)
+        if refused:
+            raise ValueError(
+                f"container option(s) {', '.join(refused)} cannot be used with target: swarm "
+                f"(a service takes {', '.join(sorted(SWARM_CONTAINER_OPTIONS))})"
+            )
+        network = self.container.get("network_mode")
+        if network is not None and network != "host":
+            raise ValueError(
+                "container.network_mode: with target: swarm only `host` is supported "
+                "(services publish no ports; tasks listen on the node's loopback)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kpi_names_unique(self) -> Pipeline:

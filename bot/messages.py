@@ -103,6 +103,11 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     ]
     if rollout.forced:
         lines.append(f":warning: forced outside the deploy window: {rollout.reason}")
+    approved = [a for a in rollout.approvals if a.decision == "approved"]
+    if approved and rollout.status is not RolloutStatus.awaiting_approval:
+        lines.append(
+            "approved by " + ", ".join(f"<@{a.user}> {slack_date(a.at)}" for a in approved)
+        )
     steps = [
         f"{STEP_EMOJI[step.status]} {step.name}"
         + (f" ({_seconds(step.seconds)})" if step.seconds is not None else "")

@@ -26,3 +26,7 @@ POLL_LATENESS_SECONDS = Histogram(
 BREACHES = Counter("immune_breaches_total", "KPI breaches acted on", ["pipeline", "kpi"])
 ROLLBACKS = Counter("immune_rollbacks_total", "Rollbacks started", ["pipeline", "trigger"])
 WATCHES_ACTIVE = Gauge("immune_watches_active", "Watches this replica has scheduled")
+REDIS_UNREPLICATED = Counter(
+    "immune_redis_unreplicated_total",
+    "Answers to Slack sent before the wanted Redis replicas acknowledged (WAIT timed out)",
+)

@@ -21,6 +21,7 @@ USAGE = {
     "five whys, root cause and failing test are recorded (`--force`: admins, audited).",
     "/pipeline": "`/pipeline [<pipeline>]`: where pipelines stand. "
     "`/pipeline history <pipeline>`: past rollouts and who did what. "
+    "`/pipeline audit <pipeline>`: the audit trail as Markdown. "
     "`/pipeline incident <id>`: an incident as Markdown.",
 }
 
@@ -52,7 +53,7 @@ class ResumeArgs:
 
 @dataclass(frozen=True)
 class PipelineArgs:
-    view: str  # "status" | "history" | "incident"
+    view: str  # "status" | "history" | "audit" | "incident"
     subject: str | None
 
 
@@ -123,7 +124,7 @@ def parse_pipeline(text: str) -> PipelineArgs:
     words = _words("/pipeline", text)
     if not words:
         return PipelineArgs("status", None)
-    if words[0].lower() in ("history", "incident"):
+    if words[0].lower() in ("history", "audit", "incident"):
         if len(words) != 2:
             raise UsageError(
                 f"`/pipeline {words[0].lower()}` takes one argument.", hint=USAGE["/pipeline"]

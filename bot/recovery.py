@@ -11,11 +11,17 @@ logger = logging.getLogger(__name__)
 
 def recover_orphans(ctx: Context) -> list[str]:
     """Adopt every in-flight rollout whose lock expired (its bot died); returns their ids."""
+    from bot import approvals  # approvals imports the command layer, which imports this module
+
     adopted = []
     for name in ctx.config.pipelines:
         state = ctx.store.pipeline(name)
         orphan = state.inflight_rollout
-        if not orphan or ctx.store.rollout_lock_holder(name) is not None:
+        if not orphan:
+            continue
+        lock_held = ctx.store.rollout_lock_holder(name) is not None
+        # An approval request is not run: it expires when due (by the clock) or orphaned.
+        if approvals.expire_if_due(ctx, orphan, orphaned=not lock_held) or lock_held:
             continue
         if ctx.store.adopt_rollout(name, orphan, ctx.settings.lock_ttl_seconds):
             logger.warning("adopting rollout %s of %s: its bot stopped mid-way", orphan, name)

@@ -178,7 +178,8 @@ class RolloutRunner:
             )
             return
         rollout = self.store.rollout(rollout_id)
-        if rollout is None:
+        if rollout is None or (not recovering and rollout.status is not RolloutStatus.queued):
+            # Submitted twice (a recovery pass ran it first): it runs exactly once.
             self.store.drop_runner_lease(rollout_id, self.instance_id)
             return
         with self._active_lock:
@@ -226,6 +227,7 @@ class RolloutRunner:
                 located=located,
                 rollout_id=rollout.id,
                 from_version=rollout.from_version,
+                rollback=rollout.kind is not RolloutKind.deploy,
             )
             swap = target.roll_out(request, progress)
         except ImageNotFound as exc:
@@ -247,7 +249,11 @@ class RolloutRunner:
         progress = RecordedProgress(self, rollout.id, rollout.pipeline, deploy=False)
         if rollout.status in (RolloutStatus.awaiting_approval, RolloutStatus.queued):
             if rollout.status is RolloutStatus.awaiting_approval:
-                self._finish(rollout.id, RolloutStatus.expired, "approval request expired")
+                from bot import approvals  # it imports the command layer, which imports us
+
+                approvals.expire_rollout(
+                    self.store, self.notifier, self.clock, pipeline.approvals, rollout.id
+                )
             else:
                 self.submit_after_recovery(rollout)
             return
@@ -261,6 +267,7 @@ class RolloutRunner:
                 located=located,
                 rollout_id=rollout.id,
                 from_version=rollout.from_version,
+                rollback=rollout.kind is not RolloutKind.deploy,
             )
             live = target.recover(request, progress)
         except (RolloutFailed, ImageNotFound) as exc:

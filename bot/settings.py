@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import SettingsError
+from bot.redis_conn import check_url, is_sentinel_url
 
 
 class Settings(BaseSettings):
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
     # Skip auth.test at start-up: only for local runs against an emulator that starts later.
     slack_token_verification: bool = True
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # or redis+sentinel://h:p[,h:p]/service[/db]
     redis_prefix: str = Field(default="immune", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     docker_host: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
@@ -36,11 +37,27 @@ class Settings(BaseSettings):
     http_threads: int = Field(default=16, ge=1, le=256)
     lock_ttl_seconds: float = Field(default=15.0, gt=1)
     audit_max_age_days: float = Field(default=90.0, gt=0)
+    # Replicas that must hold a write before Slack hears of it (Redis WAIT); unset: 1 with a
+    # Sentinel REDIS_URL, 0 (no WAIT) otherwise.
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=500, ge=1, le=60_000)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, level: object) -> object:
         return level.upper() if isinstance(level, str) else level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        return check_url(url)
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas each answer to Slack waits for (REDIS_WAIT_REPLICAS, or the URL's default)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if is_sentinel_url(self.redis_url) else 0
 
     @field_validator("slack_api_url")
     @classmethod

@@ -55,19 +55,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Audit entries are stamped with the bot's clock (so age and `since` mean the same time as
+# `at`), never below the stream's last id (replicas' clocks differ), and everything older than
+# the age cap is trimmed exactly: the stream is capped by age, never by count.
+_AUDIT_APPEND = """
+local id = ARGV[2]
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then
+  local last_ms = string.match(last[1][1], '^(%d+)-')
+  if tonumber(last_ms) > tonumber(id) then id = last_ms end
+end
+return redis.call('XADD', KEYS[1], 'MINID', ARGV[1], id .. '-*', unpack(ARGV, 3))
+"""
+
+# A delivery already seen: "1" while the first is being handled, then its answer.
+_PENDING = "1"
+
 
 class Store:
     """Typed access to the bot's Redis keys."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, clock: Clock) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, clock: Clock, audit_max_age_days: float = 90.0
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.clock = clock
+        self.audit_max_age_days = audit_max_age_days
         self._claim = client.register_script(_CLAIM_ROLLOUT)
         self._adopt = client.register_script(_ADOPT_ROLLOUT)
         self._renew = client.register_script(_RENEW_IF_HOLDER)
         self._release = client.register_script(_RELEASE_ROLLOUT)
         self._delete_if_holder = client.register_script(_DELETE_IF_HOLDER)
+        self._audit_append = client.register_script(_AUDIT_APPEND)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -201,7 +221,20 @@ class Store:
     def first_delivery(self, kind: str, request_id: str, ttl_seconds: float = 3600) -> bool:
         """True the first time a request id is seen, across every replica."""
         key = self.keys.seen(kind, request_id)
-        return bool(self.redis.set(key, "1", nx=True, px=int(ttl_seconds * 1000)))
+        return bool(self.redis.set(key, _PENDING, nx=True, px=int(ttl_seconds * 1000)))
+
+    def record_answer(self, kind: str, request_id: str, answer: str) -> None:
+        """Keep what the first delivery was told, for the redeliveries of the same request."""
+        self.redis.set(self.keys.seen(kind, request_id), "=" + answer, xx=True, keepttl=True)
+
+    def first_answer(self, kind: str, request_id: str) -> str | None:
+        """The first delivery's answer; None while it is still being handled."""
+        value = cast(str | None, self.redis.get(self.keys.seen(kind, request_id)))
+        return value[1:] if value and value.startswith("=") else None
+
+    def forget_delivery(self, kind: str, request_id: str) -> None:
+        """The first delivery broke before answering: let a redelivery try again."""
+        self.redis.delete(self.keys.seen(kind, request_id))
 
     # Audit stream ------------------------------------------------------------------------
 
@@ -215,10 +248,12 @@ class Store:
         detail: str = "",
         rollout: str = "",
         command: str = "",
-        max_age_days: float = 90.0,
+        max_age_days: float | None = None,
     ) -> str:
         """Append to the audit stream; entries older than `max_age_days` are trimmed by age."""
         now = self.clock.now()
+        if max_age_days is None:
+            max_age_days = self.audit_max_age_days
         entry = AuditEntry(
             at=now,
             actor=actor,
@@ -229,11 +264,12 @@ class Store:
             rollout=rollout,
             command=command[:500],
         )
-        fields: dict[Any, Any] = entry.model_dump(exclude={"id"})
+        fields: dict[str, Any] = entry.model_dump(exclude={"id"})
         fields["at"] = repr(now)
-        min_id = int((now - max_age_days * 86400) * 1000)
-        entry_id = self.redis.xadd(
-            self.keys.audit(), fields, minid=max(min_id, 0), approximate=True
+        min_id = max(int((now - max_age_days * 86400) * 1000), 0)
+        pairs = [str(part) for item in fields.items() for part in item]
+        entry_id = self._audit_append(
+            keys=[self.keys.audit()], args=[min_id, int(now * 1000), *pairs]
         )
         logger.info(
             "audit actor=%s action=%s pipeline=%s outcome=%s rollout=%s detail=%s",

@@ -77,6 +77,8 @@ class RolloutRequest:
     located: LocatedImage
     rollout_id: str
     from_version: str | None
+    # A /rollback or automatic rollback: a target may use its engine's own rollback (Swarm).
+    rollback: bool = False
 
 
 class Target(Protocol):

@@ -1,0 +1,1 @@
+"""Benchmarks: the bot measured against its floor on this machine, in one run (`python -m bench`)."""

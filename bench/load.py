@@ -1,0 +1,295 @@
+"""Load generation: signed slash commands from keep-alive clients in a separate process.
+
+The clients run in their own process (`python -m bench.load`, driven over stdin/stdout with
+one JSON line per job) so that they never compete with the server under test for its GIL.
+Each client thread owns one `requests.Session`, so after the warm-up every request rides an
+open keep-alive connection: connection set-up is not what is measured. Requests are signed
+exactly as Slack signs them (v0 HMAC of timestamp and body); the form carries every field
+Slack sends, with a fresh `trigger_id` per request.
+
+Jobs:
+    {"op": "run", ...}  closed-loop load: `concurrency` clients for `warmup` + `duration`
+                        seconds (or until `total` requests), cycling through `requests`.
+    {"op": "one", ...}  one request; answers its latency, status and body.
+    {"op": "quit"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any
+from urllib.parse import urlencode
+
+import requests
+from slack_sdk.signature import SignatureVerifier
+
+from bench.stats import summarize
+
+JsonDict = dict[str, Any]
+
+_HEADERS = {
+    "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+    "Accept": "application/json,*/*",
+    "Content-Type": "application/x-www-form-urlencoded",
+}
+ERROR_SAMPLES = 3
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: it gets SIGTERM when the bench process dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class SignedForms:
+    """Slash-command forms as Slack sends them, signed, each with a fresh trigger_id."""
+
+    def __init__(self, spec: JsonDict) -> None:
+        self.secret = spec["secret"]
+        self.verifier = SignatureVerifier(self.secret)
+        self.channel = spec.get("channel", "C0DEPLOY")
+        self.user = spec.get("user", "U0DEV1")
+        self.response_base = spec.get("response_base", "http://127.0.0.1:9/response")
+        self._ids = itertools.count(1)
+
+    def build(self, command: str, text: str) -> tuple[bytes, dict[str, str]]:
+        n = next(self._ids)
+        form = {
+            "token": "legacy-verification-token",
+            "team_id": "T0TEAM",
+            "team_domain": "immune-test",
+            "channel_id": self.channel,
+            "channel_name": "deploys",
+            "user_id": self.user,
+            "user_name": self.user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A0IMMUNE",
+            "is_enterprise_install": "false",
+            "response_url": f"{self.response_base}/bench-{n}-{secrets.token_hex(4)}",
+            "trigger_id": f"{n}{secrets.randbelow(10**9):09d}.{secrets.randbelow(10**12):012d}."
+            f"{secrets.token_hex(16)}",
+        }
+        body = urlencode(form)
+        stamp = str(int(time.time()))
+        headers = {
+            **_HEADERS,
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": self.verifier.generate_signature(timestamp=stamp, body=body) or "",
+        }
+        return body.encode(), headers
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # local server: no proxy from the environment
+    return session
+
+
+def run_load(spec: JsonDict) -> JsonDict:
+    """Closed-loop load: each client sends, waits for the answer, sends the next."""
+    url = spec["url"]
+    concurrency = int(spec["concurrency"])
+    warmup = float(spec.get("warmup", 0.0))
+    duration = spec.get("duration")
+    total = spec.get("total")
+    cases = spec["requests"]
+    forms = SignedForms(spec)
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[JsonDict] = []
+    error_count = 0
+    sent = 0
+    ready = threading.Barrier(concurrency + 1)
+    clock: dict[str, float] = {}
+
+    def client(index: int) -> None:
+        nonlocal error_count, sent
+        session = _session()
+        mine: list[float] = []
+        bad = 0
+        ready.wait()
+        measure_from, end = clock["measure_from"], clock.get("end")
+        for n in itertools.count():
+            if total is not None:
+                if next(counter) >= int(total):
+                    break
+            elif time.perf_counter() >= (end or 0.0):
+                break
+            case = cases[(index + n) % len(cases)]
+            body, headers = forms.build(case["command"], case["text"])
+            began = time.perf_counter()
+            try:
+                answer = session.post(url, data=body, headers=headers, timeout=15)
+                took = time.perf_counter() - began
+                ok = answer.status_code == 200 and case.get("expect", "") in answer.text
+                detail = f"HTTP {answer.status_code}: {answer.text[:300]}"
+            except requests.RequestException as exc:
+                took = time.perf_counter() - began
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            if began < measure_from:
+                continue
+            mine.append(took)
+            if not ok:
+                bad += 1
+                with lock:
+                    if len(errors) < ERROR_SAMPLES:
+                        errors.append(
+                            {"command": case["command"], "text": case["text"], "detail": detail}
+                        )
+        session.close()
+        with lock:
+            latencies.extend(mine)
+            error_count += bad
+            sent += n
+
+    threads = [
+        threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True)
+        for i in range(concurrency)
+    ]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    clock["start"] = start
+    clock["measure_from"] = start + warmup if total is None else start
+    if duration is not None:
+        clock["end"] = start + warmup + float(duration)
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    finished = time.perf_counter()
+    window = float(duration) if duration is not None and total is None else finished - start
+    summary = summarize(latencies)
+    return {
+        **summary,
+        "latencies": latencies if spec.get("raw") else [],
+        "errors": error_count,
+        "error_samples": errors,
+        "sent": sent,
+        "throughput": len(latencies) / window if window > 0 else 0.0,
+        "window_seconds": window,
+        "concurrency": concurrency,
+    }
+
+
+_one_sessions: dict[str, requests.Session] = {}
+
+
+def run_one(spec: JsonDict) -> JsonDict:
+    """One request on a kept-alive session (opened, and warmed with `help`, on first use)."""
+    forms = SignedForms(spec)
+    url = spec["url"]
+    session = _one_sessions.get(url)
+    if session is None:
+        session = _one_sessions[url] = _session()
+        body, headers = forms.build(spec["command"], "help")
+        session.post(url, data=body, headers=headers, timeout=15)
+    body, headers = forms.build(spec["command"], spec["text"])
+    began_wall = time.time()
+    began = time.perf_counter()
+    answer = session.post(url, data=body, headers=headers, timeout=15)
+    took = time.perf_counter() - began
+    return {
+        "latency": took,
+        "status": answer.status_code,
+        "text": answer.text,
+        "sent_at": began_wall,
+    }
+
+
+def main() -> None:
+    for line in sys.stdin:
+        job = json.loads(line)
+        if job["op"] == "quit":
+            break
+        try:
+            result = run_load(job) if job["op"] == "run" else run_one(job)
+        except Exception as exc:  # reported to the driver, which raises it there
+            result = {"failed": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
+class LoadDriver:
+    """The bench's side of a load process: send a job, read its result."""
+
+    def __init__(self, secret: str, *, response_base: str, channel: str = "C0DEPLOY") -> None:
+        self.base = {"secret": secret, "response_base": response_base, "channel": channel}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.load"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+
+    def _ask(self, job: JsonDict, timeout: float) -> JsonDict:
+        stdin: IO[str] | None = self.process.stdin
+        stdout: IO[str] | None = self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(json.dumps({**self.base, **job}) + "\n")
+        stdin.flush()
+        answer: list[str] = []
+        reader = threading.Thread(target=lambda: answer.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not answer or not answer[0]:
+            self.close()
+            raise RuntimeError(f"the load process gave no answer within {timeout:g} s")
+        result: JsonDict = json.loads(answer[0])
+        if "failed" in result:
+            raise RuntimeError(f"load job failed: {result['failed']}")
+        return result
+
+    def run(
+        self,
+        url: str,
+        requests_: list[JsonDict],
+        *,
+        concurrency: int,
+        duration: float | None = None,
+        warmup: float = 0.0,
+        total: int | None = None,
+        raw: bool = False,
+    ) -> JsonDict:
+        job = {
+            "op": "run",
+            "raw": raw,
+            "url": url,
+            "requests": requests_,
+            "concurrency": concurrency,
+            "duration": duration,
+            "warmup": warmup,
+            "total": total,
+        }
+        budget = 60.0 + warmup + (duration or 0.0) + (total or 0) * 0.05
+        return self._ask(job, budget)
+
+    def one(self, url: str, command: str, text: str) -> JsonDict:
+        return self._ask({"op": "one", "url": url, "command": command, "text": text}, 30.0)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                assert self.process.stdin is not None
+                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The bench's Markdown table, made from the results (every figure comes from the JSON)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+JsonDict = dict[str, Any]
+
+
+def _num(value: Any, scale: float = 1.0, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def _ratio(value: Any) -> str:
+    return "-" if value is None else f"{_num(value, digits=2)}x"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def _le(value: Any, limit: float) -> bool | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return bool(value <= limit)
+
+
+def machine_line(section: JsonDict, cpus: int | None) -> list[str]:
+    """How busy the whole machine was while the section ran (the bench included)."""
+    if "machine_busy_cores" not in section:
+        return []
+    return [
+        f"_Machine during this section: {_num(section['machine_busy_cores'], digits=2)} of "
+        f"{cpus} cores busy on average, bench included; load average before "
+        f"{section.get('loadavg_before', '-')}._",
+        "",
+    ]
+
+
+def _failed(name: str, section: JsonDict) -> list[str]:
+    return [f"## {name}", "", f"Failed: `{section['error']}`", ""]
+
+
+def ack_table(ack: JsonDict) -> list[str]:
+    if "error" in ack:
+        return _failed("Ack latency", ack)
+    limit = ack["target"]["ratio_p99_max"]
+    lines = [
+        "## Ack latency (ms)",
+        "",
+        ack["method"] + ".",
+        f"Floor: a bare slack-bolt app with one trivial command; ratio = bot p99 / p99 of the "
+        f"faster bare mode at the same concurrency. Target ≤ {limit:g}x.",
+        "",
+        "| request | clients | n | p50 | p99 | max | req/s | floor p99 | ratio p99 | ≤ target "
+        "| engine calls per ack |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|--:|",
+    ]
+    for mode, by_c in ack["bare"].items():
+        for c, figures in by_c.items():
+            lines.append(
+                f"| bare bolt, {mode.replace('_', ' ')} | {c} | {figures['n']} | "
+                f"{_num(figures['p50'], 1000, 2)} | {_num(figures['p99'], 1000, 2)} | "
+                f"{_num(figures['max'], 1000, 2)} | {_num(figures['throughput'], digits=0)} | "
+                "| | | |"
+            )
+    for row in ack["rows"]:
+        errors = f" ({row['errors']} unexpected answers)" if row.get("errors") else ""
+        lines.append(
+            f"| {row['endpoint']}{errors} | {row['concurrency']} | {row['n']} | "
+            f"{_num(row['p50'], 1000, 2)} | {_num(row['p99'], 1000, 2)} | "
+            f"{_num(row['max'], 1000, 2)} | {_num(row['throughput'], digits=0)} | "
+            f"{_num(row['floor_p99'], 1000, 2)} ({row['floor_mode'].replace('_', ' ')}) | "
+            f"{_ratio(row['ratio_p99'])} | {_verdict(_le(row['ratio_p99'], limit))} | "
+            f"{_num(row.get('engine_calls_per_request'), digits=1)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def rollback_table(rollback: JsonDict) -> list[str]:
+    if "error" in rollback:
+        return _failed("Rollback", rollback)
+    limit = rollback["target"]["ratio_max"]
+    floor = rollback["floor"]
+    lines = [
+        "## Rollback (s)",
+        "",
+        rollback["method"] + f". Target ≤ {limit:g}x the floor.",
+        "",
+        "| path | n | p50 | max | floor p50 | ratio p50 | ratio max | ≤ target (max) "
+        "| ratio p50 vs stop+start |",
+        "|---|--:|--:|--:|--:|--:|--:|:-:|--:|",
+    ]
+    for row in rollback["rows"]:
+        lines.append(
+            f"| {row['path']} | {row['n']} | {_num(row['p50'], digits=3)} | "
+            f"{_num(row['max'], digits=3)} | {_num(row['floor_p50'], digits=3)} | "
+            f"{_ratio(row['ratio_p50'])} | {_ratio(row['ratio_max'])} | "
+            f"{_verdict(_le(row['ratio_max'], limit))} | {_ratio(row['ratio_p50_vs_stop_start'])} |"
+        )
+    for label, key in (
+        ("floor: bare `docker start` + same wait", "docker_start"),
+        ("reference: `docker stop` old + `docker start` kept", "docker_stop_start"),
+    ):
+        figures = floor[key]
+        lines.append(
+            f"| {label} | {figures['n']} | {_num(figures['p50'], digits=3)} | "
+            f"{_num(figures['max'], digits=3)} | | | | | |"
+        )
+    slow = rollback["slow_slack"]
+    lines.append(
+        f"| /rollback, every Slack call taking {slow['latency_per_call_seconds'] * 1000:g} ms | "
+        f"{slow['n']} | {_num(slow['p50'], digits=3)} | {_num(slow['max'], digits=3)} | "
+        f"{_num(rollback['rows'][0]['floor_p50'], digits=3)} | "
+        f"{_ratio(slow['p50'] / rollback['rows'][0]['floor_p50'] if slow['n'] else None)} | | | |"
+    )
+    command = rollback["rows"][0]
+    lines += [
+        "",
+        "Where a `/rollback` spends its time (medians, seconds after the command was sent): "
+        + ", ".join(f"{name} {_num(at, digits=3)}" for name, at in command["steps_median"].items())
+        + f"; {_num(command.get('engine_calls_median'), digits=0)} Docker Engine API calls and "
+        f"{_num(command.get('slack_calls_median'), digits=0)} Slack API calls per rollback.",
+        "",
+    ]
+    return lines
+
+
+def detection_table(detection: JsonDict) -> list[str]:
+    if "error" in detection:
+        return _failed("Detection", detection)
+    config = detection["config"]
+    limit = detection["target"]["max_seconds"]
+    return [
+        "## Detection (s)",
+        "",
+        detection["method"] + ". "
+        f"Config: interval {config['interval_seconds']:g} s, for {config['for']}, warm-up "
+        f"{config['warmup']}, scrape every {config['scrape_interval_seconds']:g} s, "
+        f"max {config['kpi_max']:g}, demo tag {config['demo_tag']}. "
+        f"Target ≤ {limit:g} s (one interval over interval x for).",
+        "",
+        "| n | p50 | max | floor (interval x for) | ratio p50 | ratio max | max ≤ target |",
+        "|--:|--:|--:|--:|--:|--:|:-:|",
+        f"| {detection['n']} | {_num(detection['p50'], digits=3)} | "
+        f"{_num(detection['max'], digits=3)} | {_num(detection['floor_seconds'], digits=1)} | "
+        f"{_ratio(detection['ratio_p50'])} | {_ratio(detection['ratio_max'])} | "
+        f"{_verdict(_le(detection['max'], limit))} |",
+        "",
+        f"First breaching scrape came {_num(detection['first_breaching_scrape_after_live_p50'], digits=2)} s "
+        f"after the bad version went live (p50); breach to rollback start "
+        f"{_num(detection['breach_to_rollback_start_p50'], 1000, 1)} ms (p50).",
+        "",
+    ]
+
+
+def polling_table(polling: JsonDict) -> list[str]:
+    if "error" in polling:
+        return _failed("Polling scale", polling)
+    target = polling["target"]
+    lines = [
+        "## Polling scale",
+        "",
+        polling["method"] + ". "
+        f"Target: {target['kpis']} KPIs per {target['per_seconds']:g} s on one core "
+        f"(CPU share < {target['cpu_share_max']:g}), lateness p99 < "
+        f"{target['lateness_p99_max_seconds']:g} s.",
+        "",
+        "| KPIs (watches) | polls (expected) | KPI polls/s | bot CPU, share of a core | "
+        "CPU ms per KPI | Redis round trips per poll (per KPI) | round trips/s outside polls | "
+        "Redis cmds/s | poll wall p50 (ms) | lateness p99 (ms) | Prometheus CPU share | "
+        "other processes, cores |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for scale in polling["scales"]:
+        lines.append(
+            f"| {scale['kpis']} ({scale['watches']}) | {scale['polls']} ({scale['polls_expected']}) | "
+            f"{_num(scale['kpi_polls_per_second'])} | "
+            f"{_num(scale['process_cpu_share_of_one_core'], digits=3)} | "
+            f"{_num(scale['process_cpu_per_kpi'], 1000, 2)} | "
+            f"{_num(scale['redis_round_trips_per_poll'])} ({_num(scale['redis_round_trips_per_kpi'], digits=2)}) | "
+            f"{_num(scale['redis_round_trips_per_second_outside_polls'])} | "
+            f"{_num(scale['redis_commands_per_second'], digits=0)} | "
+            f"{_num(scale['poll_wall']['p50'], 1000, 1)} | "
+            f"{_num(scale['lateness_p99'], 1000, 1)} | "
+            f"{_num(scale['prometheus_cpu_share'], digits=3)} | "
+            f"{_num(scale.get('other_processes_cores'), digits=2)} |"
+        )
+    for step in polling["growth"]:
+        lines.append("")
+        lines.append(
+            f"{step['from_kpis']} → {step['to_kpis']} KPIs (x{step['kpis_factor']:g}): CPU "
+            f"x{_num(step['cpu_seconds_factor'], digits=2)}, CPU per poll "
+            f"x{_num(step['cpu_per_poll_factor'], digits=2)}, round trips per poll "
+            f"x{_num(step['round_trips_per_poll_factor'], digits=2)}, round trips/s "
+            f"x{_num(step['round_trips_per_second_factor'], digits=2)}, lateness p99 "
+            f"x{_num(step['lateness_p99_factor'], digits=2)}."
+        )
+    lines += ["", f"Target met: {_verdict(target['met'])}.", ""]
+    return lines
+
+
+def memory_table(memory: JsonDict) -> list[str]:
+    if "error" in memory:
+        return _failed("Memory", memory)
+    target = memory["target"]
+    return [
+        "## Memory (MB, RSS of `python -m bot`)",
+        "",
+        memory["method"] + f". Target: under {target['rss_max_mb']:g} MB and flat "
+        f"({target['flat_rule']}).",
+        "",
+        "| at rest | after half | after all | commands (unexpected answers) | growth, second half | "
+        "Redis bytes per command | under 100 MB and flat |",
+        "|--:|--:|--:|--:|--:|--:|:-:|",
+        f"| {_num(memory['rss_rest_mb'])} | {_num(memory['rss_after_half_mb'])} | "
+        f"{_num(memory['rss_after_all_mb'])} | {memory['commands']} ({memory['errors']}) | "
+        f"{_num(memory['growth_second_half_mb'], digits=2)} | "
+        f"{_num(memory['redis_used_memory_growth_bytes_per_command'], digits=0)} | "
+        f"{_verdict(target['met'])} |",
+        "",
+    ]
+
+
+def markdown(results: JsonDict) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# immune bench ({'quick' if meta['quick'] else 'full'}), {meta['started']}",
+        "",
+        f"{meta['host']}: {meta['cpus']} CPUs, Python {meta['python']}, commit {meta['commit']}; "
+        f"load average at start {meta['loadavg_start']}; whole run {_num(meta.get('seconds'), digits=0)} s. "
+        "Every ratio is against a floor measured in this run on this machine.",
+        "",
+    ]
+    sections = (
+        ("ack", ack_table),
+        ("rollback", rollback_table),
+        ("detection", detection_table),
+        ("polling", polling_table),
+        ("memory", memory_table),
+    )
+    for key, render in sections:
+        if key in results:
+            rendered = render(results[key])
+            lines += rendered[:2] + machine_line(results[key], meta.get("cpus")) + rendered[2:]
+    return "\n".join(lines)
