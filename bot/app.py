@@ -30,7 +30,7 @@ from bot.recovery import reconcile_live_versions, recover_orphans
 from bot.redis_conn import connect
 from bot.rollouts import RolloutRunner, RolloutSettings
 from bot.settings import Settings
-from bot.slack_notifier import SlackNotifier, build_web_client
+from bot.slack_notifier import SlackNotifier, build_progress_client, build_web_client
 from bot.state import Store
 from bot.targets.base import Target
 from bot.targets.docker_host import DockerHostTarget
@@ -131,7 +131,9 @@ def build(
 
         targets["swarm"] = SwarmTarget(docker_client)
     web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
-    notifier = notifier or SlackNotifier(web_client)
+    notifier = notifier or SlackNotifier(
+        web_client, build_progress_client(settings.slack_bot_token, settings.slack_api_url)
+    )
     instance_id = instance_id or instance_name()
     barrier = None
     if settings.wait_replicas:

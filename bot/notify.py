@@ -11,9 +11,21 @@ if TYPE_CHECKING:
     from bot.incidents import Incident
 
 
+class NotifierBusy(Exception):
+    """The chat service asked to slow down (rate limited); try again after `retry_after` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited; retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
 class Notifier(Protocol):
     def rollout_changed(self, rollout: Rollout) -> str | None:
-        """Post the rollout's progress message, or update it in place; returns its ts."""
+        """Post the rollout's progress message, or update it in place; returns its ts.
+
+        Raises NotifierBusy instead of waiting when rate limited: a rollout (a rollback above
+        all) must never wait for a chat service's back-off.
+        """
         ...
 
     def approval_changed(

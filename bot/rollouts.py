@@ -20,7 +20,7 @@ from bot.config import Pipeline, PipelinesConfig
 from bot.errors import ImageNotFound
 from bot.images import ImageRef
 from bot.models import Rollout, RolloutKind, RolloutStatus, Step, StepStatus
-from bot.notify import Notifier
+from bot.notify import Notifier, NotifierBusy
 from bot.state import Store
 from bot.targets.base import RolloutCancelled, RolloutFailed, RolloutRequest, Target
 
@@ -112,6 +112,9 @@ class RolloutRunner:
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="rollout")
         self._active: dict[str, str] = {}  # rollout id -> pipeline, renewed by the heartbeat
         self._active_lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._message_locks: dict[str, threading.Lock] = {}
+        self._deferred: dict[str, threading.Timer] = {}
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(
             target=self._renew_forever, name="lock-heartbeat", daemon=True
@@ -128,17 +131,53 @@ class RolloutRunner:
         return rollout
 
     def _render(self, rollout: Rollout) -> None:
-        try:
-            ts = self.notifier.rollout_changed(rollout)
-        except Exception:
-            logger.exception("could not update the message of rollout %s", rollout.id)
-            return
-        if ts and rollout.message_ts != ts:
+        """Show the rollout's latest state in its message, unless Slack asked us to wait."""
+        with self._render_lock:
+            if rollout.id in self._deferred:
+                return  # a timer shows the latest state once Slack's back-off is over
+            lock = self._message_locks.setdefault(rollout.id, threading.Lock())
+        with lock:
+            # Renders of one rollout are serialised and re-read, so an older state never
+            # lands after a newer one.
+            latest = self.store.rollout(rollout.id) or rollout
+            try:
+                ts = self.notifier.rollout_changed(latest)
+            except NotifierBusy as busy:
+                logger.warning(
+                    "Slack rate-limits rollout %s messages; next update in %.0fs",
+                    rollout.id,
+                    busy.retry_after,
+                )
+                self._render_later(rollout.id, busy.retry_after)
+                return
+            except Exception:
+                logger.exception("could not update the message of rollout %s", rollout.id)
+                return
+            if latest.status.finished:
+                with self._render_lock:
+                    self._message_locks.pop(rollout.id, None)
+        if ts and latest.message_ts != ts:
 
             def set_ts(r: Rollout) -> None:
                 r.message_ts = ts
 
             self.store.update_rollout(rollout.id, set_ts)
+
+    def _render_later(self, rollout_id: str, delay: float) -> None:
+        def render() -> None:
+            with self._render_lock:
+                self._deferred.pop(rollout_id, None)
+            latest = self.store.rollout(rollout_id)
+            if latest is not None:
+                self._render(latest)
+
+        timer = threading.Timer(delay, render)
+        timer.daemon = True
+        with self._render_lock:
+            if rollout_id in self._deferred:
+                return
+            self._deferred[rollout_id] = timer
+        timer.start()
 
     # Submission --------------------------------------------------------------------------
 

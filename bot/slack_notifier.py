@@ -16,6 +16,7 @@ from bot import approval_messages, charts, incident_messages, messages
 from bot.config import Approvals
 from bot.incidents import Incident
 from bot.models import Rollout
+from bot.notify import NotifierBusy
 
 logger = logging.getLogger(__name__)
 
@@ -32,24 +33,51 @@ def build_web_client(token: str | None, base_url: str) -> WebClient:
     return client
 
 
+def build_progress_client(token: str | None, base_url: str) -> WebClient:
+    """A WebClient for rollout progress: it retries dropped connections but not 429s, which
+    become NotifierBusy so the rollout goes on and the message catches up later."""
+    client = WebClient(token=token, base_url=base_url, timeout=10)
+    client.retry_handlers.append(ConnectionErrorRetryHandler(max_retry_count=2))
+    return client
+
+
+def _busy(exc: SlackApiError) -> NotifierBusy | None:
+    if exc.response.status_code != 429:
+        return None
+    raw = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
+    try:
+        return NotifierBusy(max(1.0, float(raw)))
+    except (TypeError, ValueError):
+        return NotifierBusy(1.0)
+
+
 class SlackNotifier:
-    def __init__(self, client: WebClient) -> None:
+    def __init__(self, client: WebClient, progress_client: WebClient | None = None) -> None:
         self.client = client
+        self.progress_client = progress_client or client
 
     def rollout_changed(self, rollout: Rollout) -> str | None:
         blocks = messages.build_rollout_message(rollout)
         text = messages.rollout_text(rollout)
-        if rollout.message_ts:
-            try:
-                self.client.chat_update(
-                    channel=rollout.channel, ts=rollout.message_ts, text=text, blocks=blocks
-                )
-                return rollout.message_ts
-            except SlackApiError as exc:
-                if exc.response.get("error") != "message_not_found":
-                    raise
-                logger.warning("rollout %s message vanished; posting a new one", rollout.id)
-        response = self.client.chat_postMessage(channel=rollout.channel, text=text, blocks=blocks)
+        try:
+            if rollout.message_ts:
+                try:
+                    self.progress_client.chat_update(
+                        channel=rollout.channel, ts=rollout.message_ts, text=text, blocks=blocks
+                    )
+                    return rollout.message_ts
+                except SlackApiError as exc:
+                    if exc.response.get("error") != "message_not_found":
+                        raise
+                    logger.warning("rollout %s message vanished; posting a new one", rollout.id)
+            response = self.progress_client.chat_postMessage(
+                channel=rollout.channel, text=text, blocks=blocks
+            )
+        except SlackApiError as exc:
+            busy = _busy(exc)
+            if busy is not None:
+                raise busy from exc
+            raise
         return str(response["ts"])
 
     def approval_changed(

@@ -407,7 +407,8 @@ def test_kpi_breach_on_two_replicas_rolls_back_halts_and_alerts(
             (
                 r
                 for r in bot.ctx.store.recent_rollouts("web", 3)
-                if r.version == "3" and r.status is RolloutStatus.rolled_back
+                # handled once its incident is recorded (the halt comes before it)
+                if r.version == "3" and r.status is RolloutStatus.rolled_back and r.incident_id
             ),
             None,
         ),

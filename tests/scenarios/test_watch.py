@@ -55,6 +55,8 @@ def watched_rollout_ended(bot: Any, version: str, timeout: float = 40) -> Any:
             newest
             and newest[0].status not in (RolloutStatus.live,)
             and not newest[0].status.in_flight_states
+            # A breach is handled once its incident is recorded (the halt comes before it).
+            and (newest[0].status is not RolloutStatus.rolled_back or newest[0].incident_id)
         ):
             return newest[0]
         return None
