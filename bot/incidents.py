@@ -225,10 +225,11 @@ def confirm_rollback(ctx: Context, incident_id: str, user: str, request_id: str)
     incident = load_incident(ctx.store, incident_id)
     pipeline = ctx.pipeline(incident.pipeline)
     if incident.rollback_rollout_id:
+        # The same answer as a press that lost the race below: one rollback, already under way.
         who = f"<@{incident.rollback_confirmed_by}>" if incident.rollback_confirmed_by else "immune"
         return Reply(
-            f"The rollback of `{incident.pipeline}` to `{incident.restored_version}` was already "
-            f"started by {who} ({incident.rollback_rollout_id})."
+            f"{who} already confirmed the rollback of `{incident.pipeline}` to "
+            f"`{incident.restored_version}` ({incident.rollback_rollout_id})."
         )
     if not incident.restored_version:
         raise NothingToRollBackTo(

@@ -660,7 +660,7 @@ def test_rollback_confirm_when_auto_rollback_is_off(
         "rollback_confirm", incident.id, message_ts=incident.alert_ts, user_id=DEV
     )
     [post] = emulator.wait_for_response(id=later.response_url)
-    assert "was already started by" in (post.text or "")
+    assert f"<@{stored.rollback_confirmed_by}> already confirmed the rollback" in (post.text or "")
     time.sleep(0.2)
     assert (
         len([r for r in bot.ctx.store.recent_rollouts(name, 10) if r.kind is RolloutKind.rollback])
