@@ -9,10 +9,6 @@ import io
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
-
 from bot.incidents import Incident, KpiSample
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -49,6 +45,12 @@ def kpi_chart(
 
     Polls without data are drawn as crosses on the time axis; breaching polls in red.
     """
+    # Imported on first use: matplotlib costs ~45 MB of RSS that a bot without breaches
+    # never needs.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     figure = Figure(figsize=(WIDTH_INCHES, HEIGHT_INCHES), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

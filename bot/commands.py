@@ -163,14 +163,41 @@ def answer_once(
 
 def claim(ctx: Context, name: str, rollout_id: str, ttl: float) -> None:
     holder = ctx.store.claim_rollout(name, rollout_id, ttl)
-    if holder is None:
-        return
+    if holder is not None:
+        raise in_flight(ctx, name, holder)
+
+
+def check_not_in_flight(
+    ctx: Context, name: str, inflight_rollout: str, request: CommandRequest, image: ImageRef
+) -> None:
+    """Refuse early, before any engine look-up; `claim` still decides atomically."""
+    if inflight_rollout:
+        _audit_in_flight(
+            ctx, name, request.user_id, request.command.lstrip("/"), image, request.typed
+        )
+        raise in_flight(ctx, name, inflight_rollout)
+
+
+def _audit_in_flight(
+    ctx: Context, name: str, actor: str, action: str, image: ImageRef, command: str
+) -> None:
+    ctx.audit(
+        actor=actor,
+        action=action,
+        pipeline=name,
+        outcome="refused",
+        detail=f"rollout_in_flight; {image.reference}",
+        command=command,
+    )
+
+
+def in_flight(ctx: Context, name: str, holder: str) -> RolloutInFlight:
     rollout = ctx.store.rollout(holder)
     if rollout is None:
-        raise RolloutInFlight(
+        return RolloutInFlight(
             f"A rollout of `{name}` is in flight ({holder}).", hint="Wait for it to end."
         )
-    raise RolloutInFlight(
+    return RolloutInFlight(
         f"A rollout of `{name}` is already in flight: {rollout.kind.value} of "
         f"`{rollout.version}` by <@{rollout.requested_by}>, {rollout.status.value}, "
         f"since {messages.slack_date(rollout.created_at)} ({rollout.id}).",
@@ -237,9 +264,11 @@ def _deploy(ctx: Context, request: CommandRequest) -> Reply:
             f"`{image.version}` is already live on `{args.pipeline}`.",
             hint=f"To restart it, deploy another version and `/rollback {args.pipeline} {image.version}`.",
         )
+    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
     if pipeline.pull == "never":
         # Fails fast, in the ack, for a typo; with pulls allowed the runner finds out.
-        ctx.target(pipeline).locate(args.pipeline, pipeline, image)
+        check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
+    ctx.target(pipeline).locate(args.pipeline, pipeline, image)
     rollout = start_rollout(
         ctx,
         args.pipeline,
@@ -298,14 +327,7 @@ def start_rollout(
     try:
         claim(ctx, name, rollout.id, ttl)
     except RolloutInFlight:
-        ctx.audit(
-            actor=actor,
-            action=kind.value,
-            pipeline=name,
-            outcome="refused",
-            detail=f"rollout_in_flight; {image.reference}",
-            command=command,
-        )
+        _audit_in_flight(ctx, name, actor, kind.value, image, command)
         raise
     ctx.store.create_rollout(rollout)
     ctx.audit(
@@ -362,6 +384,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
                 + (f" (recent: {', '.join(f'`{v}`' for v in versions)})." if versions else "."),
             )
         image = resolve_version(pipeline.image, state.last_good_version)
+    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
     ctx.target(pipeline).locate(args.pipeline, pipeline, image)
     rollout = start_rollout(
         ctx,

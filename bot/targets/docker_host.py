@@ -59,6 +59,25 @@ def hardened_options(pipeline: Pipeline) -> dict[str, Any]:
     return options
 
 
+# Listing containers sparsely is one engine call instead of one per container; a sparse
+# object carries the list's fields (Labels, Names, State, ImageID), not an inspect's.
+def _labels(container: Container) -> dict[str, str]:
+    if "Labels" in container.attrs:
+        return dict(container.attrs["Labels"] or {})
+    return dict(container.labels)
+
+
+def _name(container: Container) -> str:
+    names = container.attrs.get("Names")
+    if names:
+        return str(names[0]).lstrip("/")
+    return str(container.name)
+
+
+def _image_id(container: Container) -> str:
+    return str(container.attrs.get("ImageID") or container.attrs.get("Image") or "")
+
+
 def _logs_tail(container: Container, lines: int = LOG_TAIL_LINES) -> str:
     try:
         raw: bytes = container.logs(tail=lines, stdout=True, stderr=True)
@@ -154,7 +173,7 @@ class DockerHostTarget:
             f"{LABEL_CONTAINER}={container_name}",
             f"{LABEL_ROLE}=service",
         ]
-        return list(self.client.containers.list(all=True, filters={"label": labels}))
+        return list(self.client.containers.list(all=True, sparse=True, filters={"label": labels}))
 
     def _running(self, pipeline_name: str, container_name: str) -> list[Container]:
         return [
@@ -169,8 +188,8 @@ class DockerHostTarget:
             return None
         container = running[0]
         return LiveVersion(
-            version=container.labels.get(LABEL_VERSION, ""),
-            rollout_id=container.labels.get(LABEL_ROLLOUT, ""),
+            version=_labels(container).get(LABEL_VERSION, ""),
+            rollout_id=_labels(container).get(LABEL_ROLLOUT, ""),
         )
 
     # The swap ----------------------------------------------------------------------------
@@ -186,7 +205,7 @@ class DockerHostTarget:
         new: Container | None = None
         stopped_at = time.monotonic()
         try:
-            with progress.step("start", detail=f"stop {old[0].name}" if old else "first deploy"):
+            with progress.step("start", detail=f"stop {_name(old[0])}" if old else "first deploy"):
                 for container in old:
                     container.stop(timeout=STOP_TIMEOUT_SECONDS)
                     self._keep(container, name)
@@ -209,7 +228,7 @@ class DockerHostTarget:
             squatter = self.client.containers.get(name)
         except docker.errors.NotFound:
             return
-        if squatter.labels.get(LABEL_PIPELINE) != pipeline_name:
+        if _labels(squatter).get(LABEL_PIPELINE) != pipeline_name:
             raise RolloutFailed(
                 f"a container named `{name}` exists that immune did not create; "
                 "remove or rename it, then deploy again",
@@ -218,9 +237,9 @@ class DockerHostTarget:
 
     def _keep(self, container: Container, name: str) -> None:
         """Rename a stopped version out of the way: `web--1.4.1`."""
-        version = container.labels.get(LABEL_VERSION, container.short_id)
+        version = _labels(container).get(LABEL_VERSION, container.short_id)
         kept_name = f"{name}--{version}"
-        if container.name == kept_name:
+        if _name(container) == kept_name:
             return
         try:
             previous = self.client.containers.get(kept_name)
@@ -235,12 +254,11 @@ class DockerHostTarget:
         version = request.image.version
         for candidate in self._containers(request.pipeline_name, name):
             if (
-                candidate.labels.get(LABEL_VERSION) == version
-                and candidate.image is not None
-                and candidate.image.id == request.located.image_id
+                _labels(candidate).get(LABEL_VERSION) == version
+                and _image_id(candidate) == request.located.image_id
                 and candidate.status not in ("running", "restarting")
             ):
-                if candidate.name != name:
+                if _name(candidate) != name:
                     self._free_name(name)
                     candidate.rename(name)
                 candidate.start()
@@ -331,7 +349,7 @@ class DockerHostTarget:
     def _prune(self, pipeline_name: str, name: str, keep: int) -> None:
         """Keep the newest `keep` stopped versions; remove older ones."""
         stopped = [c for c in self._containers(pipeline_name, name) if c.status not in ("running",)]
-        stopped.sort(key=lambda c: c.attrs.get("Created", ""), reverse=True)
+        stopped.sort(key=lambda c: c.attrs.get("Created", 0), reverse=True)
         for container in stopped[keep:]:
             self._discard(container)
 
@@ -342,7 +360,7 @@ class DockerHostTarget:
         new = [
             c
             for c in self._containers(request.pipeline_name, name)
-            if c.labels.get(LABEL_ROLLOUT) == request.rollout_id
+            if _labels(c).get(LABEL_ROLLOUT) == request.rollout_id
         ]
         running_new = [c for c in new if c.status == "running"]
         if running_new:
@@ -359,7 +377,7 @@ class DockerHostTarget:
                 old = [
                     c
                     for c in self._containers(request.pipeline_name, name)
-                    if c.labels.get(LABEL_VERSION) == request.from_version
+                    if _labels(c).get(LABEL_VERSION) == request.from_version
                 ]
                 running = [
                     c
