@@ -48,6 +48,7 @@ class RecordedProgress:
         self.runner.change(
             self.rollout_id,
             lambda r: r.steps.append(Step(name=name, started_at=now, detail=detail)),
+            wait=False,
         )
         try:
             yield
@@ -69,14 +70,14 @@ class RecordedProgress:
                         step.detail = detail[:300]
                     return
 
-        self.runner.change(self.rollout_id, finish)
+        self.runner.change(self.rollout_id, finish, wait=False)
 
     def detail(self, text: str) -> None:
         def set_detail(rollout: Rollout) -> None:
             if rollout.steps:
                 rollout.steps[-1].detail = text[:300]
 
-        self.runner.change(self.rollout_id, set_detail)
+        self.runner.change(self.rollout_id, set_detail, wait=False)
 
     def check_cancelled(self) -> None:
         if not self.cancellable:
@@ -115,6 +116,8 @@ class RolloutRunner:
         self._render_lock = threading.Lock()
         self._message_locks: dict[str, threading.Lock] = {}
         self._deferred: dict[str, threading.Timer] = {}
+        self._queued: set[str] = set()
+        self._render_pool = ThreadPoolExecutor(4, thread_name_prefix="render")
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(
             target=self._renew_forever, name="lock-heartbeat", daemon=True
@@ -124,11 +127,36 @@ class RolloutRunner:
     def target_for(self, pipeline: Pipeline) -> Target:
         return self.targets[pipeline.target]
 
-    def change(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
-        """Update the rollout in Redis, then its Slack message."""
+    def change(
+        self, rollout_id: str, change: Callable[[Rollout], None], *, wait: bool = True
+    ) -> Rollout:
+        """Update the rollout in Redis, then its Slack message.
+
+        With wait=False (the steps of a swap) the message is updated by the render pool, so
+        Slack's latency never sits between stopping the old container and starting the new
+        one; outcomes (wait=True) are shown before the caller moves on.
+        """
         rollout = self.store.update_rollout(rollout_id, change)
-        self._render(rollout)
+        if wait:
+            self._render(rollout)
+        else:
+            self._render_soon(rollout.id)
         return rollout
+
+    def _render_soon(self, rollout_id: str) -> None:
+        with self._render_lock:
+            if rollout_id in self._queued:
+                return  # the queued render reads the latest state when it runs
+            self._queued.add(rollout_id)
+
+        def render() -> None:
+            with self._render_lock:
+                self._queued.discard(rollout_id)
+            latest = self.store.rollout(rollout_id)
+            if latest is not None:
+                self._render(latest)
+
+        self._render_pool.submit(render)
 
     def _render(self, rollout: Rollout) -> None:
         """Show the rollout's latest state in its message, unless Slack asked us to wait."""
@@ -138,7 +166,7 @@ class RolloutRunner:
             lock = self._message_locks.setdefault(rollout.id, threading.Lock())
         with lock:
             # Renders of one rollout are serialised and re-read, so an older state never
-            # lands after a newer one.
+            # lands after a newer one, and the first post's ts is saved before the next render.
             latest = self.store.rollout(rollout.id) or rollout
             try:
                 ts = self.notifier.rollout_changed(latest)
@@ -153,15 +181,15 @@ class RolloutRunner:
             except Exception:
                 logger.exception("could not update the message of rollout %s", rollout.id)
                 return
+            if ts and latest.message_ts != ts:
+
+                def set_ts(r: Rollout) -> None:
+                    r.message_ts = ts
+
+                self.store.update_rollout(rollout.id, set_ts)
             if latest.status.finished:
                 with self._render_lock:
                     self._message_locks.pop(rollout.id, None)
-        if ts and latest.message_ts != ts:
-
-            def set_ts(r: Rollout) -> None:
-                r.message_ts = ts
-
-            self.store.update_rollout(rollout.id, set_ts)
 
     def _render_later(self, rollout_id: str, delay: float) -> None:
         def render() -> None:
@@ -191,6 +219,7 @@ class RolloutRunner:
         """Stop taking work; a rollout cut short here is adopted by recovery later."""
         self._stop.set()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._render_pool.shutdown(wait=wait)
 
     def _renew_forever(self) -> None:
         interval = self.settings.lock_ttl_seconds / 3
@@ -247,7 +276,7 @@ class RolloutRunner:
         progress = RecordedProgress(
             self, rollout.id, rollout.pipeline, deploy=rollout.kind is RolloutKind.deploy
         )
-        rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight))
+        rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
         image = ImageRef(pipeline.image, rollout.image_tag, rollout.image_digest)
         try:
             with progress.step("locate image", detail=image.reference):

@@ -36,3 +36,17 @@ def test_a_rate_limited_message_does_not_hold_up_the_rollout(
     )
     assert len(emulator.messages(CHANNEL)) == 1
     assert bot.ctx.store.rollout(rollout.id).message_ts == emulator.messages(CHANNEL)[0]["ts"]
+
+
+def test_a_slow_slack_is_not_in_the_swap(start_bot: Any, web_pipeline: Any, emulator: Any) -> None:
+    web = web_pipeline()
+    bot = start_bot({"pipelines": {"web": web}})
+    deploy(bot, "web 1")
+    assert finished(bot, "web", "1").status is RolloutStatus.good
+    emulator.set_latency("chat.update", 2.0)
+    deploy(bot, "web 2")
+    rollout = finished(bot, "web", "2", timeout=30)
+    assert rollout.status is RolloutStatus.good
+    assert rollout.swap_gap_seconds is not None
+    # Each step's message update takes 2 s; none of them sits between stopping 1 and 2 serving.
+    assert rollout.swap_gap_seconds < 2.0, rollout.steps
