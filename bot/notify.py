@@ -43,7 +43,11 @@ class Notifier(Protocol):
         ...
 
     def incident_opened(self, incident: Incident) -> str | None:
-        """The breach alert, its chart and the five-whys thread; returns the alert's ts."""
+        """The breach alert and its five-whys thread; returns the alert's ts."""
+        ...
+
+    def incident_chart(self, incident: Incident) -> None:
+        """The KPI's chart, uploaded into the alert's thread."""
         ...
 
     def incident_changed(self, incident: Incident, note: str) -> None:
@@ -69,6 +73,9 @@ class SilentNotifier:
         return None
 
     def incident_opened(self, incident: Incident) -> str | None:
+        return None
+
+    def incident_chart(self, incident: Incident) -> None:
         return None
 
     def incident_changed(self, incident: Incident, note: str) -> None:

@@ -111,7 +111,7 @@ class SlackNotifier:
         return str(response["ts"])
 
     def incident_opened(self, incident: Incident) -> str | None:
-        """Post the alert, open its thread with the five-whys template, upload the chart."""
+        """Post the alert and open its thread with the five-whys template."""
         response = self.client.chat_postMessage(
             channel=incident.channel,
             text=incident_messages.alert_text(incident),
@@ -119,13 +119,19 @@ class SlackNotifier:
         )
         alert_ts = str(response["ts"])
         self.post(incident.channel, incident_messages.thread_template(incident), thread_ts=alert_ts)
+        return alert_ts
+
+    def incident_chart(self, incident: Incident) -> None:
+        """Render the chart and upload it into the alert's thread."""
+        if not incident.thread_ts:
+            return
         # The alert and its thread stand without the chart: a failed render or upload is
         # logged, and the incident goes on.
         try:
             png = charts.incident_chart(incident)
             self.client.files_upload_v2(
                 channel=incident.channel,
-                thread_ts=alert_ts,
+                thread_ts=incident.thread_ts,
                 content=png,
                 filename=incident_messages.chart_filename(incident),
                 title=incident_messages.chart_title(incident),
@@ -133,7 +139,6 @@ class SlackNotifier:
             )
         except Exception:
             logger.exception("could not upload the chart of incident %s", incident.id)
-        return alert_ts
 
     def incident_changed(self, incident: Incident, note: str) -> None:
         """A note in the incident's thread, and the alert re-rendered to match."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 MAX_SAMPLES_PER_ROLLOUT = 2000
 WATCH_JOB_PREFIX = "watch:"
 SYNC_INTERVAL_SECONDS = 1.0
+CHART_WAIT_SECONDS = 60.0
 
 
 class WatchState(BaseModel):
@@ -349,7 +351,25 @@ class Watcher:
         if alert_ts:
             # The alert's thread is where answers arrive: link it to the incident.
             incident = incidents.record_alert(self.ctx.store, incident.id, alert_ts)
+            self._post_chart_after_rollback(incident)
         return incident
+
+    def _post_chart_after_rollback(self, incident: Incident) -> None:
+        """Render the chart once the rollback is over: its CPU must not slow the rollback."""
+
+        def post() -> None:
+            deadline = time.monotonic() + CHART_WAIT_SECONDS
+            while incident.rollback_rollout_id and time.monotonic() < deadline:
+                rollback = self.ctx.store.rollout(incident.rollback_rollout_id)
+                if rollback is None or not rollback.status.in_flight_states:
+                    break
+                time.sleep(0.2)
+            try:
+                self.ctx.notifier.incident_chart(incident)
+            except Exception:
+                logger.exception("could not post the chart of incident %s", incident.id)
+
+        threading.Thread(target=post, name=f"chart-{incident.id}", daemon=True).start()
 
     def _history(
         self, kpi: Kpi, pipeline: Pipeline, live_at: float, until: float

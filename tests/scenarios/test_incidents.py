@@ -351,7 +351,10 @@ def test_real_breach_alert_chart_five_whys_and_resume(
         json.dumps(alert["blocks"], indent=2, ensure_ascii=False)
     )
 
-    # The chart, uploaded into the alert's thread.
+    # The chart, uploaded into the alert's thread once the rollback is over.
+    emulator.wait_for(
+        "files.completeUploadExternal", lambda call: call.body.get("thread_ts") == incident.alert_ts
+    )
     [chart] = [f for f in emulator.uploaded_files().values() if f["thread_ts"] == incident.alert_ts]
     assert chart["channel"] == CHANNEL and chart["completed"]
     assert chart["filename"] == f"{incident.id}-error_rate.png"

@@ -30,6 +30,7 @@ class RecordingNotifier(SilentNotifier):
 
     posts: list[tuple[str, str, str | None]] = field(default_factory=list)
     opened: list[Incident] = field(default_factory=list)
+    charts: list[str] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
 
     def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
@@ -39,6 +40,9 @@ class RecordingNotifier(SilentNotifier):
     def incident_opened(self, incident: Incident) -> str | None:
         self.opened.append(incident)
         return f"{START + 1000 + len(self.opened):.6f}"
+
+    def incident_chart(self, incident: Incident) -> None:
+        self.charts.append(incident.id)
 
     def incident_changed(self, incident: Incident, note: str) -> None:
         self.notes.append((incident.id, note))
