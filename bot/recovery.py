@@ -14,12 +14,7 @@ def recover_orphans(ctx: Context) -> list[str]:
     from bot import approvals  # approvals imports the command layer, which imports this module
 
     adopted = []
-    for name in ctx.config.pipelines:
-        state = ctx.store.pipeline(name)
-        orphan = state.inflight_rollout
-        if not orphan:
-            continue
-        lock_held = ctx.store.rollout_lock_holder(name) is not None
+    for name, orphan, lock_held in ctx.store.rollouts_in_flight(list(ctx.config.pipelines)):
         # An approval request is not run: it expires when due (by the clock) or orphaned.
         if approvals.expire_if_due(ctx, orphan, orphaned=not lock_held) or lock_held:
             continue

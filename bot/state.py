@@ -149,6 +149,21 @@ class Store:
         keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
         self._release(keys=keys, args=[rollout_id])
 
+    def rollouts_in_flight(self, pipelines: list[str]) -> list[tuple[str, str, bool]]:
+        """(pipeline, in-flight rollout id, lock held) for each pipeline with a rollout in
+        flight: one round trip for all of them, since every replica asks every 2 s."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in pipelines:
+            pipe.hget(self.keys.pipeline(name), "inflight_rollout")
+            pipe.exists(self.keys.rollout_lock(name))
+        answers = pipe.execute()
+        found = []
+        for index, name in enumerate(pipelines):
+            inflight, locked = answers[2 * index], answers[2 * index + 1]
+            if inflight:
+                found.append((name, str(inflight), bool(locked)))
+        return found
+
     def rollout_lock_holder(self, pipeline: str) -> str | None:
         return cast(str | None, self.redis.get(self.keys.rollout_lock(pipeline)))
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
@@ -36,6 +36,7 @@ MAX_SAMPLES_PER_ROLLOUT = 2000
 WATCH_JOB_PREFIX = "watch:"
 SYNC_INTERVAL_SECONDS = 1.0
 CHART_WAIT_SECONDS = 60.0
+SAMPLES_KEPT_SECONDS = 30 * 86400
 
 
 class WatchState(BaseModel):
@@ -140,8 +141,17 @@ class Watcher:
             self.scheduler.remove_job(WATCH_JOB_PREFIX + rollout_id)
 
     def end(self, rollout_id: str) -> None:
-        """Forget a watch everywhere (other replicas drop their job at their next sync)."""
-        self.ctx.store.redis.hdel(self.ctx.store.keys.watches(), rollout_id)
+        """Forget a watch everywhere (other replicas drop their job at their next sync).
+
+        Its streaks go at once; its samples are kept for SAMPLES_KEPT_SECONDS (an incident
+        keeps its own copy of the samples that breached), so Redis does not grow forever.
+        """
+        keys = self.ctx.store.keys
+        pipe = self.ctx.store.redis.pipeline(transaction=False)
+        pipe.hdel(keys.watches(), rollout_id)
+        pipe.delete(keys.watch(rollout_id))
+        pipe.expire(keys.samples(rollout_id), SAMPLES_KEPT_SECONDS)
+        pipe.execute()
         self._unschedule(rollout_id)
 
     # Polling -----------------------------------------------------------------------------
@@ -183,9 +193,13 @@ class Watcher:
     def _poll_kpis(
         self, watch: WatchState, pipeline: Pipeline, slot: int
     ) -> tuple[list[KpiSample], Kpi | None]:
+        """Query and judge every KPI; two Redis round trips whatever the number of KPIs."""
         store = self.ctx.store
+        watch_key = store.keys.watch(watch.rollout_id)
         timeout = min(10.0, watch.interval * 0.8)
+        streaks = cast(dict[str, str], store.redis.hgetall(watch_key))
         samples: list[KpiSample] = []
+        updates: dict[str, int] = {"last_slot": slot}
         breached: Kpi | None = None
         for kpi in pipeline.kpis:
             started = time.perf_counter()
@@ -199,31 +213,30 @@ class Watcher:
             metrics.KPI_POLLS.labels(
                 pipeline=watch.pipeline, kpi=kpi.name, verdict=verdict.value
             ).inc()
-            sample = KpiSample(
-                at=self.ctx.clock.now(),
-                slot=slot,
-                kpi=kpi.name,
-                value=reading.value,
-                verdict=verdict.value,
-                detail=reading.detail,
+            samples.append(
+                KpiSample(
+                    at=self.ctx.clock.now(),
+                    slot=slot,
+                    kpi=kpi.name,
+                    value=reading.value,
+                    verdict=verdict.value,
+                    detail=reading.detail,
+                )
             )
-            samples.append(sample)
             streak_field = f"streak:{kpi.name}"
-            streak = int(
-                cast(str | None, store.redis.hget(store.keys.watch(watch.rollout_id), streak_field))
-                or 0
-            )
-            streak = next_streak(streak, verdict)
-            pipe = store.redis.pipeline()
-            pipe.hset(
-                store.keys.watch(watch.rollout_id),
-                mapping={streak_field: streak, "last_slot": slot},
-            )
-            pipe.rpush(store.keys.samples(watch.rollout_id), sample.model_dump_json())
-            pipe.ltrim(store.keys.samples(watch.rollout_id), -MAX_SAMPLES_PER_ROLLOUT, -1)
-            pipe.execute()
+            streak = next_streak(int(streaks.get(streak_field) or 0), verdict)
+            updates[streak_field] = streak
             if streak >= kpi.for_polls and breached is None:
                 breached = kpi
+        # Only the replica holding this slot writes these keys: no transaction is needed.
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.hset(watch_key, mapping=cast(dict[Any, Any], updates))
+        if samples:
+            pipe.rpush(
+                store.keys.samples(watch.rollout_id), *(s.model_dump_json() for s in samples)
+            )
+            pipe.ltrim(store.keys.samples(watch.rollout_id), -MAX_SAMPLES_PER_ROLLOUT, -1)
+        pipe.execute()
         return samples, breached
 
     def samples(self, rollout_id: str) -> list[KpiSample]:

@@ -193,7 +193,8 @@ def test_cost_of_one_poll(
     print("\n".join(lines))
     for count, result in results.items():
         # A claim, the watch and the rollout, then per KPI its streak and one pipelined write.
-        assert result["round_trips"] <= 3 + 2 * count, result
+        # Read the watch, claim the slot, read the rollout, read the streaks, write it all.
+        assert result["round_trips"] <= 5, result
         assert result["cpu_ms"] < 50 * count, result
 
 
