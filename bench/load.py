@@ -17,11 +17,9 @@ Jobs:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import json
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +31,7 @@ import requests
 from slack_sdk.signature import SignatureVerifier
 
 from bench.stats import summarize
+from tests.support.services import dies_with_parent
 
 JsonDict = dict[str, Any]
 
@@ -42,12 +41,6 @@ _HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
 }
 ERROR_SAMPLES = 3
-
-
-def die_with_parent() -> None:
-    """Run in a child before exec: it gets SIGTERM when the bench process dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class SignedForms:
@@ -230,7 +223,7 @@ class LoadDriver:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=dies_with_parent(),
         )
 
     def _ask(self, job: JsonDict, timeout: float) -> JsonDict:

@@ -18,10 +18,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from bench.load import die_with_parent
 from bench.rig import BenchRig
 from bench.stats import ratio
 from tests.support.bot_harness import CHANNEL, write_pipelines
+from tests.support.services import dies_with_parent
 
 KPIS_PER_WATCH = 10
 INTERVAL_SECONDS = 10.0
@@ -87,7 +87,7 @@ def _measure(rig: BenchRig, kpis: int, profile: PollingProfile) -> dict[str, Any
         text=True,
         timeout=budget,
         check=False,
-        preexec_fn=die_with_parent,
+        preexec_fn=dies_with_parent(),
     )
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError(

@@ -23,6 +23,7 @@ from bot.app import Immune, build
 from bot.clock import Clock
 from bot.config import PipelinesConfig, parse_pipelines
 from bot.settings import Settings
+from tests.support.services import dies_with_parent
 from tests.support.slack_client import SignedSlackClient
 from tests.support.slack_emulator import SlackEmulator
 
@@ -160,6 +161,7 @@ class BotProcess:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=dies_with_parent(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -92,10 +92,21 @@ def wait_for_http(
         time.sleep(interval)
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: a killed pytest takes its servers with it.
-    with contextlib.suppress(OSError):
+def die_with_parent() -> None:
+    """Run in a child before exec: it gets SIGTERM when its parent dies (a killed pytest or
+    bench takes its servers and bots with it)."""
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """`preexec_fn` for a child that must not outlive this process, or None where it can't.
+
+    The signal follows the thread that forked: only the main thread lives as long as we do.
+    """
+    if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
+        return die_with_parent
+    return None
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -151,7 +162,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if self._dies_with_parent() else None,
+                preexec_fn=dies_with_parent(),
             )
         deadline = time.monotonic() + self.startup_timeout
         while not self.answers():
@@ -169,11 +180,6 @@ class ServerProcess:
                     f"{self.startup_timeout:g} s\n" + _tail(self.log_path)
                 )
             time.sleep(0.05)
-
-    @staticmethod
-    def _dies_with_parent() -> bool:
-        # The signal follows the thread that forked: only the main thread lives as long as pytest.
-        return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, and SIGKILL if it is still there after `timeout`."""
