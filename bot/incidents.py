@@ -6,7 +6,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
-import redis
 from pydantic import BaseModel, Field
 
 from bot import metrics
@@ -152,22 +151,10 @@ def load_incident(store: Store, incident_id: str) -> Incident:
 
 def update_incident(store: Store, incident_id: str, change: Callable[[Incident], None]) -> Incident:
     """Apply `change` atomically (WATCH/MULTI), like rollouts."""
-    key = store.keys.incident(incident_id)
-    with store.redis.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                raw = pipe.get(key)
-                if raw is None:
-                    raise NotFound(f"There is no incident `{incident_id}`.")
-                incident = Incident.model_validate_json(cast(str, raw))
-                change(incident)
-                pipe.multi()
-                pipe.set(key, incident.model_dump_json())
-                pipe.execute()
-                return incident
-            except redis.WatchError:
-                continue
+    updated = store.update_model(store.keys.incident(incident_id), Incident, change)
+    if updated is None:
+        raise NotFound(f"There is no incident `{incident_id}`.")
+    return updated
 
 
 def link_thread(store: Store, incident: Incident) -> None:

@@ -22,7 +22,13 @@ from bot.images import ImageRef
 from bot.models import Rollout, RolloutKind, RolloutStatus, Step, StepStatus
 from bot.notify import Notifier, NotifierBusy
 from bot.state import Store
-from bot.targets.base import RolloutCancelled, RolloutFailed, RolloutRequest, Target
+from bot.targets.base import (
+    LocatedImage,
+    RolloutCancelled,
+    RolloutFailed,
+    RolloutRequest,
+    Target,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -288,16 +294,7 @@ class RolloutRunner:
                     if not result.passed:
                         why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
                         raise RolloutFailed(f"tests failed ({why})", logs_tail=result.output_tail)
-            request = RolloutRequest(
-                pipeline_name=rollout.pipeline,
-                pipeline=pipeline,
-                image=image,
-                located=located,
-                rollout_id=rollout.id,
-                from_version=rollout.from_version,
-                rollback=rollout.kind is not RolloutKind.deploy,
-            )
-            swap = target.roll_out(request, progress)
+            swap = target.roll_out(_request(rollout, pipeline, image, located), progress)
         except ImageNotFound as exc:
             self._fail(rollout.id, exc.message, "", restored=True)
             self.notifier.tell_requester(rollout.response_url, exc.user_text())
@@ -328,16 +325,7 @@ class RolloutRunner:
         image = ImageRef(pipeline.image, rollout.image_tag, rollout.image_digest)
         try:
             located = target.locate(rollout.pipeline, pipeline, image)
-            request = RolloutRequest(
-                pipeline_name=rollout.pipeline,
-                pipeline=pipeline,
-                image=image,
-                located=located,
-                rollout_id=rollout.id,
-                from_version=rollout.from_version,
-                rollback=rollout.kind is not RolloutKind.deploy,
-            )
-            live = target.recover(request, progress)
+            live = target.recover(_request(rollout, pipeline, image, located), progress)
         except (RolloutFailed, ImageNotFound) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "message", str(exc))
             self._fail(
@@ -368,28 +356,33 @@ class RolloutRunner:
         self, rollout_id: str, pipeline: Pipeline, gap: float | None, notes: list[str]
     ) -> None:
         now = self.clock.now()
-        previous = self.store.pipeline(self.store.rollout(rollout_id).pipeline)  # type: ignore[union-attr]
+        current = self.store.rollout(rollout_id)
+        assert current is not None
+        previous = self.store.pipeline(current.pipeline)
+        # A restored version is the last good one: not watched again for this incident.
+        good_at_once = current.kind is not RolloutKind.deploy or not pipeline.kpis
 
         def live(rollout: Rollout) -> None:
-            rollout.status = RolloutStatus.live
+            rollout.status = RolloutStatus.good if good_at_once else RolloutStatus.live
             rollout.live_at = now
             rollout.swap_gap_seconds = gap
             rollout.notes.extend(notes)
-            if rollout.kind is not RolloutKind.deploy or not pipeline.kpis:
-                # A restored version is the last good one: not watched again for this incident.
-                rollout.status = RolloutStatus.good
+            if good_at_once:
                 rollout.finished_at = now
 
-        rollout = self.change(rollout_id, live)
+        # The pipeline's record and lock change before the rollout's status, so whoever sees
+        # the outcome also sees the pipeline as it now is (live version, nothing in flight).
         fields: dict[str, str | float | None] = {
-            "live_version": rollout.version,
-            "live_rollout": rollout.id,
+            "live_version": current.version,
+            "live_rollout": current.id,
         }
-        if rollout.status is RolloutStatus.good:
-            fields.update(last_good_version=rollout.version, last_good_rollout=rollout.id)
-        self.store.update_pipeline(rollout.pipeline, **fields)
-        if previous.live_rollout and previous.live_rollout != rollout.id:
+        if good_at_once:
+            fields.update(last_good_version=current.version, last_good_rollout=current.id)
+        self.store.update_pipeline(current.pipeline, **fields)
+        if previous.live_rollout and previous.live_rollout != current.id:
             self._supersede(previous.live_rollout)
+        self.store.release_rollout(current.pipeline, rollout_id)
+        rollout = self.change(rollout_id, live)
         metrics.ROLLOUTS.labels(
             pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="live"
         ).inc()
@@ -404,6 +397,13 @@ class RolloutRunner:
         )
         if rollout.status is RolloutStatus.live and self.on_live is not None:
             self.on_live(rollout, pipeline)
+
+    def _release_before_outcome(self, rollout_id: str) -> None:
+        """Free the pipeline before recording the outcome: whoever sees a rollout ended may
+        start the next one at once."""
+        current = self.store.rollout(rollout_id)
+        if current is not None:
+            self.store.release_rollout(current.pipeline, rollout_id)
 
     def _supersede(self, rollout_id: str) -> None:
         def supersede(rollout: Rollout) -> None:
@@ -427,6 +427,7 @@ class RolloutRunner:
                     else f"could NOT restore {rollout.from_version}: check the engine now"
                 )
 
+        self._release_before_outcome(rollout_id)
         rollout = self.change(rollout_id, fail)
         metrics.ROLLOUTS.labels(
             pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="failed"
@@ -446,6 +447,7 @@ class RolloutRunner:
             rollout.error = reason
             rollout.finished_at = self.clock.now()
 
+        self._release_before_outcome(rollout_id)
         rollout = self.change(rollout_id, finish)
         metrics.ROLLOUTS.labels(
             pipeline=rollout.pipeline, kind=rollout.kind.value, outcome=status.value
@@ -465,3 +467,17 @@ def _mark(status: RolloutStatus) -> Callable[[Rollout], None]:
         rollout.status = status
 
     return mark
+
+
+def _request(
+    rollout: Rollout, pipeline: Pipeline, image: ImageRef, located: LocatedImage
+) -> RolloutRequest:
+    return RolloutRequest(
+        pipeline_name=rollout.pipeline,
+        pipeline=pipeline,
+        image=image,
+        located=located,
+        rollout_id=rollout.id,
+        from_version=rollout.from_version,
+        rollback=rollout.kind is not RolloutKind.deploy,
+    )

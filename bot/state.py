@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
+from pydantic import BaseModel
 
 from bot.clock import Clock
 from bot.keys import Keys
 from bot.models import AuditEntry, PipelineState, PipelineStatus, Rollout
 
 logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # A rollout may start only when no lock is held and no earlier rollout is still recorded as in
 # flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced).
@@ -198,20 +201,29 @@ class Store:
 
     def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
         """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
-        key = self.keys.rollout(rollout_id)
+        updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change)
+        if updated is None:
+            raise KeyError(f"rollout {rollout_id} does not exist")
+        return updated
+
+    def update_model(
+        self, key: str, model: type[ModelT], change: Callable[[ModelT], None]
+    ) -> ModelT | None:
+        """Read the JSON record at `key`, apply `change`, write it back, atomically
+        (WATCH/MULTI, retried when another writer got there first); None if there is none."""
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
                     raw = pipe.get(key)
                     if raw is None:
-                        raise KeyError(f"rollout {rollout_id} does not exist")
-                    rollout = Rollout.model_validate_json(cast(str, raw))
-                    change(rollout)
+                        return None
+                    record = model.model_validate_json(cast(str, raw))
+                    change(record)
                     pipe.multi()
-                    pipe.set(key, rollout.model_dump_json())
+                    pipe.set(key, record.model_dump_json())
                     pipe.execute()
-                    return rollout
+                    return record
                 except redis.WatchError:
                     continue
 

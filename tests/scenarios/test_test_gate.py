@@ -11,9 +11,9 @@ from typing import Any
 
 import docker
 import pytest
-import requests
 
 from bot.models import Rollout, RolloutStatus, StepStatus
+from tests.scenarios.test_deploy_loop import serving_version
 from tests.support.bot_harness import CHANNEL, InProcessBot
 from tests.support.policy import DEV, answer, config, rollout_id_in, wait_finished
 from tests.support.slack_emulator import SlackEmulator
@@ -28,18 +28,6 @@ def deploy(bot: InProcessBot, name: str, version: str) -> Rollout:
     reply = answer(bot.slack.command("/deploy", f"{name} {version}", user_id=DEV))
     assert reply.startswith("Deploying"), reply
     return wait_finished(bot, rollout_id_in(reply), timeout=90)
-
-
-def serving_version(pipeline: dict[str, Any]) -> str | None:
-    url = pipeline["health"]["url"].replace("/healthz", "/metrics")
-    try:
-        text = requests.get(url, timeout=2).text
-    except requests.RequestException:
-        return None
-    for line in text.splitlines():
-        if line.startswith("demo_build_info"):
-            return line.split('version="', 1)[1].split('"', 1)[0]
-    return None
 
 
 def gate_containers(docker_client: docker.DockerClient, rollout_id: str) -> list[Any]:
