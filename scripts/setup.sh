@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what immune needs on Debian 12, as root: safe to run again (it skips what is there).
 #
-#   - Debian packages: docker.io, redis-server, busybox-static, prometheus (and curl)
+#   - Debian packages: docker.io, redis-server, busybox-static, prometheus (and curl, make)
 #   - Debian's own redis-server and prometheus services stopped and disabled: scripts/services.sh
 #     and the test fixtures run their own, on loopback
 #   - .venv with Python >= 3.11 and `pip install -e '.[dev]'`
@@ -57,6 +57,7 @@ for package in docker.io redis-server busybox-static; do
     installed "$package" || packages+=("$package")
 done
 command -v curl >/dev/null || packages+=(curl)
+command -v make >/dev/null || packages+=(make)  # `make bench`, `make lint`, … (optional shortcuts)
 if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     # Debian's own python3 has venv and ensurepip in a separate package.
     case $(readlink -f "$python_path") in

@@ -6,6 +6,7 @@ message the emulator holds, as a person in Slack would; approved deploys really 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -402,3 +403,25 @@ def test_an_approvals_block_nobody_can_satisfy_is_a_config_error(
         parse_pipelines({"pipelines": {"web": pipeline}}, source="pipelines.yml")
     assert "pipelines.yml: pipelines.web.approvals" in refused.value.message
     assert problem in refused.value.message
+
+
+def test_a_request_expires_once_with_three_replicas(
+    start_bot: StartBot, web_pipeline: Any, unique_name: str, emulator: SlackEmulator
+) -> None:
+    # Every replica's recovery pass looks for due requests every 2 s; one expiry, one message.
+    name = unique_name
+    clock = FrozenClock(NOW)
+    pipelines = protected(web_pipeline, name)
+    replicas = [start_bot(pipelines, clock=clock) for _ in range(3)]
+    rollout_id = ask(replicas[0], name, "1")
+    request = approval_message(replicas[0], emulator, rollout_id)
+
+    clock.advance(601)
+    wait_for_status(replicas[1], rollout_id, RolloutStatus.expired, timeout=10)
+    time.sleep(4.5)  # two more recovery passes on every replica
+    expiries = [e for e in audit(replicas[2], name) if e.action == "deploy.expired"]
+    assert len(expiries) == 1, expiries
+    told = [e for e in emulator.ephemerals() if "expired without enough approvals" in e["text"]]
+    assert len(told) == 1, told
+    shown = emulator.message(CHANNEL, request["ts"])
+    assert action_ids(shown) == [] and "expired" in message_text(shown)
