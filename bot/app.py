@@ -95,7 +95,9 @@ class Immune:
         for stop in self.extra_stops:
             stop()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=wait)
+            # Never wait here: APScheduler 3 holds its job-store lock while it waits for running
+            # jobs, and the watch sync job takes that lock (get_jobs) - a deadlock.
+            self.scheduler.shutdown(wait=False)
         self.ctx.runner.shutdown(wait=wait)
 
     def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
