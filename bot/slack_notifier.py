@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -10,6 +11,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
 )
+from slack_sdk.models.blocks import Block
 from slack_sdk.webhook import WebhookClient
 
 from bot import approval_messages, charts, incident_messages, messages
@@ -51,52 +53,52 @@ def _busy(exc: SlackApiError) -> NotifierBusy | None:
         return NotifierBusy(1.0)
 
 
+def _post_or_update(
+    client: WebClient, channel: str, ts: str | None, text: str, blocks: Sequence[Block]
+) -> str:
+    """Update the message at `ts` in place, or post it (again, if someone deleted it)."""
+    if ts:
+        try:
+            client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            return ts
+        except SlackApiError as exc:
+            if exc.response.get("error") != "message_not_found":
+                raise
+            logger.warning("message %s in %s vanished; posting a new one", ts, channel)
+    response = client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+    return str(response["ts"])
+
+
 class SlackNotifier:
     def __init__(self, client: WebClient, progress_client: WebClient | None = None) -> None:
         self.client = client
         self.progress_client = progress_client or client
 
     def rollout_changed(self, rollout: Rollout) -> str | None:
-        blocks = messages.build_rollout_message(rollout)
-        text = messages.rollout_text(rollout)
         try:
-            if rollout.message_ts:
-                try:
-                    self.progress_client.chat_update(
-                        channel=rollout.channel, ts=rollout.message_ts, text=text, blocks=blocks
-                    )
-                    return rollout.message_ts
-                except SlackApiError as exc:
-                    if exc.response.get("error") != "message_not_found":
-                        raise
-                    logger.warning("rollout %s message vanished; posting a new one", rollout.id)
-            response = self.progress_client.chat_postMessage(
-                channel=rollout.channel, text=text, blocks=blocks
+            return _post_or_update(
+                self.progress_client,
+                rollout.channel,
+                rollout.message_ts,
+                messages.rollout_text(rollout),
+                messages.build_rollout_message(rollout),
             )
         except SlackApiError as exc:
             busy = _busy(exc)
             if busy is not None:
                 raise busy from exc
             raise
-        return str(response["ts"])
 
     def approval_changed(
         self, rollout: Rollout, policy: Approvals, expires_at: float
     ) -> str | None:
-        blocks = approval_messages.build_approval_request(rollout, policy, expires_at)
-        text = approval_messages.approval_text(rollout, policy)
-        if rollout.approval_ts:
-            try:
-                self.client.chat_update(
-                    channel=rollout.channel, ts=rollout.approval_ts, text=text, blocks=blocks
-                )
-                return rollout.approval_ts
-            except SlackApiError as exc:
-                if exc.response.get("error") != "message_not_found":
-                    raise
-                logger.warning("approval request of %s vanished; posting a new one", rollout.id)
-        response = self.client.chat_postMessage(channel=rollout.channel, text=text, blocks=blocks)
-        return str(response["ts"])
+        return _post_or_update(
+            self.client,
+            rollout.channel,
+            rollout.approval_ts,
+            approval_messages.approval_text(rollout, policy),
+            approval_messages.build_approval_request(rollout, policy, expires_at),
+        )
 
     def tell_requester(self, response_url: str | None, text: str) -> None:
         if not response_url:

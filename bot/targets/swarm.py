@@ -657,17 +657,23 @@ class SwarmTarget:
         """After Swarm's automatic rollback: does the previous spec serve again?"""
         deadline = time.monotonic() + pipeline.swarm.timeout
         with progress.step("restore", detail="Swarm's automatic rollback"):
-            try:
-                label = self._rollout_label(service.attrs["Spec"])
-                shown = _Detail(progress)
-                state = self._wait_settled(service, shown, deadline, label, "restored")
-                if state != ROLLBACK_COMPLETED:
-                    raise RolloutFailed(f"Swarm's rollback ended {state or 'without a status'}")
-                self._wait_tasks(service, label, shown, deadline, "restored")
-            except RolloutFailed as failure:
-                logger.error("service %s not restored: %s", service.name, failure.reason)
+            if not self._wait_rolled_back(service, progress, deadline):
                 return False
         return self._healthy_again(service, pipeline, progress)
+
+    def _wait_rolled_back(self, service: Service, progress: Progress, deadline: float) -> bool:
+        """Wait for Swarm's rollback to complete and its tasks to run the previous spec."""
+        try:
+            label = self._rollout_label(service.attrs["Spec"])
+            shown = _Detail(progress)
+            state = self._wait_settled(service, shown, deadline, label, "restored")
+            if state != ROLLBACK_COMPLETED:
+                raise RolloutFailed(f"Swarm's rollback ended {state or 'without a status'}")
+            self._wait_tasks(service, label, shown, deadline, "restored")
+        except RolloutFailed as failure:
+            logger.error("service %s not restored: %s", service.name, failure.reason)
+            return False
+        return True
 
     def _roll_back_after_failure(
         self, service_id: str, previous_version: str, pipeline: Pipeline, progress: Progress
@@ -681,18 +687,14 @@ class SwarmTarget:
             return False
         deadline = time.monotonic() + pipeline.swarm.timeout
         with progress.step("restore", detail=f"Swarm's rollback to {previous_version}"):
-            try:
-                if self._status(service) not in (ROLLBACK_STARTED, ROLLBACK_COMPLETED):
+            if self._status(service) not in (ROLLBACK_STARTED, ROLLBACK_COMPLETED):
+                try:
                     self._request_rollback(service)
-                    service.reload()
-                label = self._rollout_label(service.attrs["Spec"])
-                shown = _Detail(progress)
-                state = self._wait_settled(service, shown, deadline, label, "restored")
-                if state != ROLLBACK_COMPLETED:
-                    raise RolloutFailed(f"Swarm's rollback ended {state or 'without a status'}")
-                self._wait_tasks(service, label, shown, deadline, "restored")
-            except RolloutFailed as failure:
-                logger.error("service %s not restored: %s", service.name, failure.reason)
+                except RolloutFailed as failure:
+                    logger.error("service %s not restored: %s", service.name, failure.reason)
+                    return False
+                service.reload()
+            if not self._wait_rolled_back(service, progress, deadline):
                 return False
         return self._healthy_again(service, pipeline, progress)
 
