@@ -270,8 +270,11 @@ class SlackEmulator:
         self._rate_limits: dict[str, deque[int]] = {}
         self._failures: dict[str, deque[str]] = {}
         self._reset_state()
+        # Where apps.connections.open sends Socket Mode clients (tests/support/socket_mode_server).
+        self.socket_mode_url: str | None = None
         self._methods: dict[str, Callable[[JsonDict], JsonDict]] = {
             "api.test": self._api_test,
+            "apps.connections.open": self._apps_connections_open,
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
             "chat.update": self._chat_update,
@@ -898,6 +901,12 @@ class SlackEmulator:
         return blocks
 
     # ------------------------------------------------------------------ Web API methods
+
+    def _apps_connections_open(self, params: JsonDict) -> JsonDict:
+        """Socket Mode: the WebSocket URL set with `socket_mode_url` (an app-level token's call)."""
+        if not self.socket_mode_url:
+            raise _ApiError("not_allowed_token_type")
+        return {"ok": True, "url": self.socket_mode_url}
 
     def _api_test(self, params: JsonDict) -> JsonDict:
         return {"ok": True, "args": {k: v for k, v in params.items() if k != "token"}}
