@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,45 +107,31 @@ def test_bad_durations(text: object) -> None:
         parse_duration(text)
 
 
-def test_start_up_refuses_missing_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
-    import sys
-
-    env = {"PATH": "/usr/bin:/bin", "PIPELINES_FILE": str(write(tmp_path, GOOD))}
-    result = subprocess.run(
+def start_bot(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m bot` as a user starts it, with only `env`."""
+    return subprocess.run(
         [sys.executable, "-m", "bot"],
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=tmp_path,
+        cwd=cwd,
         check=False,
     )
+
+
+def test_start_up_refuses_missing_settings(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PIPELINES_FILE": str(write(tmp_path, GOOD))}
+    result = start_bot(env, tmp_path)
     assert result.returncode == 2
     assert (
         result.stderr.strip()
         == "immune: cannot start: SLACK_BOT_TOKEN is not set (a bot token, xoxb-…)"
     )
     env.update(SLACK_BOT_TOKEN="xoxb-1", SLACK_SIGNING_SECRET="s", PORT="http")
-    result = subprocess.run(
-        [sys.executable, "-m", "bot"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = start_bot(env, tmp_path)
     assert result.returncode == 2 and "PORT:" in result.stderr and "Traceback" not in result.stderr
     env.update(PORT="3999", PIPELINES_FILE=str(tmp_path / "missing.yml"))
-    result = subprocess.run(
-        [sys.executable, "-m", "bot"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = start_bot(env, tmp_path)
     assert result.returncode == 2 and "missing.yml: file not found" in result.stderr
     assert Settings(_env_file=None).redis_prefix == "immune"  # type: ignore[call-arg]
