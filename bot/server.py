@@ -26,6 +26,7 @@ class HttpServer:
             ident="immune",
         )
         self.thread: threading.Thread | None = None
+        self._closing = False
 
     @property
     def port(self) -> int:
@@ -37,13 +38,19 @@ class HttpServer:
 
     def serve_forever(self) -> None:
         logger.info("listening on http://%s:%s", self.host, self.port)
-        self.server.run()
+        try:
+            self.server.run()
+        except OSError:
+            # close() from another thread pulls the socket from under waitress' select loop.
+            if not self._closing:
+                raise
 
     def start_in_thread(self) -> None:
         self.thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         self.thread.start()
 
     def close(self) -> None:
+        self._closing = True
         self.server.close()
 
 
