@@ -6,12 +6,10 @@ Blocks are built with slack_sdk.models.blocks, which validates Slack's length li
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from slack_sdk.models.blocks import (
     Block,
     ContextBlock,
-    DividerBlock,
     MarkdownTextObject,
     SectionBlock,
 )
@@ -207,11 +205,3 @@ def history_text(name: str, rollouts: list[Rollout], audit: list[AuditEntry]) ->
                 + (" · `" + entry.command.replace("`", "'") + "`" if entry.command else "")
             )
     return _truncate("\n".join(lines), 3900)
-
-
-def as_dicts(blocks: list[Block]) -> list[dict[str, Any]]:
-    return [block.to_dict() for block in blocks]
-
-
-def divider() -> Block:
-    return DividerBlock()
