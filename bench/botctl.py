@@ -9,8 +9,8 @@ from collections.abc import Collection
 from typing import Any
 
 from bench.rig import BenchRig
-from bot.models import Rollout, RolloutKind, RolloutStatus, new_id
-from bot.state import Store
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
+from bot.store.store import Store
 from tests.support.bot_harness import (
     CHANNEL,
     InProcessBot,

@@ -20,9 +20,9 @@ from bench import botctl
 from bench.load import LoadDriver
 from bench.rig import BenchRig
 from bench.stats import median
-from bot.clock import SystemClock
-from bot.keys import Keys
-from bot.state import Store
+from bot.domain.clock import SystemClock
+from bot.store.keys import Keys
+from bot.store.store import Store
 from tests.support.bot_harness import SIGNING_SECRET, BotProcess, bot_settings, write_pipelines
 
 MB = 1_000_000

@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY
 from bench.machine import busy_cpu_seconds, process_cpu_seconds
 from bench.stats import percentile, summarize
 from bot.app import build
-from bot.models import Rollout, RolloutKind, RolloutStatus, new_id
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
 from bot.settings import Settings
 
 JsonDict = dict[str, Any]

@@ -33,9 +33,9 @@ from bench import botctl
 from bench.observe import POLL_SECONDS, Timeline, wait_for_version
 from bench.rig import RUN_LABEL, BenchRig
 from bench.stats import median, ratio, summarize
-from bot.config import Pipeline
-from bot.models import Rollout, RolloutKind, RolloutStatus
-from bot.state import Store
+from bot.domain.config import Pipeline
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.store.store import Store
 from bot.targets.docker_host import hardened_options
 from tests.support.bot_harness import InProcessBot, docker_pipeline
 

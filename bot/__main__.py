@@ -7,7 +7,7 @@ import signal
 import sys
 from types import FrameType
 
-from bot.errors import ConfigError, SettingsError
+from bot.domain.errors import ConfigError, SettingsError
 from bot.settings import configure_logging, load_settings
 
 logger = logging.getLogger("bot")

@@ -19,22 +19,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App, BoltContext
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-from bot.clock import Clock, SystemClock
-from bot.config import PipelinesConfig, load_pipelines
-from bot.context import Context
-from bot.durability import ReplicationBarrier, durable
-from bot.keys import Keys
-from bot.kpis import PrometheusSource
-from bot.notify import Notifier
-from bot.recovery import reconcile_live_versions, recover_orphans
-from bot.redis_conn import connect
-from bot.rollouts import RolloutRunner, RolloutSettings
+from bot.domain.clock import Clock, SystemClock
+from bot.domain.config import PipelinesConfig, load_pipelines
+from bot.kpi_sources.prometheus import PrometheusSource
+from bot.ports import Notifier, Target
+from bot.services.context import Context
+from bot.services.recovery import reconcile_live_versions, recover_orphans
+from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
 from bot.settings import Settings
-from bot.slack_notifier import SlackNotifier, build_progress_client, build_web_client
-from bot.state import Store
-from bot.targets.base import Target
+from bot.slack.notifier import SlackNotifier, build_progress_client, build_web_client
+from bot.store.connection import connect
+from bot.store.durability import ReplicationBarrier, durable
+from bot.store.keys import Keys
+from bot.store.store import Store
 from bot.targets.docker_host import DockerHostTarget
-from bot.watch import SYNC_INTERVAL_SECONDS, Watcher
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.errors import SettingsError
-from bot.redis_conn import check_url, is_sentinel_url
+from bot.domain.errors import SettingsError
+from bot.store.connection import check_url, is_sentinel_url
 
 
 class Settings(BaseSettings):

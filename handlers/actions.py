@@ -7,8 +7,8 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot import approvals, five_whys, incidents
-from bot.ids import ActionId
+from bot.services import approvals, five_whys, incidents
+from bot.slack.ids import ActionId
 
 
 def register(app: App) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from bot import commands, halts, metrics
-from bot.commands import CommandRequest, Reply
-from bot.context import Context
+from bot import metrics
+from bot.services import commands, halts
+from bot.services.commands import CommandRequest, Reply
+from bot.services.context import Context
 
 Operation = Callable[[Context, CommandRequest], Reply]
 

@@ -11,7 +11,7 @@ from slack_bolt import App, BoltResponse
 from slack_sdk.webhook import WebhookClient
 
 from bot import metrics
-from bot.errors import ImmuneError
+from bot.domain.errors import ImmuneError
 
 
 def register(app: App) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt import App, BoltContext
 
-from bot import five_whys
+from bot.services import five_whys
 
 
 def register(app: App) -> None:

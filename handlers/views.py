@@ -6,8 +6,8 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from bot import five_whys
-from bot.ids import CallbackId
+from bot.services import five_whys
+from bot.slack.ids import CallbackId
 
 
 def register(app: App) -> None:

@@ -17,11 +17,10 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
-from bot.config import Pipeline
-from bot.errors import ImageNotFound
-from bot.health import probe
-from bot.images import ImageRef
-from bot.targets.base import (
+from bot.domain.config import Pipeline
+from bot.domain.errors import ImageNotFound
+from bot.domain.images import ImageRef
+from bot.ports import (
     LiveVersion,
     LocatedImage,
     Progress,
@@ -30,6 +29,7 @@ from bot.targets.base import (
     SwapResult,
     TestResult,
 )
+from bot.targets.health import probe
 
 logger = logging.getLogger(__name__)
 

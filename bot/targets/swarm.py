@@ -42,10 +42,9 @@ from docker.types import (
     UpdateConfig,
 )
 
-from bot.config import SLOT_PLACEHOLDER, Pipeline, SwarmRollback, SwarmUpdate
-from bot.health import probe
-from bot.images import ImageRef
-from bot.targets.base import (
+from bot.domain.config import SLOT_PLACEHOLDER, Pipeline, SwarmRollback, SwarmUpdate
+from bot.domain.images import ImageRef
+from bot.ports import (
     LiveVersion,
     LocatedImage,
     Progress,
@@ -63,6 +62,7 @@ from bot.targets.docker_host import (
     DockerHostTarget,
     _logs_tail,
 )
+from bot.targets.health import probe
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import secrets
 
 import redis
 
-from bot.audit_export import MAX_CHARS, MAX_ENTRIES, cell, export_markdown, slack_reply
-from bot.clock import FrozenClock
-from bot.keys import Keys
-from bot.models import AuditEntry, Rollout, RolloutKind, RolloutStatus
-from bot.state import Store
+from bot.domain.clock import FrozenClock
+from bot.domain.models import AuditEntry, Rollout, RolloutKind, RolloutStatus
+from bot.reports.audit_export import MAX_CHARS, MAX_ENTRIES, cell, export_markdown, slack_reply
+from bot.store.keys import Keys
+from bot.store.store import Store
 
 DAY = 86400.0
 T0 = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.charts import DPI, HEIGHT_INCHES, PNG_SIGNATURE, WIDTH_INCHES, incident_chart, kpi_chart
-from bot.incidents import Incident, KpiSample
+from bot.domain.incidents import Incident, KpiSample
+from bot.reports.charts import (
+    DPI,
+    HEIGHT_INCHES,
+    PNG_SIGNATURE,
+    WIDTH_INCHES,
+    incident_chart,
+    kpi_chart,
+)
 
 START = 1_800_000_000.0
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.config import load_pipelines, parse_duration
-from bot.errors import ConfigError
+from bot.domain.config import load_pipelines, parse_duration
+from bot.domain.errors import ConfigError
 from bot.settings import Settings
 
 GOOD: dict[str, Any] = {

@@ -8,19 +8,17 @@ from typing import Any
 import pytest
 import redis
 
-from bot import five_whys, incidents
-from bot.context import Context
-from bot.errors import NotFound
-from bot.ids import BlockId, CallbackId, InputActionId
-from bot.incidents import (
-    ANALYSIS_FIELDS,
+from bot.domain.errors import NotFound
+from bot.domain.incidents import ANALYSIS_FIELDS, Incident, KpiSample
+from bot.services import five_whys, incidents
+from bot.services.context import Context
+from bot.services.incidents import (
     EXPORT_LIMIT,
-    Incident,
-    KpiSample,
     create_incident,
     load_incident,
     record_alert,
 )
+from bot.slack.ids import BlockId, CallbackId, InputActionId
 from tests.support.domain import CHANNEL, START, RecordingNotifier, domain_context, web_config
 
 ALERT_TS = "1800000500.000100"

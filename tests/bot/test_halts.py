@@ -7,14 +7,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from bot import halts
-from bot.commands import CommandRequest
-from bot.context import Context
-from bot.errors import NotAllowed, ResumeRefused
-from bot.incidents import Incident, create_incident, load_incident, update_incident
-from bot.models import Rollout, RolloutKind, RolloutStatus
-from bot.rollouts import RecordedProgress
-from bot.targets.base import RolloutCancelled
+from bot.domain.errors import NotAllowed, ResumeRefused
+from bot.domain.incidents import Incident
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.ports import RolloutCancelled
+from bot.services import halts
+from bot.services.commands import CommandRequest
+from bot.services.context import Context
+from bot.services.incidents import create_incident, load_incident, update_incident
+from bot.services.runner import RecordedProgress
 from tests.support.domain import CHANNEL, START, RecordingNotifier, domain_context, web_config
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.config import Kpi
-from bot.kpis import PrometheusSource, Reading, Verdict, judge, next_streak, reading_from_result
+from bot.domain.config import Kpi
+from bot.domain.kpis import Reading, Verdict, judge, next_streak
+from bot.kpi_sources.prometheus import PrometheusSource, reading_from_result
 
 
 def kpi(**fields: object) -> Kpi:

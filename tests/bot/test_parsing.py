@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.errors import UsageError
-from bot.parsing import (
+from bot.domain.errors import UsageError
+from bot.domain.parsing import (
     MAX_COMMAND_TEXT,
     USAGE,
     DeployArgs,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from bot.errors import SettingsError
-from bot.redis_conn import SentinelAddress, connect, parse_sentinel_url
+from bot.domain.errors import SettingsError
 from bot.settings import Settings, load_settings
+from bot.store.connection import SentinelAddress, connect, parse_sentinel_url
 
 
 @pytest.mark.parametrize(

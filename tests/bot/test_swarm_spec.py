@@ -7,10 +7,10 @@ from typing import Any
 import docker
 import pytest
 
-from bot.config import parse_pipelines
-from bot.errors import ConfigError
-from bot.images import ImageRef
-from bot.targets.base import LocatedImage, RolloutRequest
+from bot.domain.config import parse_pipelines
+from bot.domain.errors import ConfigError
+from bot.domain.images import ImageRef
+from bot.ports import LocatedImage, RolloutRequest
 from bot.targets.swarm import SwarmTarget, health_urls
 
 

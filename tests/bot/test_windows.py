@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.config import Window
-from bot.windows import check, describe, wall_clock_instant
+from bot.domain.config import Window
+from bot.domain.windows import check, describe, wall_clock_instant
 
 LONDON = ZoneInfo("Europe/London")
 

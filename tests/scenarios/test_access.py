@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.clock import FrozenClock
-from bot.models import RolloutStatus
+from bot.domain.clock import FrozenClock
+from bot.domain.models import RolloutStatus
 from tests.support.bot_harness import CHANNEL, InProcessBot
 from tests.support.policy import (
     ADMIN,

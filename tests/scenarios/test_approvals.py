@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from bot.clock import FrozenClock
-from bot.config import parse_pipelines
-from bot.errors import ConfigError
-from bot.ids import ActionId, BlockId
-from bot.models import RolloutStatus
+from bot.domain.clock import FrozenClock
+from bot.domain.config import parse_pipelines
+from bot.domain.errors import ConfigError
+from bot.domain.models import RolloutStatus
+from bot.slack.ids import ActionId, BlockId
 from tests.support.bot_harness import CHANNEL, InProcessBot, wait_until
 from tests.support.policy import (
     ADMIN,

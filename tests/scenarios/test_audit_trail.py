@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from bot.clock import FrozenClock
-from bot.ids import ActionId
-from bot.models import RolloutStatus
+from bot.domain.clock import FrozenClock
+from bot.domain.models import RolloutStatus
+from bot.slack.ids import ActionId
 from tests.support.bot_harness import InProcessBot
 from tests.support.policy import (
     DEV,

@@ -9,7 +9,7 @@ import docker
 import pytest
 import requests
 
-from bot.models import Rollout, RolloutStatus
+from bot.domain.models import Rollout, RolloutStatus
 from tests.support.bot_harness import CHANNEL, InProcessBot, wait_until
 
 pytestmark = pytest.mark.docker

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bot.ids import ActionId
-from bot.models import RolloutStatus
+from bot.domain.models import RolloutStatus
+from bot.slack.ids import ActionId
 from tests.support.bot_harness import CHANNEL, SIGNING_SECRET, InProcessBot
 from tests.support.policy import (
     ADMIN,

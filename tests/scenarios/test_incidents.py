@@ -15,9 +15,10 @@ from typing import Any
 import docker
 import pytest
 
-from bot.charts import PNG_SIGNATURE
-from bot.incidents import Incident, KpiSample, load_incident
-from bot.models import Rollout, RolloutKind, RolloutStatus, new_id
+from bot.domain.incidents import Incident, KpiSample
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
+from bot.reports.charts import PNG_SIGNATURE
+from bot.services.incidents import load_incident
 from tests.scenarios.test_deploy_loop import finished, serving_version
 from tests.support.bot_harness import CHANNEL, InProcessBot, docker_pipeline, free_port, wait_until
 from tests.support.slack_emulator import SlackEmulator

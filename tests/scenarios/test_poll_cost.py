@@ -19,16 +19,16 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.app import Immune, build
-from bot.clock import FrozenClock
-from bot.config import parse_pipelines
-from bot.keys import Keys
-from bot.kpis import PrometheusSource
-from bot.models import Rollout, RolloutKind, RolloutStatus
-from bot.notify import SilentNotifier
-from bot.recovery import recover_orphans
+from bot.domain.clock import FrozenClock
+from bot.domain.config import parse_pipelines
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState
+from bot.kpi_sources.prometheus import PrometheusSource
+from bot.ports import SilentNotifier
+from bot.services.recovery import recover_orphans
+from bot.services.watch import Watcher
 from bot.settings import Settings
-from bot.state import Store
-from bot.watch import Watcher, WatchState
+from bot.store.keys import Keys
+from bot.store.store import Store
 from tests.support.bot_harness import bot_settings, write_pipelines
 
 pytestmark = pytest.mark.prometheus

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import redis
 
-from bot import messages
-from bot.clock import SystemClock
-from bot.incidents import load_incident
-from bot.keys import Keys
-from bot.models import Rollout
-from bot.redis_conn import connect
-from bot.state import Store
+from bot.domain.clock import SystemClock
+from bot.domain.models import Rollout
+from bot.services.incidents import load_incident
+from bot.slack import messages
+from bot.store.connection import connect
+from bot.store.keys import Keys
+from bot.store.store import Store
 from tests.support.bot_harness import BotProcess, bot_settings, wait_until, write_pipelines
 from tests.support.services import RedisServer, ServerProcess
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.models import RolloutStatus
+from bot.domain.models import RolloutStatus
 from tests.scenarios.test_deploy_loop import deploy, finished, serving_version
 from tests.support.bot_harness import CHANNEL, wait_until
 

@@ -20,8 +20,8 @@ import docker.errors
 import pytest
 import requests
 
-from bot.incidents import load_incident
-from bot.models import Rollout, RolloutKind, RolloutStatus
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.services.incidents import load_incident
 from tests.support.bot_harness import CHANNEL, InProcessBot, wait_until
 from tests.support.services import remove_leftovers
 

@@ -12,7 +12,7 @@ from typing import Any
 import docker
 import pytest
 
-from bot.models import Rollout, RolloutStatus, StepStatus
+from bot.domain.models import Rollout, RolloutStatus, StepStatus
 from tests.scenarios.test_deploy_loop import serving_version
 from tests.support.bot_harness import CHANNEL, InProcessBot
 from tests.support.policy import DEV, answer, config, rollout_id_in, wait_finished

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.incidents import load_incident
-from bot.models import RolloutKind, RolloutStatus
+from bot.domain.models import RolloutKind, RolloutStatus
+from bot.services.incidents import load_incident
 from tests.scenarios.test_deploy_loop import deploy, finished, serving_version
 from tests.support.bot_harness import wait_until
 
@@ -83,7 +83,7 @@ def test_good_version_passes_its_watch_and_becomes_last_good(
     verdicts = Counter(s.verdict for s in samples)
     assert verdicts["warmup"] == 3 and verdicts["ok"] >= 1 and verdicts["breach"] == 0
     assert all(s.value == 0 for s in samples if s.verdict == "ok")
-    assert bot.immune.watcher.watches() == {}
+    assert bot.immune.ctx.store.watches() == {}
 
 
 def test_bad_version_is_rolled_back_and_the_pipeline_halted(

@@ -20,8 +20,8 @@ import requests
 import yaml
 
 from bot.app import Immune, build
-from bot.clock import Clock
-from bot.config import PipelinesConfig, parse_pipelines
+from bot.domain.clock import Clock
+from bot.domain.config import PipelinesConfig, parse_pipelines
 from bot.settings import Settings
 from tests.support.services import dies_with_parent
 from tests.support.slack_client import SignedSlackClient

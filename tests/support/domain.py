@@ -10,15 +10,15 @@ from typing import Any
 
 import redis
 
-from bot.clock import Clock, FrozenClock
-from bot.config import parse_pipelines
-from bot.context import Context
-from bot.incidents import Incident
-from bot.keys import Keys
-from bot.notify import SilentNotifier
-from bot.rollouts import RolloutRunner, RolloutSettings
+from bot.domain.clock import Clock, FrozenClock
+from bot.domain.config import parse_pipelines
+from bot.domain.incidents import Incident
+from bot.ports import SilentNotifier
+from bot.services.context import Context
+from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.settings import Settings
-from bot.state import Store
+from bot.store.keys import Keys
+from bot.store.store import Store
 
 CHANNEL = "C0DEPLOY"
 START = 1_800_000_000.0  # a fixed "now" for frozen clocks

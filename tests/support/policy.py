@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.models import AuditEntry, Rollout, RolloutStatus
+from bot.domain.models import AuditEntry, Rollout, RolloutStatus
 from tests.support.bot_harness import InProcessBot, wait_until
 from tests.support.slack_client import SlackHttpResponse
 from tests.support.slack_emulator import SlackEmulator

@@ -1,0 +1,429 @@
+"""The pipelines file (`pipelines.yml`): parsed with PyYAML, validated with pydantic."""
+
+from __future__ import annotations
+
+import re
+from datetime import time as dt_time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.domain.errors import ConfigError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `30s`, `5m`, `1h30m`, `250ms` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number with a unit, like 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "") if re.fullmatch(r"[\d.]+\s*\w+", value) else value
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(
+                f"invalid duration {value!r}: use a number with a unit, like 30s, 5m, 1h or 1h30m"
+            )
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("a duration must be a number with a unit, like 30s, 5m or 1h")
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_delay(value: object) -> float:
+    """Like parse_duration, but zero (`0`, `0s`) is allowed: no wait."""
+    zero = value == 0 and not isinstance(value, bool)
+    if zero or (isinstance(value, str) and re.fullmatch(r"0+(\.0+)?(ms|s|m|h|d)?", value.strip())):
+        return 0.0
+    return parse_duration(value)
+
+
+Delay = Annotated[float, BeforeValidator(parse_delay)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class HealthCheck(_Strict):
+    url: str
+    timeout: Duration = 20.0
+    interval: Duration = 0.1
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
+
+
+class TestGate(_Strict):
+    command: list[str]
+    timeout: Duration = 60.0
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, command: object) -> object:
+        if isinstance(command, str):
+            return ["/bin/sh", "-c", command]
+        return command
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, command: list[str]) -> list[str]:
+        if not command:
+            raise ValueError("the test command is empty")
+        return command
+
+
+class Approvals(_Strict):
+    required: int = Field(default=1, ge=1)
+    approvers: list[str]
+    expire: Duration = 1800.0
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Approvals:
+        # An approvals block nobody can satisfy must not silently mean "anyone may approve".
+        if not self.approvers:
+            raise ValueError("approvals.approvers is empty: list who may approve")
+        if self.required > len(set(self.approvers)):
+            raise ValueError(
+                f"approvals.required is {self.required} but only "
+                f"{len(set(self.approvers))} distinct approvers are listed"
+            )
+        return self
+
+
+class Window(_Strict):
+    days: str = "mon-sun"
+    hours: str = "00:00-24:00"
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, days: str) -> str:
+        parse_days(days)
+        return days
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, hours: str) -> str:
+        parse_hours(hours)
+        return hours
+
+    def day_numbers(self) -> frozenset[int]:
+        return parse_days(self.days)
+
+    def time_range(self) -> tuple[dt_time, dt_time | None]:
+        """Start and end of the window; end None means midnight (24:00)."""
+        return parse_hours(self.hours)
+
+
+def parse_days(days: str) -> frozenset[int]:
+    """Weekday numbers (Monday 0) from `mon-thu`, `mon,wed,fri` or `sat-sun`."""
+    result: set[int] = set()
+    for part in days.lower().replace(" ", "").split(","):
+        ends = part.split("-")
+        if len(ends) > 2 or any(end not in DAY_NAMES for end in ends):
+            raise ValueError(f"invalid days {days!r}: use names like mon-fri or mon,wed,fri")
+        first, last = DAY_NAMES.index(ends[0]), DAY_NAMES.index(ends[-1])
+        day = first
+        while True:
+            result.add(day)
+            if day == last:
+                break
+            day = (day + 1) % 7
+    return frozenset(result)
+
+
+def parse_hours(hours: str) -> tuple[dt_time, dt_time | None]:
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", hours.replace(" ", ""))
+    if not match:
+        raise ValueError(f"invalid hours {hours!r}: use HH:MM-HH:MM, like 09:00-17:00")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2 != 0):
+        raise ValueError(f"invalid hours {hours!r}: times run from 00:00 to 24:00")
+    start = dt_time(h1, m1)
+    end = None if h2 == 24 else dt_time(h2, m2)
+    if end is not None and end <= start:
+        raise ValueError(f"invalid hours {hours!r}: the end must be after the start")
+    return start, end
+
+
+class Watch(_Strict):
+    interval: Duration = 5.0
+    duration: Duration = 600.0
+    warmup: int = Field(default=1, ge=0, description="polls recorded but not judged")
+
+    @model_validator(mode="after")
+    def _duration_covers_interval(self) -> Watch:
+        if self.duration < self.interval:
+            raise ValueError("watch.duration is shorter than watch.interval")
+        return self
+
+
+class Kpi(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+    query: str = Field(min_length=1)
+    source: Literal["prometheus"] = "prometheus"
+    max: float | None = None
+    min: float | None = None
+    for_polls: int = Field(default=1, ge=1, alias="for")
+    no_data: Literal["breach", "ignore"] = "breach"
+
+    @model_validator(mode="after")
+    def _has_tolerance(self) -> Kpi:
+        if self.max is None and self.min is None:
+            raise ValueError(f"KPI {self.name!r} needs max and/or min")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"KPI {self.name!r}: min is greater than max")
+        return self
+
+    def tolerance_text(self) -> str:
+        if self.max is not None and self.min is not None:
+            return f"{self.min:g} ≤ {self.name} ≤ {self.max:g}"
+        if self.max is not None:
+            return f"{self.name} ≤ {self.max:g}"
+        return f"{self.name} ≥ {self.min:g}"
+
+    def breaches(self, value: float) -> bool:
+        return (self.max is not None and value > self.max) or (
+            self.min is not None and value < self.min
+        )
+
+
+class _SwarmPolicy(_Strict):
+    """How Swarm replaces tasks; every field is sent to the engine.
+
+    The docker SDK's own defaults (parallelism 0 = all at once, failure_action `continue`)
+    differ from the engine's (1, `pause`), so immune never leaves one unset.
+    """
+
+    parallelism: int = Field(default=1, ge=0)
+    delay: Delay = 1.0
+    monitor: Duration = 5.0
+    # stop-first: with host networking on one node the new task cannot bind the old task's
+    # port while it runs, so start-first only suits services whose tasks get their own ports.
+    order: Literal["start-first", "stop-first"] = "stop-first"
+    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SwarmUpdate(_SwarmPolicy):
+    """`update_config`: replacing tasks with a new spec."""
+
+    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+
+
+class SwarmRollback(_SwarmPolicy):
+    """`rollback_config`: putting the previous spec back (it cannot roll back itself)."""
+
+    failure_action: Literal["pause", "continue"] = "pause"
+
+
+class SwarmSpec(_Strict):
+    replicas: int = Field(default=1, ge=1)
+    update: SwarmUpdate = SwarmUpdate()
+    rollback: SwarmRollback = SwarmRollback()
+    # An update (or the engine's rollback) still running after this is treated as failed.
+    timeout: Duration = 300.0
+
+
+# Container options (docker SDK `containers.run()` names) a Swarm service can carry; the
+# others (ports, volumes, devices, restart policies, ...) mean something else, or nothing,
+# for a service, and are refused by name rather than silently dropped.
+SWARM_CONTAINER_OPTIONS = frozenset(
+    {
+        "name",
+        "environment",
+        "user",
+        "labels",
+        "command",
+        "entrypoint",
+        "working_dir",
+        "healthcheck",
+        "init",
+        "cap_add",
+        "cap_drop",
+        "network_mode",
+        "hostname",
+        "read_only",
+        "stop_signal",
+        "tty",
+        "stdin_open",
+        "extra_hosts",
+        "sysctls",
+        "group_add",
+    }
+)
+SLOT_PLACEHOLDER = "{slot}"
+
+
+class Pipeline(_Strict):
+    channel: str = Field(min_length=1)
+    target: Literal["docker", "swarm"] = "docker"
+    image: str = Field(min_length=1)
+    container: dict[str, Any]
+    health: HealthCheck
+    tests: TestGate | None = None
+    deployers: list[str] | None = None
+    approvals: Approvals | None = None
+    windows: list[Window] | None = None
+    watch: Watch = Watch()
+    kpis: list[Kpi] = []
+    auto_rollback: bool = True
+    hardened: bool = True
+    pull: Literal["never", "missing", "always"] = "never"
+    keep_versions: int = Field(default=3, ge=1, le=50)
+    command_channels: list[str] | None = None
+    swarm: SwarmSpec = SwarmSpec()
+
+    @field_validator("image")
+    @classmethod
+    def _image_without_tag(cls, image: str) -> str:
+        from bot.domain.images import parse_repository
+
+        return parse_repository(image)
+
+    @field_validator("container")
+    @classmethod
+    def _container_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        known = set(RUN_CREATE_KWARGS) | set(RUN_HOST_CONFIG_KWARGS)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown container option(s) {', '.join(unknown)}: "
+                "use the docker SDK's containers.run() keyword names"
+            )
+        if not isinstance(options.get("name"), str) or not PIPELINE_NAME.match(
+            options.get("name", "")
+        ):
+            raise ValueError("container.name is required (letters, digits, - and _)")
+        for reserved in ("image", "detach", "labels_override"):
+            if reserved in options:
+                raise ValueError(f"container.{reserved} is set by immune, not the config")
+        return options
+
+    @model_validator(mode="after")
+    def _swarm_options(self) -> Pipeline:
+        if self.target != "swarm":
+            if SLOT_PLACEHOLDER in self.health.url:
+                raise ValueError("health.url: {slot} is for target: swarm only")
+            return self
+        refused = sorted(set(self.container) - SWARM_CONTAINER_OPTIONS)
+        if refused:
+            raise ValueError(
+                f"container option(s) {', '.join(refused)} cannot be used with target: swarm "
+                f"(a service takes {', '.join(sorted(SWARM_CONTAINER_OPTIONS))})"
+            )
+        network = self.container.get("network_mode")
+        if network is not None and network != "host":
+            raise ValueError(
+                "container.network_mode: with target: swarm only `host` is supported "
+                "(services publish no ports; tasks listen on the node's loopback)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kpi_names_unique(self) -> Pipeline:
+        names = [kpi.name for kpi in self.kpis]
+        if len(names) != len(set(names)):
+            raise ValueError("KPI names must be unique within a pipeline")
+        return self
+
+    def may_command_from(self, channel_id: str) -> bool:
+        allowed = self.command_channels if self.command_channels is not None else [self.channel]
+        return "*" in allowed or channel_id in allowed
+
+
+class PipelinesConfig(_Strict):
+    timezone: str = "UTC"
+    admins: list[str] = []
+    pipelines: dict[str, Pipeline]
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {zone!r} (use an IANA name)") from exc
+        return zone
+
+    @field_validator("pipelines")
+    @classmethod
+    def _names(cls, pipelines: dict[str, Pipeline]) -> dict[str, Pipeline]:
+        if not pipelines:
+            raise ValueError("no pipelines are defined")
+        for name in pipelines:
+            if not PIPELINE_NAME.match(name):
+                raise ValueError(f"pipeline name {name!r}: use lower-case letters, digits, - or _")
+        containers = [p.container["name"] for p in pipelines.values()]
+        if len(containers) != len(set(containers)):
+            raise ValueError("two pipelines use the same container.name")
+        return pipelines
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def is_admin(self, user_id: str) -> bool:
+        return user_id in self.admins
+
+
+def load_pipelines(path: str | Path) -> PipelinesConfig:
+    """Read and validate the pipelines file; ConfigError names the file, key path and problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found (set PIPELINES_FILE)") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from exc
+    return parse_pipelines(raw, source=str(path))
+
+
+def parse_pipelines(raw: object, source: str = "pipelines.yml") -> PipelinesConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'pipelines' key")
+    try:
+        return PipelinesConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key_path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{source}: {key_path}: {message}")
+    return "\n".join(lines)

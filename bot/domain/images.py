@@ -1,0 +1,100 @@
+"""Image references: what `/deploy web 1.4.2` means on the engine.
+
+The docker SDK splits references (`parse_repository_tag`) but does not validate them, so the
+pieces are checked against the grammar of distribution/reference, which the engine enforces.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from docker.utils import parse_repository_tag
+
+from bot.domain.errors import BadVersion
+
+# From github.com/distribution/reference (regexp.go): the engine rejects anything else.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+REPOSITORY = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One version of a pipeline's image: a tag, a digest, or both."""
+
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def reference(self) -> str:
+        """What the engine is asked for: the digest pins it when present."""
+        if self.digest:
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag}"
+
+    @property
+    def version(self) -> str:
+        """The short name people use in Slack and in container names."""
+        if self.tag:
+            return self.tag
+        assert self.digest is not None
+        return self.digest.removeprefix("sha256:")[:12]
+
+
+def parse_repository(image: str) -> str:
+    """Validate a pipeline's `image` (a repository, without tag)."""
+    repository: str
+    repository, tag = parse_repository_tag(image)
+    if tag is not None:
+        raise ValueError(f"image {image!r} must not carry a tag or digest: /deploy supplies it")
+    if not REPOSITORY.match(repository):
+        raise ValueError(f"image {image!r} is not a valid repository name")
+    return repository
+
+
+def resolve_version(repository: str, version: str) -> ImageRef:
+    """Turn what someone typed after `/deploy <pipeline>` into an image reference.
+
+    Accepted: a tag (`1.4.2`), a digest (`sha256:…`), or a full reference of the pipeline's own
+    repository (`demo/web:1.4.2`, `demo/web@sha256:…`, `demo/web:1.4.2@sha256:…`).
+    """
+    text = version.strip()
+    if not text:
+        raise BadVersion("no version given")
+    if DIGEST.match(text):
+        return ImageRef(repository, None, text)
+    if TAG.match(text):
+        return ImageRef(repository, text, None)
+    if "/" not in text and ":" not in text and "@" not in text:
+        raise BadVersion(
+            f"`{text}` is not a valid image tag (letters, digits, `_`, `.`, `-`; "
+            "at most 128 characters; not starting with `.` or `-`)"
+        )
+    name, digest_or_tag = parse_repository_tag(text)
+    tag: str | None = None
+    digest: str | None = None
+    if digest_or_tag is not None and digest_or_tag.startswith("sha256:"):
+        digest = digest_or_tag
+        name, tag = parse_repository_tag(name)
+    else:
+        tag = digest_or_tag
+    if not REPOSITORY.match(name):
+        raise BadVersion(
+            f"`{text}` is neither a valid image tag nor a valid image reference",
+            hint="Give a tag like `1.4.2`, or a reference like `repo/name:1.4.2` or `repo/name@sha256:…`.",
+        )
+    if name != repository:
+        raise BadVersion(
+            f"`{text}` is an image of `{name}`, but this pipeline deploys `{repository}`"
+        )
+    if digest is not None and not DIGEST.match(digest):
+        raise BadVersion(f"`{digest}` is not a valid digest (sha256: and 64 hex digits)")
+    if tag is not None and not TAG.match(tag):
+        raise BadVersion(f"`{tag}` is not a valid image tag")
+    if tag is None and digest is None:
+        raise BadVersion(f"`{text}` names no tag or digest")
+    return ImageRef(repository, tag, digest)

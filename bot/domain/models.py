@@ -1,0 +1,174 @@
+"""What the bot keeps in Redis: pipelines' state, rollouts, incidents, audit entries."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def new_id(prefix: str) -> str:
+    """Short, unique, readable in Slack: `r-20261127-3f9a1c`."""
+    return f"{prefix}-{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+class RolloutKind(StrEnum):
+    deploy = "deploy"
+    rollback = "rollback"
+    auto_rollback = "auto_rollback"
+
+
+class RolloutStatus(StrEnum):
+    awaiting_approval = "awaiting_approval"
+    queued = "queued"
+    in_flight = "in_flight"
+    live = "live"  # healthy and being watched
+    good = "good"  # watch ended without a breach: the pipeline's last good version
+    failed = "failed"  # never went live; the previous version serves
+    rolled_back = "rolled_back"  # went live, then breached and was replaced
+    superseded = "superseded"  # went live, replaced by a newer rollout during its watch
+    rejected = "rejected"
+    expired = "expired"
+    cancelled = "cancelled"  # stopped by /halt before the swap
+
+    @property
+    def in_flight_states(self) -> bool:
+        return self in (
+            RolloutStatus.awaiting_approval,
+            RolloutStatus.queued,
+            RolloutStatus.in_flight,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return not self.in_flight_states and self is not RolloutStatus.live
+
+
+class StepStatus(StrEnum):
+    running = "running"
+    done = "done"
+    failed = "failed"
+    skipped = "skipped"
+
+
+class Step(BaseModel):
+    name: str
+    status: StepStatus = StepStatus.running
+    started_at: float
+    ended_at: float | None = None
+    detail: str = ""
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+class Approval(BaseModel):
+    user: str
+    decision: str  # approved | rejected
+    at: float
+
+
+class Rollout(BaseModel):
+    id: str
+    pipeline: str
+    kind: RolloutKind
+    version: str
+    reference: str
+    image_tag: str | None = None
+    image_digest: str | None = None
+    requested_by: str
+    created_at: float
+    status: RolloutStatus = RolloutStatus.queued
+    from_version: str | None = None
+    reason: str = ""
+    channel: str = ""
+    message_ts: str | None = None
+    approval_ts: str | None = None
+    response_url: str | None = None
+    steps: list[Step] = Field(default_factory=list)
+    approvals: list[Approval] = Field(default_factory=list)
+    error: str = ""
+    logs_tail: str = ""
+    notes: list[str] = Field(default_factory=list)
+    swap_gap_seconds: float | None = None
+    live_at: float | None = None
+    finished_at: float | None = None
+    incident_id: str | None = None
+    forced: bool = False
+
+    def step(self, name: str) -> Step | None:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        return None
+
+
+class PipelineStatus(StrEnum):
+    open = "open"
+    halted = "halted"
+
+
+class PipelineState(BaseModel):
+    """One pipeline's record in Redis (a hash); empty strings are absent values."""
+
+    name: str
+    status: PipelineStatus = PipelineStatus.open
+    halted_by: str = ""
+    halted_reason: str = ""
+    halted_at: float | None = None
+    halted_incident: str = ""
+    live_version: str = ""
+    live_rollout: str = ""
+    last_good_version: str = ""
+    last_good_rollout: str = ""
+    inflight_rollout: str = ""
+
+    @classmethod
+    def from_hash(cls, name: str, data: dict[str, str]) -> PipelineState:
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in cls.model_fields}
+        if values.get("halted_at"):
+            values["halted_at"] = float(values["halted_at"])
+        else:
+            values.pop("halted_at", None)
+        return cls(name=name, **values)
+
+    @property
+    def halted(self) -> bool:
+        return self.status is PipelineStatus.halted
+
+
+class AuditEntry(BaseModel):
+    id: str = ""
+    at: float
+    actor: str
+    action: str
+    pipeline: str = ""
+    outcome: str = ""
+    detail: str = ""
+    rollout: str = ""
+    command: str = ""
+
+
+class WatchState(BaseModel):
+    """A watch: when it started, how often it polls, for how long (kept in Redis)."""
+
+    rollout_id: str
+    pipeline: str
+    started_at: float
+    interval: float
+    duration: float
+    warmup: int
+
+    @property
+    def last_slot(self) -> int:
+        return max(1, math.floor(self.duration / self.interval + 1e-9))
+
+    def slot_at(self, now: float) -> int:
+        # APScheduler never fires early, so flooring (with a hair for float error) names the
+        # scheduled slot even when the poll starts late.
+        return math.floor((now - self.started_at) / self.interval + 1e-3)

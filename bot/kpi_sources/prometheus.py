@@ -1,0 +1,93 @@
+"""Prometheus as a KPI source: instant and range queries over its HTTP API."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import requests
+
+from bot.domain.kpis import Reading
+
+
+class PrometheusSource:
+    """Instant queries against Prometheus' HTTP API (`GET /api/v1/query`)."""
+
+    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+        self.url = base_url.rstrip("/") + "/api/v1/query"
+        self.session = session or requests.Session()
+        # Prometheus is addressed directly; a proxy from the environment must not intercept.
+        self.session.trust_env = False
+
+    def read(self, query: str, timeout: float) -> Reading:
+        try:
+            response = self.session.get(
+                self.url,
+                params={"query": query, "timeout": f"{max(1, int(timeout * 1000))}ms"},
+                timeout=timeout,
+            )
+        except requests.Timeout:
+            return Reading(None, f"Prometheus timed out after {timeout:g}s")
+        except requests.RequestException as exc:
+            return Reading(None, f"Prometheus unreachable ({type(exc).__name__})")
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            return Reading(None, f"Prometheus answered HTTP {response.status_code} without JSON")
+        if body.get("status") != "success":
+            error = body.get("error") or f"HTTP {response.status_code}"
+            bad_query = body.get("errorType") == "bad_data"
+            return Reading(None, f"Prometheus error: {error}", config_error=bad_query)
+        return reading_from_result(body.get("data") or {})
+
+    def read_range(
+        self, query: str, start: float, end: float, step: float, timeout: float
+    ) -> list[tuple[float, float]]:
+        params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        try:
+            response = self.session.get(self.url + "_range", params=params, timeout=timeout)
+            body: dict[str, Any] = response.json()
+        except (requests.RequestException, ValueError):
+            return []
+        series = (body.get("data") or {}).get("result") or []
+        if body.get("status") != "success" or len(series) != 1:
+            return []
+        points = []
+        for at, raw in series[0].get("values", []):
+            value = _number(raw).value
+            if value is not None:
+                points.append((float(at), value))
+        return points
+
+
+def reading_from_result(data: dict[str, Any]) -> Reading:
+    """The query's scalar, or its single series' value; anything else is no data."""
+    result_type = data.get("resultType")
+    result = data.get("result")
+    if result_type == "scalar" and isinstance(result, list) and len(result) == 2:
+        return _number(result[1])
+    if result_type == "vector" and isinstance(result, list):
+        if not result:
+            return Reading(
+                None, "empty result (no series yet, or the label selector matches nothing)"
+            )
+        if len(result) > 1:
+            return Reading(
+                None,
+                f"the query returns {len(result)} series; aggregate it to one (sum, max, avg …)",
+                config_error=True,
+            )
+        return _number(result[0].get("value", [None, None])[1])
+    return Reading(
+        None, f"unsupported result type {result_type!r}; use a scalar or one series", True
+    )
+
+
+def _number(raw: object) -> Reading:
+    try:
+        value = float(str(raw))
+    except ValueError:
+        return Reading(None, f"not a number: {raw!r}")
+    if math.isnan(value) or math.isinf(value):
+        return Reading(None, f"value is {raw} (a ratio over no traffic?)")
+    return Reading(value)

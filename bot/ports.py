@@ -1,0 +1,199 @@
+"""The ports: what the services need from the world, in the domain's terms.
+
+Adapters implement them: `bot/targets/` (Target), `bot/kpi_sources/` (KpiSource) and
+`bot/slack/` (Notifier). Nothing here knows Docker, Prometheus, Redis or Slack.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot.domain.config import Approvals, Pipeline
+from bot.domain.images import ImageRef
+from bot.domain.incidents import Incident
+from bot.domain.kpis import Reading
+from bot.domain.models import Rollout
+
+# Deploy targets ---------------------------------------------------------------------------
+
+
+class RolloutFailed(Exception):
+    """The new version did not go live; `restored` tells whether the old one serves again."""
+
+    def __init__(self, reason: str, *, logs_tail: str = "", restored: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.logs_tail = logs_tail
+        self.restored = restored
+
+
+class RolloutCancelled(Exception):
+    """Stopped at a safe point (a /halt arrived before the swap began)."""
+
+
+@dataclass(frozen=True)
+class LocatedImage:
+    reference: str
+    image_id: str
+    runs_as_root: bool
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    """What the engine really runs for a pipeline, read from labels."""
+
+    version: str
+    rollout_id: str
+    healthy: bool | None = None
+
+
+@dataclass(frozen=True)
+class TestResult:
+    passed: bool
+    exit_code: int | None
+    output_tail: str
+    seconds: float
+    timed_out: bool = False
+
+
+@dataclass
+class SwapResult:
+    gap_seconds: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+class Progress(Protocol):
+    """How a target reports its steps; the runner records them in Redis and in Slack."""
+
+    def step(self, name: str, detail: str = "") -> AbstractContextManager[None]: ...
+
+    def detail(self, text: str) -> None:
+        """Update the detail of the running step (e.g. `1/2 tasks updated`)."""
+        ...
+
+    def check_cancelled(self) -> None:
+        """Raise RolloutCancelled if the pipeline was halted; call only at safe points."""
+        ...
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    pipeline_name: str
+    pipeline: Pipeline
+    image: ImageRef
+    located: LocatedImage
+    rollout_id: str
+    from_version: str | None
+    # A /rollback or automatic rollback: a target may use its engine's own rollback (Swarm).
+    rollback: bool = False
+
+
+class Target(Protocol):
+    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+        """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there."""
+        ...
+
+    def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
+        """Run the pipeline's test command in a throwaway container of the new image."""
+        ...
+
+    def roll_out(self, request: RolloutRequest, progress: Progress) -> SwapResult:
+        """Replace what runs with the new version; RolloutFailed after restoring the old one."""
+        ...
+
+    def live(self, pipeline_name: str, pipeline: Pipeline) -> LiveVersion | None:
+        """What really runs, from the engine."""
+        ...
+
+    def recover(self, request: RolloutRequest, progress: Progress) -> bool:
+        """Finish or undo a rollout a crashed bot left half done; True if the new version is live."""
+        ...
+
+
+# KPI sources -------------------------------------------------------------------------------
+
+
+class KpiSource(Protocol):
+    def read(self, query: str, timeout: float) -> Reading: ...
+
+    def read_range(
+        self, query: str, start: float, end: float, step: float, timeout: float
+    ) -> list[tuple[float, float]]:
+        """The query's values over a time range (for the breach chart); empty when unknown."""
+        ...
+
+
+# Telling people ----------------------------------------------------------------------------
+
+
+class NotifierBusy(Exception):
+    """The chat service asked to slow down (rate limited); try again after `retry_after` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited; retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class Notifier(Protocol):
+    def rollout_changed(self, rollout: Rollout) -> str | None:
+        """Post the rollout's progress message, or update it in place; returns its ts.
+
+        Raises NotifierBusy instead of waiting when rate limited: a rollout (a rollback above
+        all) must never wait for a chat service's back-off.
+        """
+        ...
+
+    def approval_changed(
+        self, rollout: Rollout, policy: Approvals, expires_at: float
+    ) -> str | None:
+        """Post the rollout's approval request, or update it in place; returns its ts."""
+        ...
+
+    def tell_requester(self, response_url: str | None, text: str) -> None:
+        """An ephemeral answer to whoever asked (through Slack's response_url)."""
+        ...
+
+    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+        """A plain message in a channel or thread; returns its ts."""
+        ...
+
+    def incident_opened(self, incident: Incident) -> str | None:
+        """The breach alert and its five-whys thread; returns the alert's ts."""
+        ...
+
+    def incident_chart(self, incident: Incident) -> None:
+        """The KPI's chart, uploaded into the alert's thread."""
+        ...
+
+    def incident_changed(self, incident: Incident, note: str) -> None:
+        """A reply in the incident's thread (what is still missing, or the summary)."""
+        ...
+
+
+class SilentNotifier:
+    """Tells nobody: for tools and tests that look only at state."""
+
+    def rollout_changed(self, rollout: Rollout) -> str | None:
+        return rollout.message_ts
+
+    def approval_changed(
+        self, rollout: Rollout, policy: Approvals, expires_at: float
+    ) -> str | None:
+        return rollout.approval_ts
+
+    def tell_requester(self, response_url: str | None, text: str) -> None:
+        return None
+
+    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+        return None
+
+    def incident_opened(self, incident: Incident) -> str | None:
+        return None
+
+    def incident_chart(self, incident: Incident) -> None:
+        return None
+
+    def incident_changed(self, incident: Incident, note: str) -> None:
+        return None

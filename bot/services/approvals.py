@@ -1,0 +1,396 @@
+"""Approval requests for protected pipelines (DESIGN.md: `approvals`, deploy_approve/reject).
+
+A request is the rollout itself in status `awaiting_approval`, holding the pipeline's lock for
+`expire` plus the lock TTL. Every decision is one atomic change of the rollout
+(`Store.update_rollout`, WATCH/MULTI) with its checks inside the change, so whichever replica
+and however many presses arrive at once, exactly one change completes the approvals, and only
+that one submits the rollout. Expiry is judged by the bot's clock on every press and on every
+replica's recovery pass, so a request expires even when nobody presses and after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bot import metrics
+from bot.domain.clock import Clock
+from bot.domain.config import Approvals, Pipeline
+from bot.domain.errors import ImmuneError, NotAllowed, NotFound
+from bot.domain.models import Approval, Rollout, RolloutStatus
+from bot.ports import Notifier
+from bot.services.commands import Reply, answer_once
+from bot.services.context import Context
+from bot.slack.approval_messages import (
+    APPROVED,
+    REJECTED,
+    RequestState,
+    approvals_given,
+    request_state,
+)
+from bot.slack.messages import slack_date
+from bot.store.keys import Once
+from bot.store.store import Store
+
+logger = logging.getLogger(__name__)
+
+# Renders of one request racing each other settle within a few rounds.
+MAX_RENDERS = 5
+EXPIRED_REASON = "approval request expired"
+
+
+def expires_at(rollout: Rollout, policy: Approvals) -> float:
+    return rollout.created_at + policy.expire
+
+
+def _mentions(users: list[str]) -> str:
+    return ", ".join(f"<@{user}>" for user in users)
+
+
+# Showing the request ----------------------------------------------------------------------
+
+
+def _looks(rollout: Rollout, policy: Approvals) -> tuple[object, ...]:
+    """What the message shows: a re-render is needed only when this changes."""
+    state = request_state(rollout, policy)
+    decisions = tuple((a.user, a.decision) for a in rollout.approvals)
+    return state, decisions, rollout.error if state is RequestState.cancelled else ""
+
+
+def _show(store: Store, notifier: Notifier, policy: Approvals, rollout_id: str) -> None:
+    """Post or update the request until the message shows what Redis holds.
+
+    Two decisions rendered at once may land in either order; whoever rendered reads the
+    rollout again and renders once more if it changed meanwhile, so the last word is right.
+    """
+    shown: tuple[object, ...] | None = None
+    for _ in range(MAX_RENDERS):
+        rollout = store.rollout(rollout_id)
+        if rollout is None or _looks(rollout, policy) == shown:
+            return
+        ts = notifier.approval_changed(rollout, policy, expires_at(rollout, policy))
+        shown = _looks(rollout, policy)
+        if ts and ts != rollout.approval_ts:
+            _keep_ts(store, rollout_id, ts)
+
+
+def _keep_ts(store: Store, rollout_id: str, ts: str) -> None:
+    def keep(rollout: Rollout) -> None:
+        rollout.approval_ts = ts
+
+    store.update_rollout(rollout_id, keep)
+
+
+def _show_quietly(store: Store, notifier: Notifier, policy: Approvals, rollout_id: str) -> None:
+    # The decision is recorded already; a Slack hiccup must not undo or hide it.
+    try:
+        _show(store, notifier, policy, rollout_id)
+    except Exception:
+        logger.exception("could not update the approval request of %s", rollout_id)
+
+
+def _tell_requester(notifier: Notifier, rollout: Rollout, text: str) -> None:
+    try:
+        notifier.tell_requester(rollout.response_url, text)
+    except Exception:
+        logger.exception("could not tell the requester of %s", rollout.id)
+
+
+# Asking ------------------------------------------------------------------------------------
+
+
+def request_approval(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
+    """Post the approval request in the pipeline's channel."""
+    policy = pipeline.approvals
+    assert policy is not None
+    try:
+        _show(ctx.store, ctx.notifier, policy, rollout.id)
+    except Exception as exc:
+        logger.exception("could not post the approval request of %s", rollout.id)
+        closed = _close(
+            ctx.store,
+            ctx.clock,
+            rollout.id,
+            RolloutStatus.cancelled,
+            "the approval request could not be posted",
+        )
+        if closed is not None:
+            ctx.store.audit(
+                actor="immune",
+                action=f"{closed.kind.value}.cancelled",
+                pipeline=closed.pipeline,
+                outcome="cancelled",
+                rollout=closed.id,
+                detail=f"could not post the approval request: {type(exc).__name__}",
+            )
+        raise ImmuneError(
+            f"Could not ask for approval in <#{pipeline.channel}>, so nothing will be deployed.",
+            hint="Check that immune is a member of that channel, then `/deploy` again.",
+        ) from exc
+
+
+# Ending a request without approval ---------------------------------------------------------
+
+
+def _close(
+    store: Store, clock: Clock, rollout_id: str, status: RolloutStatus, reason: str
+) -> Rollout | None:
+    """End a pending request (atomically: only if still pending) and free the pipeline."""
+    now = clock.now()
+    closed = False
+
+    def close(rollout: Rollout) -> None:
+        nonlocal closed
+        closed = rollout.status is RolloutStatus.awaiting_approval
+        if closed:
+            rollout.status = status
+            rollout.error = reason
+            rollout.finished_at = now
+
+    rollout = store.update_rollout(rollout_id, close)
+    if not closed:
+        return None
+    store.release_rollout(rollout.pipeline, rollout.id)
+    metrics.ROLLOUTS.labels(
+        pipeline=rollout.pipeline, kind=rollout.kind.value, outcome=status.value
+    ).inc()
+    return rollout
+
+
+def _closed_words(rollout: Rollout) -> str:
+    what = f"Your request to deploy `{rollout.reference}` to `{rollout.pipeline}` ({rollout.id})"
+    if rollout.status is RolloutStatus.rejected:
+        return f"{what} was {rollout.error}: nothing was deployed."
+    if rollout.status is RolloutStatus.expired:
+        return f"{what} expired without enough approvals: nothing was deployed."
+    return f"{what} was cancelled ({rollout.error}): nothing was deployed."
+
+
+def _after_close(
+    store: Store, notifier: Notifier, policy: Approvals | None, rollout: Rollout
+) -> None:
+    if policy is not None:
+        _show_quietly(store, notifier, policy, rollout.id)
+    _tell_requester(notifier, rollout, _closed_words(rollout))
+
+
+def expire_rollout(
+    store: Store,
+    notifier: Notifier,
+    clock: Clock,
+    policy: Approvals | None,
+    rollout_id: str,
+    detail: str = "",
+) -> Rollout | None:
+    """Expire a pending request: its message says so and loses its buttons."""
+    rollout = _close(store, clock, rollout_id, RolloutStatus.expired, EXPIRED_REASON)
+    if rollout is None:
+        return None
+    store.audit(
+        actor="immune",
+        action=f"{rollout.kind.value}.expired",
+        pipeline=rollout.pipeline,
+        outcome="expired",
+        rollout=rollout.id,
+        detail=detail or f"{len(rollout.approvals)} decision(s) recorded",
+    )
+    _after_close(store, notifier, policy, rollout)
+    return rollout
+
+
+def expire_if_due(ctx: Context, rollout_id: str, *, orphaned: bool) -> bool:
+    """The recovery pass: True if `rollout_id` is an approval request (expired now if due).
+
+    Due means: past its expiry by the bot's clock, or orphaned (its lock, taken for `expire`
+    plus the lock TTL, lapsed: every bot that could have kept it was gone).
+    """
+    rollout = ctx.store.rollout(rollout_id)
+    if rollout is None or rollout.status is not RolloutStatus.awaiting_approval:
+        return False
+    pipeline = ctx.config.pipelines.get(rollout.pipeline)
+    policy = pipeline.approvals if pipeline is not None else None
+    due = policy is not None and ctx.clock.now() >= expires_at(rollout, policy)
+    if due or orphaned:
+        expire_rollout(
+            ctx.store,
+            ctx.notifier,
+            ctx.clock,
+            policy,
+            rollout_id,
+            detail="its bot stopped; the lock lapsed" if orphaned and not due else "",
+        )
+    return True
+
+
+def cancel(ctx: Context, rollout: Rollout, reason: str) -> None:
+    """End a pending approval request (a halt) and update its message."""
+    closed = _close(ctx.store, ctx.clock, rollout.id, RolloutStatus.cancelled, reason)
+    if closed is None:
+        return
+    ctx.audit(
+        actor="immune",
+        action=f"{closed.kind.value}.cancelled",
+        pipeline=closed.pipeline,
+        outcome="cancelled",
+        rollout=closed.id,
+        detail=reason,
+    )
+    pipeline = ctx.config.pipelines.get(closed.pipeline)
+    _after_close(ctx.store, ctx.notifier, pipeline.approvals if pipeline else None, closed)
+
+
+# Deciding ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Recorded:
+    outcome: str = ""  # settled | expired | rejected | already | partial | approved
+
+
+def _settled_text(rollout: Rollout, policy: Approvals) -> str:
+    state = request_state(rollout, policy)
+    if state is RequestState.approved:
+        names = _mentions([a.user for a in approvals_given(rollout, policy)])
+        return f"{rollout.id} is already approved by {names}; the rollout is on its way."
+    if state is RequestState.rejected:
+        return f"{rollout.id} was already {rollout.error}; nothing was deployed."
+    if state is RequestState.expired:
+        return (
+            f"This approval request expired {slack_date(rollout.finished_at or rollout.created_at)}; "
+            f"nothing was deployed. <@{rollout.requested_by}> may `/deploy` again to ask anew."
+        )
+    return f"This approval request was cancelled ({rollout.error}); nothing was deployed."
+
+
+def decide(ctx: Context, rollout_id: str, user: str, decision: str, request_id: str) -> Reply:
+    """An approver pressed deploy_approve or deploy_reject; exactly once per press."""
+    if decision not in (APPROVED, REJECTED):
+        raise ValueError(f"unknown decision {decision!r}")
+    return answer_once(
+        ctx,
+        Once.action,
+        request_id if request_id.strip(":") else None,
+        "that button press",
+        lambda: _decide(ctx, rollout_id, user, decision),
+    )
+
+
+def _refuse(ctx: Context, user: str, action: str, rollout: Rollout, why: str) -> None:
+    ctx.audit(
+        actor=user,
+        action=action,
+        pipeline=rollout.pipeline,
+        outcome="refused",
+        rollout=rollout.id,
+        detail=why,
+        command=f"{action} button",
+    )
+
+
+def _decide(ctx: Context, rollout_id: str, user: str, decision: str) -> Reply:
+    if not rollout_id:
+        raise NotFound("That button names no approval request.")
+    rollout = ctx.store.rollout(rollout_id)
+    if rollout is None:
+        raise NotFound(f"There is no approval request `{rollout_id}`.")
+    action = "approve" if decision == APPROVED else "reject"
+    pipeline = ctx.config.pipelines.get(rollout.pipeline)
+    policy = pipeline.approvals if pipeline is not None else None
+    if policy is None:
+        # Fail closed: with no policy, nobody may approve; the request expires on its own.
+        _refuse(ctx, user, action, rollout, "no_approval_policy")
+        raise NotAllowed(
+            f"`{rollout.pipeline}` lists no approvers any more, so nobody can decide {rollout.id}.",
+            hint="It expires on its own; ask the bot's operators about the pipelines file.",
+        )
+    if rollout.status is RolloutStatus.awaiting_approval and ctx.clock.now() >= expires_at(
+        rollout, policy
+    ):
+        expire_rollout(ctx.store, ctx.notifier, ctx.clock, policy, rollout.id)
+        rollout = ctx.store.rollout(rollout.id) or rollout
+    if rollout.status is not RolloutStatus.awaiting_approval:
+        return Reply(_settled_text(rollout, policy))
+    if user not in policy.approvers:
+        _refuse(ctx, user, action, rollout, "not_an_approver")
+        raise NotAllowed(
+            f"You are not an approver of `{rollout.pipeline}`, so you cannot {action} {rollout.id}.",
+            hint=f"Approvers: {_mentions(policy.approvers)}.",
+        )
+    if decision == APPROVED and user == rollout.requested_by:
+        _refuse(ctx, user, action, rollout, "own_rollout")
+        others = [u for u in policy.approvers if u != user]
+        raise NotAllowed(
+            "You asked for this deploy, so you cannot approve it yourself.",
+            hint=f"Ask {_mentions(others)}." if others else None,
+        )
+    return _record(ctx, rollout.id, user, decision, policy)
+
+
+def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: Approvals) -> Reply:
+    now = ctx.clock.now()
+    recorded = _Recorded()
+
+    def record(rollout: Rollout) -> None:
+        # Runs inside WATCH/MULTI, possibly more than once: decide from what Redis holds now.
+        if rollout.status is not RolloutStatus.awaiting_approval:
+            recorded.outcome = "settled"
+        elif now >= expires_at(rollout, policy):
+            recorded.outcome = "expired"
+        elif decision == REJECTED:
+            rollout.approvals.append(Approval(user=user, decision=REJECTED, at=now))
+            rollout.status = RolloutStatus.rejected
+            rollout.error = f"rejected by <@{user}>"
+            rollout.finished_at = now
+            recorded.outcome = "rejected"
+        elif any(a.user == user and a.decision == APPROVED for a in rollout.approvals):
+            recorded.outcome = "already"
+        else:
+            rollout.approvals.append(Approval(user=user, decision=APPROVED, at=now))
+            complete = len(approvals_given(rollout, policy)) >= policy.required
+            rollout.status = RolloutStatus.queued if complete else rollout.status
+            recorded.outcome = "approved" if complete else "partial"
+
+    rollout = ctx.store.update_rollout(rollout_id, record)
+    outcome = recorded.outcome
+    action = "approve" if decision == APPROVED else "reject"
+    count = f"{len(approvals_given(rollout, policy))} of {policy.required}"
+    if outcome == "settled":
+        return Reply(_settled_text(rollout, policy))
+    if outcome == "expired":
+        expire_rollout(ctx.store, ctx.notifier, ctx.clock, policy, rollout_id)
+        return Reply(_settled_text(ctx.store.rollout(rollout_id) or rollout, policy))
+    if outcome == "already":
+        return Reply(f"You already approved {rollout.id} ({count}).")
+    ctx.audit(
+        actor=user,
+        action=action,
+        pipeline=rollout.pipeline,
+        outcome=outcome if outcome != "partial" else "recorded",
+        rollout=rollout.id,
+        detail=f"{rollout.reference}; {count} approval(s)",
+        command=f"{action} button",
+    )
+    if outcome == "rejected":
+        ctx.store.release_rollout(rollout.pipeline, rollout.id)
+        metrics.ROLLOUTS.labels(
+            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="rejected"
+        ).inc()
+        _after_close(ctx.store, ctx.notifier, policy, rollout)
+        return Reply(
+            f"Rejected: `{rollout.reference}` will not be deployed to `{rollout.pipeline}`."
+        )
+    if outcome == "partial":
+        _show_quietly(ctx.store, ctx.notifier, policy, rollout.id)
+        return Reply(
+            f"Your approval of {rollout.id} is recorded ({count}); "
+            "it deploys once enough approvers agree."
+        )
+    # The one change that completed the approvals: the rollout runs now, exactly once. Its lock
+    # goes back to the normal TTL, so a replica dying from here on is recovered quickly.
+    ctx.store.renew_rollout_lock(rollout.pipeline, rollout.id, ctx.settings.lock_ttl_seconds)
+    ctx.runner.submit(rollout.id)
+    _show_quietly(ctx.store, ctx.notifier, policy, rollout.id)
+    return Reply(
+        f"Approved ({count}): deploying `{rollout.reference}` to `{rollout.pipeline}` now; "
+        f"progress in <#{rollout.channel}>."
+    )

@@ -1,0 +1,170 @@
+"""/halt and /resume: stopping the line, and re-opening it once the analysis is written."""
+
+from __future__ import annotations
+
+from bot.domain.errors import NotAllowed, ResumeRefused
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.domain.parsing import parse_halt, parse_resume, wants_help
+from bot.services import incidents
+from bot.services.commands import CommandRequest, Reply, help_reply
+from bot.services.context import Context
+from bot.slack import messages
+
+
+def halt(ctx: Context, request: CommandRequest) -> Reply:
+    """Anyone may halt (the andon cord): stopping the line must never wait for permission."""
+    if wants_help(request.text):
+        return help_reply("/halt")
+    args = parse_halt(request.text)
+    names = sorted(ctx.config.pipelines) if args.pipeline == "all" else [args.pipeline]
+    for name in names:
+        ctx.pipeline(name)
+    reason = args.reason or "no reason given"
+    states = {name: ctx.store.pipeline(name) for name in names}
+    halted = [name for name in names if not states[name].halted]
+    # Every pipeline is marked halted before anything slower happens (audit, approvals, Slack):
+    # `/halt all` stops every line at once, and a runner's next safe point already sees it.
+    for name in halted:
+        ctx.store.halt(name, by=request.user_id, reason=reason)
+    inflight = [
+        rollout
+        for name in halted
+        if (
+            rollout := _after_halt(
+                ctx, name, by=request.user_id, reason=reason, command=request.typed
+            )
+        )
+    ]
+    by_channel: dict[str, list[str]] = {}
+    for name in halted:
+        by_channel.setdefault(ctx.pipeline(name).channel, []).append(name)
+    for channel, channel_names in by_channel.items():
+        ctx.notifier.post(
+            channel,
+            f":octagonal_sign: {_names(channel_names)} halted by <@{request.user_id}>: {reason}. "
+            "New deploys are refused.",
+        )
+    lines = []
+    if halted:
+        lines.append(f":octagonal_sign: Halted {_names(halted)}: {reason}.")
+    lines += [_inflight_note(rollout) for rollout in inflight]
+    for name in names:
+        if name in halted:
+            continue
+        state = states[name]
+        who = "immune" if state.halted_by == "immune" else f"<@{state.halted_by}>"
+        lines.append(
+            f"`{name}` was already halted by {who} "
+            f"{messages.slack_date(state.halted_at or 0)}: {state.halted_reason}."
+        )
+    return Reply("\n".join(lines))
+
+
+def halt_pipeline(
+    ctx: Context, name: str, *, by: str, reason: str, incident: str = "", command: str = ""
+) -> None:
+    """Halt one pipeline; a rollout awaiting approval is cancelled, one in flight stops safely."""
+    pipeline = ctx.pipeline(name)
+    ctx.store.halt(name, by=by, reason=reason, incident=incident)
+    _after_halt(ctx, name, by=by, reason=reason, command=command)
+    if by != "immune":
+        ctx.notifier.post(
+            pipeline.channel,
+            f":octagonal_sign: `{name}` halted by <@{by}>: {reason}. New deploys are refused.",
+        )
+
+
+def _after_halt(ctx: Context, name: str, *, by: str, reason: str, command: str) -> Rollout | None:
+    """Audit a halt and settle the rollout in flight; returns that rollout, if any."""
+    ctx.audit(
+        actor=by, action="halt", pipeline=name, outcome="halted", detail=reason, command=command
+    )
+    state = ctx.store.pipeline(name)
+    if not state.inflight_rollout:
+        return None
+    rollout = ctx.store.rollout(state.inflight_rollout)
+    if rollout is not None and rollout.status is RolloutStatus.awaiting_approval:
+        from bot.services import approvals
+
+        approvals.cancel(ctx, rollout, f"pipeline halted by <@{by}>")
+    # A queued or running rollout stops at the runner's next safe point (RecordedProgress.
+    # check_cancelled): before its test gate or before its swap, never half-way through one.
+    return rollout
+
+
+def _inflight_note(rollout: Rollout) -> str:
+    what = f"{rollout.kind.value.replace('_', ' ')} of `{rollout.version}` ({rollout.id})"
+    if rollout.kind is not RolloutKind.deploy:
+        return f"`{rollout.pipeline}`: the {what} in flight goes on: it restores service."
+    if rollout.status is RolloutStatus.awaiting_approval:
+        return f"`{rollout.pipeline}`: the {what} awaiting approval is cancelled."
+    return (
+        f"`{rollout.pipeline}`: the {what} in flight stops at its next safe point; "
+        "a swap already under way finishes first."
+    )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def resume(ctx: Context, request: CommandRequest) -> Reply:
+    if wants_help(request.text):
+        return help_reply("/resume")
+    args = parse_resume(request.text)
+    pipeline = ctx.pipeline(args.pipeline)
+    state = ctx.store.pipeline(args.pipeline)
+    if not state.halted:
+        return Reply(f"`{args.pipeline}` is not halted; deploys are open.")
+    forced = args.force_reason is not None
+    if forced and not ctx.config.is_admin(request.user_id):
+        ctx.audit(
+            actor=request.user_id,
+            action="resume",
+            pipeline=args.pipeline,
+            outcome="refused",
+            detail="force_not_admin",
+            command=request.typed,
+        )
+        raise NotAllowed(
+            "Only admins may `/resume --force`.",
+            hint="Admins: " + ", ".join(f"<@{u}>" for u in ctx.config.admins)
+            if ctx.config.admins
+            else None,
+        )
+    if state.halted_incident and not forced:
+        missing = incidents.missing_analysis(ctx, state.halted_incident)
+        if missing:
+            ctx.audit(
+                actor=request.user_id,
+                action="resume",
+                pipeline=args.pipeline,
+                outcome="refused",
+                detail="missing: " + ", ".join(missing),
+                command=request.typed,
+            )
+            raise ResumeRefused(
+                f"`{args.pipeline}` stays halted until incident {state.halted_incident} is analysed. "
+                f"Missing: {', '.join(missing)}.",
+                hint="Answer in the breach alert's thread (`why 1: …`, `root cause: …`, `test: <link>`) "
+                "or with its *Five whys* button.",
+            )
+    ctx.store.reopen(args.pipeline)
+    ctx.audit(
+        actor=request.user_id,
+        action="resume",
+        pipeline=args.pipeline,
+        outcome="forced" if forced else "resumed",
+        detail=args.force_reason or "",
+        command=request.typed,
+    )
+    if state.halted_incident:
+        incidents.record_resume(
+            ctx, state.halted_incident, request.user_id, args.force_reason or ""
+        )
+    how = f" (forced: {args.force_reason})" if forced else ""
+    ctx.notifier.post(
+        pipeline.channel,
+        f":large_green_circle: `{args.pipeline}` resumed by <@{request.user_id}>{how}.",
+    )
+    return Reply(f"`{args.pipeline}` is open again{how}.")

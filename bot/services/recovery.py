@@ -1,0 +1,63 @@
+"""Carrying on after a crash: adopt orphaned rollouts and believe the engine about what runs."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.services.context import Context
+
+logger = logging.getLogger(__name__)
+
+
+def recover_orphans(ctx: Context) -> list[str]:
+    """Adopt every in-flight rollout whose lock expired (its bot died); returns their ids."""
+    from bot.services import (
+        approvals,  # approvals imports the command layer, which imports this module
+    )
+
+    adopted = []
+    for name, orphan, lock_held in ctx.store.rollouts_in_flight(list(ctx.config.pipelines)):
+        # An approval request is not run: it expires when due (by the clock) or orphaned.
+        if approvals.expire_if_due(ctx, orphan, orphaned=not lock_held) or lock_held:
+            continue
+        if ctx.store.adopt_rollout(name, orphan, ctx.settings.lock_ttl_seconds):
+            logger.warning("adopting rollout %s of %s: its bot stopped mid-way", orphan, name)
+            ctx.audit(
+                actor="immune",
+                action="recover",
+                pipeline=name,
+                rollout=orphan,
+                outcome="adopted",
+                detail=f"by {ctx.instance_id}",
+            )
+            ctx.runner.submit_recovery(orphan)
+            adopted.append(orphan)
+    return adopted
+
+
+def reconcile_live_versions(ctx: Context) -> None:
+    """At start-up, make Redis agree with what the engine really runs (labels are the truth)."""
+    for name, pipeline in ctx.config.pipelines.items():
+        state = ctx.store.pipeline(name)
+        if state.inflight_rollout:
+            continue  # recover_orphans settles it
+        live = ctx.target(pipeline).live(name, pipeline)
+        engine_version = live.version if live else ""
+        if engine_version == state.live_version:
+            continue
+        logger.warning(
+            "pipeline %s: Redis says %r is live, the engine runs %r; believing the engine",
+            name,
+            state.live_version,
+            engine_version,
+        )
+        ctx.store.update_pipeline(
+            name, live_version=engine_version, live_rollout=live.rollout_id if live else ""
+        )
+        ctx.audit(
+            actor="immune",
+            action="reconcile",
+            pipeline=name,
+            outcome="corrected",
+            detail=f"live version {state.live_version or '(none)'} -> {engine_version or '(none)'}",
+        )

@@ -1,0 +1,367 @@
+"""The watch: KPI polls after a rollout goes live, and what happens on a breach.
+
+Every replica schedules every watch (APScheduler jobs rebuilt from Redis each second), and all
+fire at the same instants: `live_at + n * interval`. Before polling, a replica claims poll slot
+n with SET NX, so each poll runs exactly once whichever replicas are alive; when one dies,
+another takes the next slot. Streaks and samples live in Redis, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot import metrics
+from bot.domain.config import Kpi, Pipeline
+from bot.domain.images import resolve_version
+from bot.domain.incidents import Incident, KpiSample
+from bot.domain.kpis import judge, next_streak
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
+from bot.ports import KpiSource
+from bot.services import incidents
+from bot.services.context import Context
+from bot.store.keys import Once
+
+logger = logging.getLogger(__name__)
+
+WATCH_JOB_PREFIX = "watch:"
+SYNC_INTERVAL_SECONDS = 1.0
+CHART_WAIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    slot: int
+    samples: list[KpiSample]
+    breached: Kpi | None
+    finished: bool
+
+
+class Watcher:
+    def __init__(self, ctx: Context, scheduler: BaseScheduler, source: KpiSource) -> None:
+        self.ctx = ctx
+        self.scheduler = scheduler
+        self.source = source
+
+    # Starting and scheduling -------------------------------------------------------------
+
+    def begin(self, rollout: Rollout, pipeline: Pipeline) -> None:
+        """Called when a deploy goes live: record the watch, then schedule it here."""
+        watch = WatchState(
+            rollout_id=rollout.id,
+            pipeline=rollout.pipeline,
+            started_at=rollout.live_at or self.ctx.clock.now(),
+            interval=pipeline.watch.interval,
+            duration=pipeline.watch.duration,
+            warmup=pipeline.watch.warmup,
+        )
+        self.ctx.store.start_watch(watch)
+        self.ctx.audit(
+            actor="immune",
+            action="watch.start",
+            pipeline=rollout.pipeline,
+            rollout=rollout.id,
+            detail=f"{len(pipeline.kpis)} KPI(s) every {watch.interval:g}s for {watch.duration:g}s",
+        )
+        self._schedule(watch)
+
+    def sync(self) -> None:
+        """Make this replica's jobs match the watches in Redis (start-up, and every second)."""
+        wanted = self.ctx.store.watches()
+        for job in self.scheduler.get_jobs():
+            if (
+                job.id.startswith(WATCH_JOB_PREFIX)
+                and job.id.removeprefix(WATCH_JOB_PREFIX) not in wanted
+            ):
+                job.remove()
+        scheduled = {job.id for job in self.scheduler.get_jobs()}
+        for rollout_id, watch in wanted.items():
+            if WATCH_JOB_PREFIX + rollout_id not in scheduled:
+                self._schedule(watch)
+        metrics.WATCHES_ACTIVE.set(len(wanted))
+
+    def _schedule(self, watch: WatchState) -> None:
+        first = datetime.fromtimestamp(watch.started_at + watch.interval, tz=UTC)
+        now = self.ctx.clock.now()
+        if now > watch.started_at + watch.interval:
+            # Rebuilt after a restart: resume at the next slot boundary, keeping the phase.
+            next_slot = watch.slot_at(now) + 1
+            first = datetime.fromtimestamp(watch.started_at + next_slot * watch.interval, tz=UTC)
+            if watch.slot_at(now) >= watch.last_slot:
+                first = datetime.fromtimestamp(now + 0.05, tz=UTC)
+        self.scheduler.add_job(
+            self.poll,
+            IntervalTrigger(seconds=watch.interval, start_date=first, timezone=UTC),
+            args=[watch.rollout_id],
+            id=WATCH_JOB_PREFIX + watch.rollout_id,
+            replace_existing=True,
+            coalesce=True,  # several missed polls make one late poll, not a burst
+            max_instances=1,  # an overrunning poll never piles up behind itself
+            misfire_grace_time=max(1, int(watch.interval * 10)),  # late, not silently dropped
+        )
+
+    def _unschedule(self, rollout_id: str) -> None:
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(WATCH_JOB_PREFIX + rollout_id)
+
+    def end(self, rollout_id: str) -> None:
+        """Forget a watch everywhere (other replicas drop their job at their next sync)."""
+        self.ctx.store.end_watch(rollout_id)
+        self._unschedule(rollout_id)
+
+    # Polling -----------------------------------------------------------------------------
+
+    def poll(self, rollout_id: str) -> PollOutcome | None:
+        """One scheduled poll; returns None when another replica has this slot."""
+        store = self.ctx.store
+        watch = store.watch(rollout_id)
+        if watch is None:
+            self._unschedule(rollout_id)
+            return None
+        now = self.ctx.clock.now()
+        slot = min(watch.slot_at(now), watch.last_slot)
+        if slot < 1:
+            return None
+        # Kept well past the watch's end, so a late replica never polls the slot again.
+        claim_ttl = max(watch.duration, watch.interval) * 2 + 60
+        if not store.claim_poll_slot(rollout_id, slot, self.ctx.instance_id, claim_ttl):
+            return None
+        rollout = store.rollout(rollout_id)
+        pipeline = self.ctx.config.pipelines.get(watch.pipeline)
+        if rollout is None or pipeline is None or rollout.status is not RolloutStatus.live:
+            self.end(rollout_id)
+            return None
+        metrics.POLL_LATENESS_SECONDS.labels(pipeline=watch.pipeline).observe(
+            max(0.0, now - (watch.started_at + slot * watch.interval))
+        )
+        samples, breached = self._poll_kpis(watch, pipeline, slot)
+        if breached is not None:
+            self.breach(rollout, pipeline, breached)
+            return PollOutcome(slot, samples, breached, True)
+        if slot >= watch.last_slot:
+            self.finish_good(rollout, watch)
+            return PollOutcome(slot, samples, None, True)
+        return PollOutcome(slot, samples, None, False)
+
+    def _poll_kpis(
+        self, watch: WatchState, pipeline: Pipeline, slot: int
+    ) -> tuple[list[KpiSample], Kpi | None]:
+        """Query and judge every KPI; two Redis round trips whatever the number of KPIs."""
+        store = self.ctx.store
+        timeout = min(10.0, watch.interval * 0.8)
+        streaks = store.streaks(watch.rollout_id)
+        samples: list[KpiSample] = []
+        breached: Kpi | None = None
+        for kpi in pipeline.kpis:
+            started = time.perf_counter()
+            reading = self.source.read(kpi.query, timeout)
+            metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
+                time.perf_counter() - started
+            )
+            verdict = judge(kpi, reading, slot, watch.warmup)
+            if reading.config_error:
+                logger.error("KPI %s of %s: %s", kpi.name, watch.pipeline, reading.detail)
+            metrics.KPI_POLLS.labels(
+                pipeline=watch.pipeline, kpi=kpi.name, verdict=verdict.value
+            ).inc()
+            samples.append(
+                KpiSample(
+                    at=self.ctx.clock.now(),
+                    slot=slot,
+                    kpi=kpi.name,
+                    value=reading.value,
+                    verdict=verdict.value,
+                    detail=reading.detail,
+                )
+            )
+            streaks[kpi.name] = next_streak(streaks.get(kpi.name, 0), verdict)
+            if streaks[kpi.name] >= kpi.for_polls and breached is None:
+                breached = kpi
+        store.record_poll(
+            watch.rollout_id, slot, {kpi.name: streaks[kpi.name] for kpi in pipeline.kpis}, samples
+        )
+        return samples, breached
+
+    def samples(self, rollout_id: str) -> list[KpiSample]:
+        return self.ctx.store.samples(rollout_id)
+
+    # Endings -----------------------------------------------------------------------------
+
+    def finish_good(self, rollout: Rollout, watch: WatchState) -> None:
+        """The watch ended without a breach: this version is the pipeline's last good one."""
+        became_good = False
+
+        def good(r: Rollout) -> None:
+            nonlocal became_good
+            if r.status is RolloutStatus.live:
+                r.status = RolloutStatus.good
+                r.finished_at = self.ctx.clock.now()
+                became_good = True
+
+        updated = self.ctx.runner.change(rollout.id, good)
+        self.end(rollout.id)
+        if not became_good:
+            return
+        state = self.ctx.store.pipeline(rollout.pipeline)
+        if state.live_rollout == rollout.id:
+            self.ctx.store.update_pipeline(
+                rollout.pipeline, last_good_version=updated.version, last_good_rollout=updated.id
+            )
+        metrics.ROLLOUTS.labels(
+            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="good"
+        ).inc()
+        self.ctx.audit(
+            actor="immune",
+            action="watch.good",
+            pipeline=rollout.pipeline,
+            rollout=rollout.id,
+            outcome="good",
+            detail=f"{updated.version} passed its watch; now the last good version",
+        )
+
+    def breach(self, rollout: Rollout, pipeline: Pipeline, kpi: Kpi) -> Incident | None:
+        """Roll back (or offer to), halt, record the incident, raise the alarm: once."""
+        detected_at = self.ctx.clock.now()
+        claimed = False
+
+        def mark_breached(r: Rollout) -> None:
+            nonlocal claimed
+            if r.status is RolloutStatus.live:
+                r.status = RolloutStatus.rolled_back
+                r.finished_at = detected_at
+                r.notes.append(f"KPI {kpi.name} breached: {kpi.tolerance_text()}")
+                claimed = True
+
+        # The status change is the claim: a second detection (another replica, a later poll)
+        # finds the rollout no longer live and does nothing.
+        if pipeline.auto_rollback:
+            self.ctx.runner.change(rollout.id, mark_breached)
+        else:
+            # The bad version stays live until someone confirms; the breach is claimed once,
+            # and only while the rollout is still the live one being watched.
+            current = self.ctx.store.rollout(rollout.id)
+            claimed = (
+                current is not None
+                and current.status is RolloutStatus.live
+                and self.ctx.store.claim_once(Once.breach, rollout.id)
+            )
+        self.end(rollout.id)
+        if not claimed:
+            return None
+        metrics.BREACHES.labels(pipeline=rollout.pipeline, kpi=kpi.name).inc()
+        state = self.ctx.store.pipeline(rollout.pipeline)
+        incident = Incident(
+            id=new_id("inc"),
+            pipeline=rollout.pipeline,
+            channel=pipeline.channel,
+            rollout_id=rollout.id,
+            bad_version=rollout.version,
+            restored_version=state.last_good_version or None,
+            kpi=kpi.name,
+            query=kpi.query,
+            tolerance=kpi.tolerance_text(),
+            kpi_max=kpi.max,
+            kpi_min=kpi.min,
+            for_polls=kpi.for_polls,
+            auto_rollback=pipeline.auto_rollback,
+            samples=[s for s in self.samples(rollout.id) if s.kpi == kpi.name],
+            opened_at=detected_at,
+            live_at=rollout.live_at,
+        )
+        from bot.services.halts import halt_pipeline
+
+        halt_pipeline(
+            self.ctx, rollout.pipeline, by="immune", reason="KPI breach", incident=incident.id
+        )
+        incident.actions.append(f"halted `{rollout.pipeline}`")
+        if pipeline.auto_rollback:
+            incident.rollback_rollout_id = self._roll_back(incident, pipeline)
+        else:
+            incident.actions.append(
+                "auto-rollback is off: waiting for someone to confirm the rollback"
+            )
+        # After the rollback has started: the chart's context must not delay the cure.
+        incident.history = self._history(kpi, pipeline, rollout.live_at or detected_at, detected_at)
+        incidents.create_incident(self.ctx.store, incident)
+        self.ctx.runner.change(rollout.id, lambda r: setattr(r, "incident_id", incident.id))
+        self.ctx.audit(
+            actor="immune",
+            action="breach",
+            pipeline=rollout.pipeline,
+            rollout=rollout.id,
+            outcome="halted",
+            detail=f"{kpi.name} beyond {kpi.tolerance_text()} for {kpi.for_polls} poll(s); incident {incident.id}",
+        )
+        try:
+            alert_ts = self.ctx.notifier.incident_opened(incident)
+        except Exception:
+            logger.exception("could not post the breach alert of incident %s", incident.id)
+            return incident
+        if alert_ts:
+            # The alert's thread is where answers arrive: link it to the incident.
+            incident = incidents.record_alert(self.ctx.store, incident.id, alert_ts)
+            self._post_chart_after_rollback(incident)
+        return incident
+
+    def _post_chart_after_rollback(self, incident: Incident) -> None:
+        """Render the chart once the rollback is over: its CPU must not slow the rollback."""
+
+        def post() -> None:
+            deadline = time.monotonic() + CHART_WAIT_SECONDS
+            while incident.rollback_rollout_id and time.monotonic() < deadline:
+                rollback = self.ctx.store.rollout(incident.rollback_rollout_id)
+                if rollback is None or not rollback.status.in_flight_states:
+                    break
+                time.sleep(0.2)
+            try:
+                self.ctx.notifier.incident_chart(incident)
+            except Exception:
+                logger.exception("could not post the chart of incident %s", incident.id)
+
+        threading.Thread(target=post, name=f"chart-{incident.id}", daemon=True).start()
+
+    def _history(
+        self, kpi: Kpi, pipeline: Pipeline, live_at: float, until: float
+    ) -> list[tuple[float, float]]:
+        before = max(60.0, 10 * pipeline.watch.interval)
+        step = max(1.0, pipeline.watch.interval / 2)
+        try:
+            return self.source.read_range(kpi.query, live_at - before, until, step, timeout=2.0)
+        except Exception:
+            logger.exception("could not read the history of KPI %s", kpi.name)
+            return []
+
+    def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:
+        from bot.domain.errors import ImmuneError
+        from bot.services.commands import start_rollout
+
+        if not incident.restored_version:
+            incident.actions.append(
+                "no last good version to roll back to: the bad version still runs"
+            )
+            return None
+        try:
+            rollout = start_rollout(
+                self.ctx,
+                incident.pipeline,
+                pipeline,
+                resolve_version(pipeline.image, incident.restored_version),
+                kind=RolloutKind.auto_rollback,
+                actor="immune",
+                reason=f"KPI {incident.kpi} breach",
+            )
+        except ImmuneError as exc:
+            incident.actions.append(f"automatic rollback not started: {exc.message}")
+            logger.error("incident %s: rollback not started: %s", incident.id, exc.message)
+            return None
+        metrics.ROLLBACKS.labels(pipeline=incident.pipeline, trigger="breach").inc()
+        incident.actions.append(f"rolling back to `{incident.restored_version}` ({rollout.id})")
+        return rollout.id

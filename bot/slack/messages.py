@@ -1,0 +1,214 @@
+"""Message builders: pure functions from domain objects to Slack text and Block Kit.
+
+Blocks are built with slack_sdk.models.blocks, which validates Slack's length limits.
+"""
+
+from __future__ import annotations
+
+import time
+
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.domain.config import Pipeline
+from bot.domain.models import (
+    AuditEntry,
+    PipelineState,
+    Rollout,
+    RolloutKind,
+    RolloutStatus,
+    StepStatus,
+)
+from bot.ports import LiveVersion
+
+SECTION_TEXT_LIMIT = 3000
+
+STATUS_EMOJI = {
+    RolloutStatus.awaiting_approval: ":hourglass:",
+    RolloutStatus.queued: ":hourglass_flowing_sand:",
+    RolloutStatus.in_flight: ":arrows_counterclockwise:",
+    RolloutStatus.live: ":eyes:",
+    RolloutStatus.good: ":white_check_mark:",
+    RolloutStatus.failed: ":x:",
+    RolloutStatus.rolled_back: ":rewind:",
+    RolloutStatus.superseded: ":fast_forward:",
+    RolloutStatus.rejected: ":no_entry:",
+    RolloutStatus.expired: ":alarm_clock:",
+    RolloutStatus.cancelled: ":octagonal_sign:",
+}
+STEP_EMOJI = {
+    StepStatus.running: ":arrows_counterclockwise:",
+    StepStatus.done: ":white_check_mark:",
+    StepStatus.failed: ":x:",
+    StepStatus.skipped: ":heavy_minus_sign:",
+}
+STATUS_WORDS = {
+    RolloutStatus.awaiting_approval: "awaiting approval",
+    RolloutStatus.queued: "queued",
+    RolloutStatus.in_flight: "in flight",
+    RolloutStatus.live: "live, watching KPIs",
+    RolloutStatus.good: "live and good",
+    RolloutStatus.failed: "failed",
+    RolloutStatus.rolled_back: "rolled back",
+    RolloutStatus.superseded: "superseded",
+    RolloutStatus.rejected: "rejected",
+    RolloutStatus.expired: "expired",
+    RolloutStatus.cancelled: "cancelled",
+}
+
+
+def slack_date(epoch: float, token: str = "{date_short_pretty} {time_secs}") -> str:
+    """A time each reader sees in their own time zone, with a UTC fallback."""
+    fallback = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    return f"<!date^{int(epoch)}^{token}|{fallback}>"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def rollout_title(rollout: Rollout) -> str:
+    verb = {
+        RolloutKind.deploy: "Deploy",
+        RolloutKind.rollback: "Rollback",
+        RolloutKind.auto_rollback: "Automatic rollback",
+    }[rollout.kind]
+    origin = f" (from `{rollout.from_version}`)" if rollout.from_version else ""
+    return f"{verb} of `{rollout.pipeline}` to `{rollout.version}`{origin}"
+
+
+def rollout_text(rollout: Rollout) -> str:
+    """The plain-text fallback (notifications, screen readers)."""
+    return f"{rollout_title(rollout)}: {STATUS_WORDS[rollout.status]}"
+
+
+def build_rollout_message(rollout: Rollout) -> list[Block]:
+    """The one channel message a rollout has, re-rendered at every step."""
+    status = (
+        f"{STATUS_EMOJI[rollout.status]} *{rollout_title(rollout)}*: {STATUS_WORDS[rollout.status]}"
+    )
+    who = (
+        f"requested by <@{rollout.requested_by}>"
+        if rollout.requested_by != "immune"
+        else "by immune"
+    )
+    lines = [
+        status,
+        f"{who} {slack_date(rollout.created_at)} · `{rollout.reference}` · {rollout.id}",
+    ]
+    if rollout.forced:
+        lines.append(f":warning: forced outside the deploy window: {rollout.reason}")
+    approved = [a for a in rollout.approvals if a.decision == "approved"]
+    if approved and rollout.status is not RolloutStatus.awaiting_approval:
+        lines.append(
+            "approved by " + ", ".join(f"<@{a.user}> {slack_date(a.at)}" for a in approved)
+        )
+    steps = [
+        f"{STEP_EMOJI[step.status]} {step.name}"
+        + (f" ({_seconds(step.seconds)})" if step.seconds is not None else "")
+        + (f": {step.detail}" if step.detail else "")
+        for step in rollout.steps
+    ]
+    blocks: list[Block] = [
+        SectionBlock(text=MarkdownTextObject(text=_truncate("\n".join(lines), SECTION_TEXT_LIMIT)))
+    ]
+    if steps:
+        blocks.append(
+            SectionBlock(
+                text=MarkdownTextObject(text=_truncate("\n".join(steps), SECTION_TEXT_LIMIT))
+            )
+        )
+    facts = []
+    if rollout.swap_gap_seconds is not None:
+        facts.append(f"swap gap (old stopped → new healthy): {_seconds(rollout.swap_gap_seconds)}")
+    if rollout.live_at is not None:
+        facts.append(f"live after {_seconds(rollout.live_at - rollout.created_at)}")
+    facts.extend(rollout.notes)
+    if facts:
+        blocks.append(
+            ContextBlock(elements=[MarkdownTextObject(text=_truncate(" · ".join(facts), 2000))])
+        )
+    if rollout.error:
+        error = f":x: *Why:* {rollout.error}"
+        if rollout.logs_tail:
+            error += "\n```" + _truncate(rollout.logs_tail, 2500) + "```"
+        blocks.append(
+            SectionBlock(text=MarkdownTextObject(text=_truncate(error, SECTION_TEXT_LIMIT)))
+        )
+    return blocks
+
+
+def status_text(
+    name: str,
+    pipeline: Pipeline,
+    state: PipelineState,
+    inflight: Rollout | None,
+    watching: Rollout | None,
+    engine: LiveVersion | None,
+) -> str:
+    head = f"*{name}* ({pipeline.target}, `{pipeline.image}`, <#{pipeline.channel}>): "
+    if state.halted:
+        head += (
+            f":octagonal_sign: *halted* by <@{state.halted_by}> {slack_date(state.halted_at or 0)}: "
+            f"{state.halted_reason or 'no reason given'}"
+        )
+        if state.halted_incident:
+            head += f" (incident {state.halted_incident})"
+    else:
+        head += ":large_green_circle: open"
+    lines = [head]
+    lines.append(
+        f"live: `{state.live_version or '(none)'}` · last good: `{state.last_good_version or '(none)'}`"
+    )
+    if engine is not None and engine.version != state.live_version:
+        lines.append(f":warning: the engine runs `{engine.version or '(unlabelled)'}`")
+    elif engine is None and state.live_version and inflight is None:
+        lines.append(":warning: the engine runs no container of this pipeline")
+    if inflight is not None:
+        lines.append(
+            f"in flight: {inflight.kind.value} of `{inflight.version}` by <@{inflight.requested_by}>, "
+            f"{STATUS_WORDS[inflight.status]} ({inflight.id})"
+        )
+    if watching is not None and watching.status is RolloutStatus.live and pipeline.kpis:
+        ends = (watching.live_at or watching.created_at) + pipeline.watch.duration
+        lines.append(
+            f"watching `{watching.version}`: {len(pipeline.kpis)} KPI(s) every "
+            f"{pipeline.watch.interval:g}s until {slack_date(ends, '{time_secs}')}"
+        )
+    return "\n".join(lines)
+
+
+def history_text(name: str, rollouts: list[Rollout], audit: list[AuditEntry]) -> str:
+    lines = [f"*History of {name}* (newest first)"]
+    if not rollouts:
+        lines.append("No rollouts yet.")
+    for rollout in rollouts:
+        took = ""
+        if rollout.finished_at or rollout.live_at:
+            took = f" in {_seconds((rollout.live_at or rollout.finished_at or 0) - rollout.created_at)}"
+        lines.append(
+            f"{STATUS_EMOJI[rollout.status]} {slack_date(rollout.created_at)} {rollout.kind.value} "
+            f"`{rollout.version}` by <@{rollout.requested_by}>: {STATUS_WORDS[rollout.status]}{took}"
+            + (f" ({rollout.error})" if rollout.error else "")
+            + f" · {rollout.id}"
+        )
+    if audit:
+        lines.append("\n*Audit* (newest first)")
+        for entry in audit:
+            who = "immune" if entry.actor == "immune" else f"<@{entry.actor}>"
+            lines.append(
+                f"{slack_date(entry.at)} {who} {entry.action}: {entry.outcome}"
+                + (f" ({entry.detail})" if entry.detail else "")
+                + (" · `" + entry.command.replace("`", "'") + "`" if entry.command else "")
+            )
+    return _truncate("\n".join(lines), 3900)

@@ -1,0 +1,104 @@
+"""Every Redis key the bot uses, in one place, under the install's prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+PIPELINE_KEY_TEMPLATE = "{prefix}:pipeline:{pipeline}"  # hash: PipelineState
+PIPELINES_KEY_TEMPLATE = "{prefix}:pipelines"  # set of pipeline names ever seen
+ROLLOUT_LOCK_KEY_TEMPLATE = "{prefix}:lock:rollout:{pipeline}"  # string: rollout id, PX ttl
+ROLLOUT_RUNNER_KEY_TEMPLATE = "{prefix}:runner:{rollout}"  # string: instance id, PX ttl
+ROLLOUT_KEY_TEMPLATE = "{prefix}:rollout:{rollout}"  # string: Rollout JSON
+PIPELINE_ROLLOUTS_KEY_TEMPLATE = "{prefix}:pipeline:{pipeline}:rollouts"  # zset id -> created
+SAMPLES_KEY_TEMPLATE = "{prefix}:rollout:{rollout}:samples"  # list of KpiSample JSON
+WATCHES_KEY_TEMPLATE = "{prefix}:watches"  # hash rollout id -> WatchState JSON
+WATCH_KEY_TEMPLATE = "{prefix}:watch:{rollout}"  # hash: streaks and last poll of one watch
+POLL_SLOT_KEY_TEMPLATE = "{prefix}:poll:{rollout}:{slot}"  # string NX: who runs poll #slot
+INCIDENT_KEY_TEMPLATE = "{prefix}:incident:{incident}"  # string: Incident JSON
+PIPELINE_INCIDENTS_KEY_TEMPLATE = "{prefix}:pipeline:{pipeline}:incidents"  # zset
+INCIDENT_BY_THREAD_KEY_TEMPLATE = "{prefix}:incident-thread:{channel}:{ts}"  # string id
+AUDIT_STREAM_KEY_TEMPLATE = "{prefix}:audit"  # stream
+SEEN_KEY_TEMPLATE = "{prefix}:seen:{kind}:{request}"  # string NX: request dedupe
+INSTANCE_KEY_TEMPLATE = "{prefix}:instance:{instance}"  # string, PX ttl: replica heartbeat
+
+
+@dataclass(frozen=True)
+class OnceKind:
+    """A kind of thing done exactly once across replicas, and how long the claim is kept."""
+
+    name: str
+    ttl_seconds: float
+
+
+class Once(Enum):
+    """Every "exactly once" claim the bot makes (`SEEN_KEY_TEMPLATE`), with its TTL.
+
+    A TTL outlives every redelivery that could follow: Slack retries within minutes, and
+    people press a button again within days at most.
+    """
+
+    command = OnceKind("command", 3600)  # a slash command, by trigger_id
+    action = OnceKind("action", 3600)  # a button press, by trigger_id and action_ts
+    five_whys_reply = OnceKind("five-whys", 600)  # a thread answer, by its text's hash
+    breach = OnceKind("breach", 86400)  # a breach with auto_rollback off, by rollout
+    rollback_confirm = OnceKind("rollback-confirm", 7 * 86400)  # by incident
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self.value.ttl_seconds
+
+
+class Keys:
+    """Key names for one install (`REDIS_PREFIX`)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def pipeline(self, pipeline: str) -> str:
+        return PIPELINE_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def pipelines(self) -> str:
+        return PIPELINES_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def rollout_lock(self, pipeline: str) -> str:
+        return ROLLOUT_LOCK_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def rollout_runner(self, rollout: str) -> str:
+        return ROLLOUT_RUNNER_KEY_TEMPLATE.format(prefix=self.prefix, rollout=rollout)
+
+    def rollout(self, rollout: str) -> str:
+        return ROLLOUT_KEY_TEMPLATE.format(prefix=self.prefix, rollout=rollout)
+
+    def pipeline_rollouts(self, pipeline: str) -> str:
+        return PIPELINE_ROLLOUTS_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def samples(self, rollout: str) -> str:
+        return SAMPLES_KEY_TEMPLATE.format(prefix=self.prefix, rollout=rollout)
+
+    def watches(self) -> str:
+        return WATCHES_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def watch(self, rollout: str) -> str:
+        return WATCH_KEY_TEMPLATE.format(prefix=self.prefix, rollout=rollout)
+
+    def poll_slot(self, rollout: str, slot: int) -> str:
+        return POLL_SLOT_KEY_TEMPLATE.format(prefix=self.prefix, rollout=rollout, slot=slot)
+
+    def incident(self, incident: str) -> str:
+        return INCIDENT_KEY_TEMPLATE.format(prefix=self.prefix, incident=incident)
+
+    def pipeline_incidents(self, pipeline: str) -> str:
+        return PIPELINE_INCIDENTS_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def incident_by_thread(self, channel: str, ts: str) -> str:
+        return INCIDENT_BY_THREAD_KEY_TEMPLATE.format(prefix=self.prefix, channel=channel, ts=ts)
+
+    def audit(self) -> str:
+        return AUDIT_STREAM_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def seen(self, kind: Once, request: str) -> str:
+        return SEEN_KEY_TEMPLATE.format(prefix=self.prefix, kind=kind.value.name, request=request)
+
+    def instance(self, instance: str) -> str:
+        return INSTANCE_KEY_TEMPLATE.format(prefix=self.prefix, instance=instance)

@@ -1,0 +1,423 @@
+"""Pipeline state in Redis: the only memory the bot has, shared by every replica."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+import redis
+from pydantic import BaseModel
+
+from bot.domain.clock import Clock
+from bot.domain.incidents import Incident, KpiSample
+from bot.domain.models import AuditEntry, PipelineState, PipelineStatus, Rollout, WatchState
+from bot.store.keys import Keys, Once
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# A rollout may start only when no lock is held and no earlier rollout is still recorded as in
+# flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced).
+_CLAIM_ROLLOUT = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+local inflight = redis.call('HGET', KEYS[2], 'inflight_rollout')
+if inflight and inflight ~= '' then return inflight end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'inflight_rollout', ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+return false
+"""
+
+# Recovering an orphan: take the lock only if nobody holds it and the orphan is still in flight.
+_ADOPT_ROLLOUT = """
+if redis.call('GET', KEYS[1]) then return 0 end
+if redis.call('HGET', KEYS[2], 'inflight_rollout') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RENEW_IF_HOLDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_ROLLOUT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'inflight_rollout', '')
+end
+return 1
+"""
+
+_DELETE_IF_HOLDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Audit entries are stamped with the bot's clock (so age and `since` mean the same time as
+# `at`), never below the stream's last id (replicas' clocks differ), and everything older than
+# the age cap is trimmed exactly: the stream is capped by age, never by count.
+_AUDIT_APPEND = """
+local id = ARGV[2]
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then
+  local last_ms = string.match(last[1][1], '^(%d+)-')
+  if tonumber(last_ms) > tonumber(id) then id = last_ms end
+end
+return redis.call('XADD', KEYS[1], 'MINID', ARGV[1], id .. '-*', unpack(ARGV, 3))
+"""
+
+# A delivery already seen: "1" while the first is being handled, then its answer.
+_PENDING = "1"
+_STREAK = "streak:"  # field prefix in a watch's hash
+MAX_SAMPLES_PER_ROLLOUT = 2000
+SAMPLES_KEPT_SECONDS = 30 * 86400
+
+
+class Store:
+    """Typed access to the bot's Redis keys."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, clock: Clock, audit_max_age_days: float = 90.0
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.clock = clock
+        self.audit_max_age_days = audit_max_age_days
+        self._claim = client.register_script(_CLAIM_ROLLOUT)
+        self._adopt = client.register_script(_ADOPT_ROLLOUT)
+        self._renew = client.register_script(_RENEW_IF_HOLDER)
+        self._release = client.register_script(_RELEASE_ROLLOUT)
+        self._delete_if_holder = client.register_script(_DELETE_IF_HOLDER)
+        self._audit_append = client.register_script(_AUDIT_APPEND)
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # Pipelines ---------------------------------------------------------------------------
+
+    def pipeline(self, name: str) -> PipelineState:
+        data = cast(dict[str, str], self.redis.hgetall(self.keys.pipeline(name)))
+        return PipelineState.from_hash(name, data)
+
+    def update_pipeline(self, name: str, **fields: str | float | None) -> None:
+        mapping: dict[Any, Any] = {k: "" if v is None else str(v) for k, v in fields.items()}
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.pipeline(name), mapping=mapping)
+        pipe.sadd(self.keys.pipelines(), name)
+        pipe.execute()
+
+    def halt(self, name: str, *, by: str, reason: str, incident: str = "") -> None:
+        self.update_pipeline(
+            name,
+            status=PipelineStatus.halted.value,
+            halted_by=by,
+            halted_reason=reason,
+            halted_at=self.clock.now(),
+            halted_incident=incident,
+        )
+
+    def reopen(self, name: str) -> None:
+        self.update_pipeline(
+            name,
+            status=PipelineStatus.open.value,
+            halted_by="",
+            halted_reason="",
+            halted_at="",
+            halted_incident="",
+        )
+
+    # The one-rollout-per-pipeline lock -------------------------------------------------
+
+    def claim_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> str | None:
+        """Take the pipeline's rollout lock; returns the holder's rollout id when taken."""
+        keys = [
+            self.keys.rollout_lock(pipeline),
+            self.keys.pipeline(pipeline),
+            self.keys.pipelines(),
+        ]
+        holder = self._claim(keys=keys, args=[rollout_id, int(ttl_seconds * 1000), pipeline])
+        return cast(str, holder) if holder else None
+
+    def adopt_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
+        keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
+        return bool(self._adopt(keys=keys, args=[rollout_id, int(ttl_seconds * 1000)]))
+
+    def renew_rollout_lock(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
+        keys = [self.keys.rollout_lock(pipeline)]
+        return bool(self._renew(keys=keys, args=[rollout_id, int(ttl_seconds * 1000)]))
+
+    def release_rollout(self, pipeline: str, rollout_id: str) -> None:
+        keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
+        self._release(keys=keys, args=[rollout_id])
+
+    def rollouts_in_flight(self, pipelines: list[str]) -> list[tuple[str, str, bool]]:
+        """(pipeline, in-flight rollout id, lock held) for each pipeline with a rollout in
+        flight: one round trip for all of them, since every replica asks every 2 s."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in pipelines:
+            pipe.hget(self.keys.pipeline(name), "inflight_rollout")
+            pipe.exists(self.keys.rollout_lock(name))
+        answers = pipe.execute()
+        found = []
+        for index, name in enumerate(pipelines):
+            inflight, locked = answers[2 * index], answers[2 * index + 1]
+            if inflight:
+                found.append((name, str(inflight), bool(locked)))
+        return found
+
+    def rollout_lock_holder(self, pipeline: str) -> str | None:
+        return cast(str | None, self.redis.get(self.keys.rollout_lock(pipeline)))
+
+    # Which replica runs a rollout (a lease renewed while it works) ---------------------
+
+    def take_runner_lease(self, rollout_id: str, instance: str, ttl_seconds: float) -> bool:
+        key = self.keys.rollout_runner(rollout_id)
+        return bool(self.redis.set(key, instance, nx=True, px=int(ttl_seconds * 1000)))
+
+    def renew_runner_lease(self, rollout_id: str, instance: str, ttl_seconds: float) -> bool:
+        keys = [self.keys.rollout_runner(rollout_id)]
+        return bool(self._renew(keys=keys, args=[instance, int(ttl_seconds * 1000)]))
+
+    def drop_runner_lease(self, rollout_id: str, instance: str) -> None:
+        self._delete_if_holder(keys=[self.keys.rollout_runner(rollout_id)], args=[instance])
+
+    def runner_of(self, rollout_id: str) -> str | None:
+        return cast(str | None, self.redis.get(self.keys.rollout_runner(rollout_id)))
+
+    # Rollouts ----------------------------------------------------------------------------
+
+    def create_rollout(self, rollout: Rollout) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self.keys.rollout(rollout.id), rollout.model_dump_json())
+        pipe.zadd(self.keys.pipeline_rollouts(rollout.pipeline), {rollout.id: rollout.created_at})
+        pipe.sadd(self.keys.pipelines(), rollout.pipeline)
+        pipe.execute()
+
+    def rollout(self, rollout_id: str) -> Rollout | None:
+        raw = cast(str | None, self.redis.get(self.keys.rollout(rollout_id)))
+        return None if raw is None else Rollout.model_validate_json(raw)
+
+    def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
+        """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
+        updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change)
+        if updated is None:
+            raise KeyError(f"rollout {rollout_id} does not exist")
+        return updated
+
+    def update_model(
+        self, key: str, model: type[ModelT], change: Callable[[ModelT], None]
+    ) -> ModelT | None:
+        """Read the JSON record at `key`, apply `change`, write it back, atomically
+        (WATCH/MULTI, retried when another writer got there first); None if there is none."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    record = model.model_validate_json(cast(str, raw))
+                    change(record)
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json())
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def recent_rollouts(self, pipeline: str, limit: int = 10) -> list[Rollout]:
+        ids = cast(
+            list[str], self.redis.zrevrange(self.keys.pipeline_rollouts(pipeline), 0, limit - 1)
+        )
+        return self._rollouts(ids)
+
+    def _rollouts(self, ids: Iterable[str]) -> list[Rollout]:
+        ids = list(ids)
+        if not ids:
+            return []
+        raws = cast(list[str | None], self.redis.mget([self.keys.rollout(i) for i in ids]))
+        return [Rollout.model_validate_json(raw) for raw in raws if raw is not None]
+
+    # Incidents ---------------------------------------------------------------------------
+
+    def create_incident(self, incident: Incident) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self.keys.incident(incident.id), incident.model_dump_json())
+        pipe.zadd(
+            self.keys.pipeline_incidents(incident.pipeline), {incident.id: incident.opened_at}
+        )
+        pipe.execute()
+
+    def incident(self, incident_id: str) -> Incident | None:
+        raw = cast(str | None, self.redis.get(self.keys.incident(incident_id)))
+        return None if raw is None else Incident.model_validate_json(raw)
+
+    def update_incident(
+        self, incident_id: str, change: Callable[[Incident], None]
+    ) -> Incident | None:
+        """Apply `change` atomically (WATCH/MULTI); None if there is no such incident."""
+        return self.update_model(self.keys.incident(incident_id), Incident, change)
+
+    def link_incident_thread(self, channel: str, thread_ts: str, incident_id: str) -> None:
+        self.redis.set(self.keys.incident_by_thread(channel, thread_ts), incident_id)
+
+    def incident_for_thread(self, channel: str, thread_ts: str) -> str | None:
+        return cast(str | None, self.redis.get(self.keys.incident_by_thread(channel, thread_ts)))
+
+    # Watches -----------------------------------------------------------------------------
+
+    def start_watch(self, watch: WatchState) -> None:
+        self.redis.hset(self.keys.watches(), watch.rollout_id, watch.model_dump_json())
+
+    def watches(self) -> dict[str, WatchState]:
+        raw = cast(dict[str, str], self.redis.hgetall(self.keys.watches()))
+        return {rid: WatchState.model_validate_json(value) for rid, value in raw.items()}
+
+    def watch(self, rollout_id: str) -> WatchState | None:
+        raw = cast(str | None, self.redis.hget(self.keys.watches(), rollout_id))
+        return None if raw is None else WatchState.model_validate_json(raw)
+
+    def end_watch(self, rollout_id: str) -> None:
+        """Forget a watch: its streaks go at once; its samples are kept SAMPLES_KEPT_SECONDS
+        (an incident keeps its own copy of those that breached), so Redis does not grow."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.watches(), rollout_id)
+        pipe.delete(self.keys.watch(rollout_id))
+        pipe.expire(self.keys.samples(rollout_id), SAMPLES_KEPT_SECONDS)
+        pipe.execute()
+
+    def claim_poll_slot(
+        self, rollout_id: str, slot: int, instance: str, ttl_seconds: float
+    ) -> bool:
+        """Take poll `slot` of a watch for this replica; False if another replica has it."""
+        key = self.keys.poll_slot(rollout_id, slot)
+        return bool(self.redis.set(key, instance, nx=True, px=int(ttl_seconds * 1000)))
+
+    def streaks(self, rollout_id: str) -> dict[str, int]:
+        """Polls in a row beyond tolerance, by KPI name."""
+        raw = cast(dict[str, str], self.redis.hgetall(self.keys.watch(rollout_id)))
+        return {
+            field.removeprefix(_STREAK): int(value or 0)
+            for field, value in raw.items()
+            if field.startswith(_STREAK)
+        }
+
+    def record_poll(
+        self, rollout_id: str, slot: int, streaks: dict[str, int], samples: list[KpiSample]
+    ) -> None:
+        """A poll's streaks and samples, in one round trip; only the slot's holder writes, so
+        no transaction is needed."""
+        fields: dict[str, int] = {"last_slot": slot}
+        fields.update({_STREAK + kpi: streak for kpi, streak in streaks.items()})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.watch(rollout_id), mapping=cast(dict[Any, Any], fields))
+        if samples:
+            key = self.keys.samples(rollout_id)
+            pipe.rpush(key, *(sample.model_dump_json() for sample in samples))
+            pipe.ltrim(key, -MAX_SAMPLES_PER_ROLLOUT, -1)
+        pipe.execute()
+
+    def samples(self, rollout_id: str) -> list[KpiSample]:
+        raw = cast(list[str], self.redis.lrange(self.keys.samples(rollout_id), 0, -1))
+        return [KpiSample.model_validate_json(item) for item in raw]
+
+    # Done exactly once (Slack retries, double clicks, replicas) -------------------------
+
+    def claim_once(self, kind: Once, subject: str, holder: str = _PENDING) -> bool:
+        """True for the first claim of `subject` across every replica, for the kind's TTL."""
+        key = self.keys.seen(kind, subject)
+        return bool(self.redis.set(key, holder, nx=True, px=int(kind.ttl_seconds * 1000)))
+
+    def once_holder(self, kind: Once, subject: str) -> str | None:
+        return cast(str | None, self.redis.get(self.keys.seen(kind, subject)))
+
+    def release_once(self, kind: Once, subject: str) -> None:
+        """The first claim broke before it was done: let a later one try again."""
+        self.redis.delete(self.keys.seen(kind, subject))
+
+    def record_answer(self, kind: Once, request_id: str, answer: str) -> None:
+        """Keep what the first delivery was told, for the redeliveries of the same request."""
+        self.redis.set(self.keys.seen(kind, request_id), "=" + answer, xx=True, keepttl=True)
+
+    def first_answer(self, kind: Once, request_id: str) -> str | None:
+        """The first delivery's answer; None while it is still being handled."""
+        value = self.once_holder(kind, request_id)
+        return value[1:] if value and value.startswith("=") else None
+
+    # Audit stream ------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        pipeline: str = "",
+        outcome: str = "",
+        detail: str = "",
+        rollout: str = "",
+        command: str = "",
+        max_age_days: float | None = None,
+    ) -> str:
+        """Append to the audit stream; entries older than `max_age_days` are trimmed by age."""
+        now = self.clock.now()
+        if max_age_days is None:
+            max_age_days = self.audit_max_age_days
+        entry = AuditEntry(
+            at=now,
+            actor=actor,
+            action=action,
+            pipeline=pipeline,
+            outcome=outcome,
+            detail=detail[:2000],
+            rollout=rollout,
+            command=command[:500],
+        )
+        fields: dict[str, Any] = entry.model_dump(exclude={"id"})
+        fields["at"] = repr(now)
+        min_id = max(int((now - max_age_days * 86400) * 1000), 0)
+        pairs = [str(part) for item in fields.items() for part in item]
+        entry_id = self._audit_append(
+            keys=[self.keys.audit()], args=[min_id, int(now * 1000), *pairs]
+        )
+        logger.info(
+            "audit actor=%s action=%s pipeline=%s outcome=%s rollout=%s detail=%s",
+            actor,
+            action,
+            pipeline,
+            outcome,
+            rollout,
+            detail,
+        )
+        return cast(str, entry_id)
+
+    def audit_entries(
+        self, *, pipeline: str | None = None, limit: int = 50, since: float | None = None
+    ) -> list[AuditEntry]:
+        """Newest first; filtered by pipeline when given."""
+        entries: list[AuditEntry] = []
+        max_id = "+"
+        min_id = "-" if since is None else str(int(since * 1000))
+        while len(entries) < limit:
+            batch = cast(
+                list[tuple[str, dict[str, str]]],
+                self.redis.xrevrange(self.keys.audit(), max=max_id, min=min_id, count=500),
+            )
+            if not batch:
+                break
+            for entry_id, fields in batch:
+                if pipeline is None or fields.get("pipeline") == pipeline:
+                    entries.append(AuditEntry(id=entry_id, **fields))  # type: ignore[arg-type]
+                    if len(entries) >= limit:
+                        break
+            last_id = batch[-1][0]
+            ms, seq = (int(part) for part in last_id.split("-"))
+            max_id = f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}"
+            if len(batch) < 500:
+                break
+        return entries
