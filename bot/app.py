@@ -23,7 +23,7 @@ from bot.domain.clock import Clock, SystemClock
 from bot.domain.config import PipelinesConfig, load_pipelines
 from bot.kpi_sources.prometheus import PrometheusSource
 from bot.ports import Notifier, Target
-from bot.services.context import Context
+from bot.services.context import Context, Limits
 from bot.services.recovery import reconcile_live_versions, recover_orphans
 from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
@@ -51,6 +51,7 @@ def instance_name() -> str:
 class Immune:
     """One running bot: its context, its bolt app, its scheduler."""
 
+    settings: Settings
     ctx: Context
     bolt: App
     scheduler: BackgroundScheduler
@@ -160,7 +161,10 @@ def build(
         ),
     )
     ctx = Context(
-        settings=settings,
+        limits=Limits(
+            lock_ttl_seconds=settings.lock_ttl_seconds,
+            audit_max_age_days=settings.audit_max_age_days,
+        ),
         config=config,
         store=store,
         runner=runner,
@@ -173,6 +177,7 @@ def build(
     watcher = Watcher(ctx, scheduler, PrometheusSource(settings.prometheus_url))
     runner.on_live = watcher.begin
     return Immune(
+        settings=settings,
         ctx=ctx,
         bolt=bolt,
         scheduler=scheduler,
@@ -226,7 +231,7 @@ def dependency_health(immune: Immune) -> tuple[bool, dict[str, Any]]:
         report["docker"] = {"ok": True}
     except Exception as exc:
         report["docker"] = {"ok": False, "error": type(exc).__name__}
-    prometheus_url = immune.ctx.settings.prometheus_url.rstrip("/") + "/-/ready"
+    prometheus_url = immune.settings.prometheus_url.rstrip("/") + "/-/ready"
     try:
         answer = requests.get(prometheus_url, timeout=1)
         report["prometheus"] = {"ok": answer.status_code == 200, "status": answer.status_code}

@@ -1,15 +1,14 @@
 """Image references: what `/deploy web 1.4.2` means on the engine.
 
-The docker SDK splits references (`parse_repository_tag`) but does not validate them, so the
-pieces are checked against the grammar of distribution/reference, which the engine enforces.
+A reference is split and checked by the grammar of distribution/reference, which the engine
+enforces: `name[:tag][@digest]`, where a tag is whatever follows the last `:` after the last
+`/` (so `127.0.0.1:5000/web` is a repository with a registry port, not a tag).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from docker.utils import parse_repository_tag
 
 from bot.domain.errors import BadVersion
 
@@ -45,10 +44,21 @@ class ImageRef:
         return self.digest.removeprefix("sha256:")[:12]
 
 
+def split_reference(reference: str) -> tuple[str, str | None]:
+    """`name@digest` or `name:tag` into (name, digest or tag); (name, None) without either."""
+    name, at, digest = reference.rpartition("@")
+    if at:
+        return name, digest
+    name, colon, tag = reference.rpartition(":")
+    if colon and "/" not in tag:
+        return name, tag
+    return reference, None
+
+
 def parse_repository(image: str) -> str:
     """Validate a pipeline's `image` (a repository, without tag)."""
     repository: str
-    repository, tag = parse_repository_tag(image)
+    repository, tag = split_reference(image)
     if tag is not None:
         raise ValueError(f"image {image!r} must not carry a tag or digest: /deploy supplies it")
     if not REPOSITORY.match(repository):
@@ -74,12 +84,12 @@ def resolve_version(repository: str, version: str) -> ImageRef:
             f"`{text}` is not a valid image tag (letters, digits, `_`, `.`, `-`; "
             "at most 128 characters; not starting with `.` or `-`)"
         )
-    name, digest_or_tag = parse_repository_tag(text)
+    name, digest_or_tag = split_reference(text)
     tag: str | None = None
     digest: str | None = None
     if digest_or_tag is not None and digest_or_tag.startswith("sha256:"):
         digest = digest_or_tag
-        name, tag = parse_repository_tag(name)
+        name, tag = split_reference(name)
     else:
         tag = digest_or_tag
     if not REPOSITORY.match(name):

@@ -387,7 +387,7 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
         )
     # The one change that completed the approvals: the rollout runs now, exactly once. Its lock
     # goes back to the normal TTL, so a replica dying from here on is recovered quickly.
-    ctx.store.renew_rollout_lock(rollout.pipeline, rollout.id, ctx.settings.lock_ttl_seconds)
+    ctx.store.renew_rollout_lock(rollout.pipeline, rollout.id, ctx.limits.lock_ttl_seconds)
     ctx.runner.submit(rollout.id)
     _show_quietly(ctx.store, ctx.notifier, policy, rollout.id)
     return Reply(

@@ -323,7 +323,7 @@ def start_rollout(
         response_url=response_url,
         forced=bool(reason) and kind is RolloutKind.deploy,
     )
-    ttl = ctx.settings.lock_ttl_seconds
+    ttl = ctx.limits.lock_ttl_seconds
     if needs_approval:
         assert pipeline.approvals is not None
         ttl = pipeline.approvals.expire + ttl
@@ -462,5 +462,5 @@ def export_audit(ctx: Context, name: str) -> str:
         ctx.store.recent_rollouts(name, audit_export.MAX_ROLLOUTS),
         zone=ctx.config.timezone,
         now=ctx.clock.now(),
-        kept_days=ctx.settings.audit_max_age_days,
+        kept_days=ctx.limits.audit_max_age_days,
     )

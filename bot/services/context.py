@@ -9,13 +9,20 @@ from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import UnknownPipeline
 from bot.ports import Notifier, Target
 from bot.services.runner import RolloutRunner
-from bot.settings import Settings
 from bot.store.store import Store
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The settings the use cases need (the composition root maps them from Settings)."""
+
+    lock_ttl_seconds: float = 15.0
+    audit_max_age_days: float = 90.0
 
 
 @dataclass
 class Context:
-    settings: Settings
+    limits: Limits
     config: PipelinesConfig
     store: Store
     runner: RolloutRunner
@@ -36,4 +43,4 @@ class Context:
         return self.runner.target_for(pipeline)
 
     def audit(self, **fields: str) -> None:
-        self.store.audit(max_age_days=self.settings.audit_max_age_days, **fields)
+        self.store.audit(max_age_days=self.limits.audit_max_age_days, **fields)

@@ -20,7 +20,7 @@ def recover_orphans(ctx: Context) -> list[str]:
         # An approval request is not run: it expires when due (by the clock) or orphaned.
         if approvals.expire_if_due(ctx, orphan, orphaned=not lock_held) or lock_held:
             continue
-        if ctx.store.adopt_rollout(name, orphan, ctx.settings.lock_ttl_seconds):
+        if ctx.store.adopt_rollout(name, orphan, ctx.limits.lock_ttl_seconds):
             logger.warning("adopting rollout %s of %s: its bot stopped mid-way", orphan, name)
             ctx.audit(
                 actor="immune",

@@ -14,9 +14,8 @@ from bot.domain.clock import Clock, FrozenClock
 from bot.domain.config import parse_pipelines
 from bot.domain.incidents import Incident
 from bot.ports import SilentNotifier
-from bot.services.context import Context
+from bot.services.context import Context, Limits
 from bot.services.runner import RolloutRunner, RolloutSettings
-from bot.settings import Settings
 from bot.store.keys import Keys
 from bot.store.store import Store
 
@@ -83,10 +82,9 @@ def domain_context(
         instance_id="unit",
         settings=RolloutSettings(lock_ttl_seconds=3),
     )
-    settings = Settings(_env_file=None, redis_prefix=prefix)  # type: ignore[call-arg]
     try:
         yield Context(
-            settings=settings,
+            limits=Limits(lock_ttl_seconds=3),
             config=parsed,
             store=store,
             runner=runner,

@@ -1,0 +1,1 @@
+"""The plugin registry: deploy targets and KPI sources, found by name."""
