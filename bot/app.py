@@ -53,6 +53,7 @@ class Immune:
 
     settings: Settings
     ctx: Context
+    runner: RolloutRunner
     bolt: App
     scheduler: BackgroundScheduler
     watcher: Watcher
@@ -87,6 +88,7 @@ class Immune:
             max_instances=1,
             misfire_grace_time=None,
         )
+        self.runner.start()
         self.scheduler.start()
         self.watcher.sync()
         recover_orphans(self.ctx)
@@ -98,7 +100,7 @@ class Immune:
             # Never wait here: APScheduler 3 holds its job-store lock while it waits for running
             # jobs, and the watch sync job takes that lock (get_jobs) - a deadlock.
             self.scheduler.shutdown(wait=False)
-        self.ctx.runner.shutdown(wait=wait)
+        self.runner.shutdown(wait=wait)
 
     def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
         return build_wsgi(self)
@@ -179,6 +181,7 @@ def build(
     return Immune(
         settings=settings,
         ctx=ctx,
+        runner=runner,
         bolt=bolt,
         scheduler=scheduler,
         watcher=watcher,

@@ -6,15 +6,17 @@ Adapters implement them: `bot/targets/` (Target), `bot/kpi_sources/` (KpiSource)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bot.domain.config import Approvals, Pipeline
 from bot.domain.images import ImageRef
-from bot.domain.incidents import Incident
+from bot.domain.incidents import AnalysisChange, Incident
 from bot.domain.kpis import Reading
 from bot.domain.models import Rollout
+from bot.domain.text import Text
 
 # Deploy targets ---------------------------------------------------------------------------
 
@@ -137,6 +139,8 @@ class NotifierBusy(Exception):
 
 
 class Notifier(Protocol):
+    """What people are told, as domain events; the chat adapter chooses the words and markup."""
+
     def rollout_changed(self, rollout: Rollout) -> str | None:
         """Post the rollout's progress message, or update it in place; returns its ts.
 
@@ -151,12 +155,18 @@ class Notifier(Protocol):
         """Post the rollout's approval request, or update it in place; returns its ts."""
         ...
 
-    def tell_requester(self, response_url: str | None, text: str) -> None:
-        """An ephemeral answer to whoever asked (through Slack's response_url)."""
+    def tell_requester(self, response_url: str | None, text: Text) -> None:
+        """A private answer to whoever asked (Slack: through the request's response_url)."""
         ...
 
-    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
-        """A plain message in a channel or thread; returns its ts."""
+    def pipelines_halted(
+        self, channel: str, pipelines: Sequence[str], by: str, reason: str
+    ) -> None:
+        """A person halted these pipelines (all announced in `channel`)."""
+        ...
+
+    def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
+        """A person re-opened a pipeline; `force_reason` is set when the analysis was skipped."""
         ...
 
     def incident_opened(self, incident: Incident) -> str | None:
@@ -164,11 +174,19 @@ class Notifier(Protocol):
         ...
 
     def incident_chart(self, incident: Incident) -> None:
-        """The KPI's chart, uploaded into the alert's thread."""
+        """The KPI's chart, in the alert's thread."""
         ...
 
-    def incident_changed(self, incident: Incident, note: str) -> None:
-        """A reply in the incident's thread (what is still missing, or the summary)."""
+    def rollback_confirmed(self, incident: Incident, by: str, rollout_id: str) -> None:
+        """Someone confirmed the rollback an incident offered (auto_rollback: false)."""
+        ...
+
+    def analysis_recorded(self, incident: Incident, change: AnalysisChange) -> None:
+        """Answers to the five whys arrived (or malformed ones); the alert shows the progress."""
+        ...
+
+    def incident_resumed(self, incident: Incident) -> None:
+        """The incident's pipeline re-opened: the analysis summed up in its thread."""
         ...
 
 
@@ -183,10 +201,15 @@ class SilentNotifier:
     ) -> str | None:
         return rollout.approval_ts
 
-    def tell_requester(self, response_url: str | None, text: str) -> None:
+    def tell_requester(self, response_url: str | None, text: Text) -> None:
         return None
 
-    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+    def pipelines_halted(
+        self, channel: str, pipelines: Sequence[str], by: str, reason: str
+    ) -> None:
+        return None
+
+    def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
         return None
 
     def incident_opened(self, incident: Incident) -> str | None:
@@ -195,5 +218,11 @@ class SilentNotifier:
     def incident_chart(self, incident: Incident) -> None:
         return None
 
-    def incident_changed(self, incident: Incident, note: str) -> None:
+    def rollback_confirmed(self, incident: Incident, by: str, rollout_id: str) -> None:
+        return None
+
+    def analysis_recorded(self, incident: Incident, change: AnalysisChange) -> None:
+        return None
+
+    def incident_resumed(self, incident: Incident) -> None:
         return None

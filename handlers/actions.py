@@ -7,8 +7,10 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot.services import approvals, five_whys, incidents
+from bot.services import approvals, incidents
 from bot.slack.ids import ActionId
+from bot.slack.incident_messages import build_five_whys_modal
+from bot.slack.replies import answer_text
 
 
 def register(app: App) -> None:
@@ -29,14 +31,14 @@ def approve(ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respo
     ack()
     user, rollout_id, request_id = _pressed(body)
     reply = approvals.decide(context["immune"], rollout_id, user, "approved", request_id)
-    respond(text=reply.text, response_type="ephemeral", replace_original=False)
+    respond(text=answer_text(reply), response_type="ephemeral", replace_original=False)
 
 
 def reject(ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond) -> None:
     ack()
     user, rollout_id, request_id = _pressed(body)
     reply = approvals.decide(context["immune"], rollout_id, user, "rejected", request_id)
-    respond(text=reply.text, response_type="ephemeral", replace_original=False)
+    respond(text=answer_text(reply), response_type="ephemeral", replace_original=False)
 
 
 def confirm_rollback(
@@ -45,11 +47,11 @@ def confirm_rollback(
     ack()
     user, incident_id, request_id = _pressed(body)
     reply = incidents.confirm_rollback(context["immune"], incident_id, user, request_id)
-    respond(text=reply.text, response_type="ephemeral", replace_original=False)
+    respond(text=answer_text(reply), response_type="ephemeral", replace_original=False)
 
 
 def open_five_whys(ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient) -> None:
     ack()
     _, incident_id, _ = _pressed(body)
-    view = five_whys.build_modal(context["immune"], incident_id)
-    client.views_open(trigger_id=body["trigger_id"], view=view)
+    incident = incidents.load_incident(context["immune"].store, incident_id)
+    client.views_open(trigger_id=body["trigger_id"], view=build_five_whys_modal(incident))

@@ -1,4 +1,4 @@
-"""Slash command listeners: build a CommandRequest, call the domain, ack with its reply."""
+"""Slash command listeners: build a CommandRequest, call the use case, ack with its answer."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 
 from bot import metrics
-from bot.services import commands, halts
-from bot.services.commands import CommandRequest, Reply
+from bot.services import deploys, halts, status
 from bot.services.context import Context
+from bot.services.requests import CommandRequest
+from bot.services.status import PipelineAnswer
+from bot.slack.replies import answer_text
 
-Operation = Callable[[Context, CommandRequest], Reply]
+Operation = Callable[[Context, CommandRequest], PipelineAnswer]
 
 
 def register(app: App) -> None:
@@ -35,17 +37,18 @@ def request_from(command: dict[str, Any]) -> CommandRequest:
 
 
 def answer(ack: Ack, command: dict[str, Any], context: BoltContext, operation: Operation) -> None:
+    """Every answer is ephemeral: only the person who typed the command sees it."""
     reply = operation(context["immune"], request_from(command))
-    ack(text=reply.text, response_type="in_channel" if reply.public else "ephemeral")
+    ack(text=answer_text(reply), response_type="ephemeral")
     metrics.COMMANDS.labels(command=command["command"], outcome="ok").inc()
 
 
 def deploy(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, commands.deploy)
+    answer(ack, command, context, deploys.deploy)
 
 
 def rollback(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, commands.rollback)
+    answer(ack, command, context, deploys.rollback)
 
 
 def halt(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
@@ -57,4 +60,4 @@ def resume(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
 
 
 def pipeline(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, commands.pipeline_command)
+    answer(ack, command, context, status.pipeline_command)

@@ -12,6 +12,7 @@ from slack_sdk.webhook import WebhookClient
 
 from bot import metrics
 from bot.domain.errors import ImmuneError
+from bot.slack.replies import error_text
 
 
 def register(app: App) -> None:
@@ -21,7 +22,7 @@ def register(app: App) -> None:
 def user_text_for(error: Exception, logger: logging.Logger) -> str:
     if isinstance(error, ImmuneError):
         logger.info("refused (%s): %s", error.code, error.message)
-        return error.user_text()
+        return error_text(error)
     error_id = secrets.token_hex(4)
     logger.error("unexpected error %s", error_id, exc_info=error)
     return f"Something went wrong on our side (error id `{error_id}`); nothing was changed. Tell the bot's operators."

@@ -7,6 +7,8 @@ from typing import Any
 from slack_bolt import App, BoltContext
 
 from bot.services import five_whys
+from bot.services.five_whys import ThreadMessage
+from bot.slack.five_whys import parse_answers
 
 
 def register(app: App) -> None:
@@ -17,28 +19,22 @@ def message(event: dict[str, Any], context: BoltContext) -> None:
     """Thread replies (and their edits) that may be five-whys answers; others are ignored."""
     subtype = event.get("subtype")
     if subtype == "message_changed":
-        edited = event.get("message") or {}
-        channel = event.get("channel", "")
-        five_whys.record_thread_answer(
-            context["immune"],
-            channel=channel,
-            thread_ts=edited.get("thread_ts"),
-            user=edited.get("user", ""),
-            text=edited.get("text", ""),
-            ts=edited.get("ts", ""),
-            edited=True,
-            is_bot=bool(edited.get("bot_id")),
-        )
+        posted, edited = event.get("message") or {}, True
+    elif subtype in (None, "thread_broadcast"):
+        posted, edited = event, False
+    else:
         return
-    if subtype not in (None, "thread_broadcast"):
-        return
+    text = posted.get("text", "")
     five_whys.record_thread_answer(
         context["immune"],
-        channel=event.get("channel", ""),
-        thread_ts=event.get("thread_ts"),
-        user=event.get("user", ""),
-        text=event.get("text", ""),
-        ts=event.get("ts", ""),
-        edited=False,
-        is_bot=bool(event.get("bot_id")),
+        ThreadMessage(
+            channel=event.get("channel", ""),
+            thread_ts=posted.get("thread_ts"),
+            ts=posted.get("ts", ""),
+            user=posted.get("user", ""),
+            text=text,
+            answers=parse_answers(text),
+            edited=edited,
+            is_bot=bool(posted.get("bot_id")),
+        ),
     )

@@ -7,6 +7,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 
 from bot.services import five_whys
+from bot.slack.five_whys import form_answers, form_errors
 from bot.slack.ids import CallbackId
 
 
@@ -17,13 +18,13 @@ def register(app: App) -> None:
 def submit_five_whys(
     ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext
 ) -> None:
-    errors = five_whys.record_modal(
+    errors = five_whys.record_form(
         context["immune"],
         incident_id=view.get("private_metadata", ""),
         user=body["user"]["id"],
-        values=view.get("state", {}).get("values", {}),
+        submitted=form_answers(view.get("state", {}).get("values", {})),
     )
     if errors:
-        ack(response_action="errors", errors=errors)
+        ack(response_action="errors", errors=form_errors(errors))
     else:
         ack()

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from bot.domain.text import Text, as_text
+
 
 class ImmuneError(Exception):
-    """A refusal or failure that is explained to the user, not a bug."""
+    """A refusal or failure that is explained to the user, not a bug.
+
+    Its words are a Text: the chat layer shows the people and times in it its own way; `str()`
+    and `message` are the plain rendering, for logs and records.
+    """
 
     code = "error"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    def __init__(self, message: Text | str, *, hint: Text | str | None = None) -> None:
+        self.words = as_text(message)
+        self.hint = as_text(hint) if hint else None
+        super().__init__(self.words.plain())
 
-    def user_text(self) -> str:
-        return f"{self.message}\n{self.hint}" if self.hint else self.message
+    @property
+    def message(self) -> str:
+        return self.words.plain()
+
+    def text(self) -> Text:
+        """What the person who asked is told: the message, then what to do instead."""
+        return self.words + "\n" + self.hint if self.hint else self.words
 
 
 class ConfigError(ImmuneError):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
 from pydantic import BaseModel, Field
 
 WHYS = (1, 2, 3, 4, 5)
@@ -9,6 +13,43 @@ ROOT_CAUSE = "root cause"
 FAILING_TEST = "failing test"
 # The analysis /resume waits for, in the order people are asked for it.
 ANALYSIS_FIELDS = (*(f"why {n}" for n in WHYS), ROOT_CAUSE, FAILING_TEST)
+
+
+_URL = re.compile(r"https?://[^\s<>|]+")
+
+
+def failing_test_url(text: str) -> str | None:
+    """The first http(s) URL with a host in a plain-text answer, or None."""
+    match = _URL.search(text)
+    if match is None:
+        return None
+    url = match.group(0)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+@dataclass(frozen=True)
+class ParsedAnswers:
+    """What one message says: answers by field (ANALYSIS_FIELDS), and what was malformed."""
+
+    answers: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def is_answer(self) -> bool:
+        return bool(self.answers or self.problems)
+
+
+@dataclass(frozen=True)
+class AnalysisChange:
+    """What one message or form did to an incident's analysis, and who wrote it."""
+
+    user: str
+    recorded: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # malformed answers, explained
 
 
 class KpiSample(BaseModel):

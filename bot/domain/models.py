@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bot.domain.text import Text, User, as_text, say
+
 
 def new_id(prefix: str) -> str:
     """Short, unique, readable in Slack: `r-20261127-3f9a1c`."""
@@ -93,6 +95,9 @@ class Rollout(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     approvals: list[Approval] = Field(default_factory=list)
     error: str = ""
+    # Who ended it, when a person did (a rejection, a halt): kept apart from `error` so each
+    # surface shows the person its own way and no chat markup is stored.
+    ended_by: str = ""
     logs_tail: str = ""
     notes: list[str] = Field(default_factory=list)
     swap_gap_seconds: float | None = None
@@ -100,6 +105,12 @@ class Rollout(BaseModel):
     finished_at: float | None = None
     incident_id: str | None = None
     forced: bool = False
+
+    def why(self) -> Text:
+        """Why it ended, as people read it: `rejected by <someone>`."""
+        if self.ended_by:
+            return say("{} by {}", self.error, User(self.ended_by))
+        return as_text(self.error)
 
     def step(self, name: str) -> Step | None:
         for step in self.steps:

@@ -60,7 +60,7 @@ def export_markdown(
             r.kind.value,
             r.version,
             r.requested_by,
-            r.status.value + (f": {r.error}" if r.error else ""),
+            r.status.value + (f": {r.why().plain()}" if r.error else ""),
             ", ".join(f"{a.decision} by {a.user}" for a in r.approvals),
             r.id,
         ]
@@ -101,8 +101,3 @@ def export_markdown(
             f"until they are {kept_days:g} days old.",
         ]
     return "\n".join(body)
-
-
-def slack_reply(markdown: str) -> str:
-    """Markdown in a code block, so Slack shows it as written and it copies cleanly."""
-    return "```\n" + markdown.replace("```", "'''") + "\n```"

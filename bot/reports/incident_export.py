@@ -46,9 +46,7 @@ def render_markdown(
     ]
     if incident.resumed_at is not None:
         forced = f", forced: {incident.force_reason}" if incident.force_reason else ""
-        lines.append(
-            f"- **Resumed:** {when(incident.resumed_at)} by <@{incident.resumed_by}>{forced}"
-        )
+        lines.append(f"- **Resumed:** {when(incident.resumed_at)} by {incident.resumed_by}{forced}")
     else:
         lines.append(f"- **Pipeline:** halted until `/resume {incident.pipeline}`")
 
@@ -58,7 +56,7 @@ def render_markdown(
         shown_entries = entries[-entry_limit:]
         lines.append(f"- … {len(entries) - entry_limit} earlier entries left out")
     for entry in shown_entries:
-        who = "immune" if entry.actor == "immune" else f"<@{entry.actor}>"
+        who = entry.actor
         outcome = f" → {entry.outcome}" if entry.outcome else ""
         detail = f": {cut(entry.detail)}" if entry.detail else ""
         lines.append(f"- {when(entry.at)} {who} `{entry.action}`{outcome}{detail}")

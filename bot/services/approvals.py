@@ -14,21 +14,15 @@ import logging
 from dataclasses import dataclass
 
 from bot import metrics
+from bot.domain.approvals import APPROVED, REJECTED, RequestState, approvals_given, request_state
 from bot.domain.clock import Clock
 from bot.domain.config import Approvals, Pipeline
 from bot.domain.errors import ImmuneError, NotAllowed, NotFound
 from bot.domain.models import Approval, Rollout, RolloutStatus
+from bot.domain.text import Channel, Moment, Text, User, Users, say
 from bot.ports import Notifier
-from bot.services.commands import Reply, answer_once
 from bot.services.context import Context
-from bot.slack.approval_messages import (
-    APPROVED,
-    REJECTED,
-    RequestState,
-    approvals_given,
-    request_state,
-)
-from bot.slack.messages import slack_date
+from bot.services.requests import Reply, answer_once
 from bot.store.keys import Once
 from bot.store.store import Store
 
@@ -41,10 +35,6 @@ EXPIRED_REASON = "approval request expired"
 
 def expires_at(rollout: Rollout, policy: Approvals) -> float:
     return rollout.created_at + policy.expire
-
-
-def _mentions(users: list[str]) -> str:
-    return ", ".join(f"<@{user}>" for user in users)
 
 
 # Showing the request ----------------------------------------------------------------------
@@ -89,7 +79,7 @@ def _show_quietly(store: Store, notifier: Notifier, policy: Approvals, rollout_i
         logger.exception("could not update the approval request of %s", rollout_id)
 
 
-def _tell_requester(notifier: Notifier, rollout: Rollout, text: str) -> None:
+def _tell_requester(notifier: Notifier, rollout: Rollout, text: Text) -> None:
     try:
         notifier.tell_requester(rollout.response_url, text)
     except Exception:
@@ -124,7 +114,10 @@ def request_approval(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None
                 detail=f"could not post the approval request: {type(exc).__name__}",
             )
         raise ImmuneError(
-            f"Could not ask for approval in <#{pipeline.channel}>, so nothing will be deployed.",
+            say(
+                "Could not ask for approval in {}, so nothing will be deployed.",
+                Channel(pipeline.channel),
+            ),
             hint="Check that immune is a member of that channel, then `/deploy` again.",
         ) from exc
 
@@ -133,7 +126,12 @@ def request_approval(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None
 
 
 def _close(
-    store: Store, clock: Clock, rollout_id: str, status: RolloutStatus, reason: str
+    store: Store,
+    clock: Clock,
+    rollout_id: str,
+    status: RolloutStatus,
+    reason: str,
+    by: str = "",
 ) -> Rollout | None:
     """End a pending request (atomically: only if still pending) and free the pipeline."""
     now = clock.now()
@@ -145,6 +143,7 @@ def _close(
         if closed:
             rollout.status = status
             rollout.error = reason
+            rollout.ended_by = by
             rollout.finished_at = now
 
     rollout = store.update_rollout(rollout_id, close)
@@ -157,13 +156,15 @@ def _close(
     return rollout
 
 
-def _closed_words(rollout: Rollout) -> str:
-    what = f"Your request to deploy `{rollout.reference}` to `{rollout.pipeline}` ({rollout.id})"
+def _closed_words(rollout: Rollout) -> Text:
+    what = say(
+        "Your request to deploy `{}` to `{}` ({})", rollout.reference, rollout.pipeline, rollout.id
+    )
     if rollout.status is RolloutStatus.rejected:
-        return f"{what} was {rollout.error}: nothing was deployed."
+        return what + " was " + rollout.why() + ": nothing was deployed."
     if rollout.status is RolloutStatus.expired:
-        return f"{what} expired without enough approvals: nothing was deployed."
-    return f"{what} was cancelled ({rollout.error}): nothing was deployed."
+        return what + " expired without enough approvals: nothing was deployed."
+    return what + " was cancelled (" + rollout.why() + "): nothing was deployed."
 
 
 def _after_close(
@@ -222,9 +223,9 @@ def expire_if_due(ctx: Context, rollout_id: str, *, orphaned: bool) -> bool:
     return True
 
 
-def cancel(ctx: Context, rollout: Rollout, reason: str) -> None:
-    """End a pending approval request (a halt) and update its message."""
-    closed = _close(ctx.store, ctx.clock, rollout.id, RolloutStatus.cancelled, reason)
+def cancel(ctx: Context, rollout: Rollout, reason: str, *, by: str = "") -> None:
+    """End a pending approval request (a halt by `by`) and update its message."""
+    closed = _close(ctx.store, ctx.clock, rollout.id, RolloutStatus.cancelled, reason, by)
     if closed is None:
         return
     ctx.audit(
@@ -233,7 +234,7 @@ def cancel(ctx: Context, rollout: Rollout, reason: str) -> None:
         pipeline=closed.pipeline,
         outcome="cancelled",
         rollout=closed.id,
-        detail=reason,
+        detail=closed.why().plain(),
     )
     pipeline = ctx.config.pipelines.get(closed.pipeline)
     _after_close(ctx.store, ctx.notifier, pipeline.approvals if pipeline else None, closed)
@@ -247,19 +248,21 @@ class _Recorded:
     outcome: str = ""  # settled | expired | rejected | already | partial | approved
 
 
-def _settled_text(rollout: Rollout, policy: Approvals) -> str:
+def _settled_text(rollout: Rollout, policy: Approvals) -> Text:
     state = request_state(rollout, policy)
     if state is RequestState.approved:
-        names = _mentions([a.user for a in approvals_given(rollout, policy)])
-        return f"{rollout.id} is already approved by {names}; the rollout is on its way."
+        names = Users.of(a.user for a in approvals_given(rollout, policy))
+        return say("{} is already approved by {}; the rollout is on its way.", rollout.id, names)
     if state is RequestState.rejected:
-        return f"{rollout.id} was already {rollout.error}; nothing was deployed."
+        return say("{} was already ", rollout.id) + rollout.why() + "; nothing was deployed."
     if state is RequestState.expired:
-        return (
-            f"This approval request expired {slack_date(rollout.finished_at or rollout.created_at)}; "
-            f"nothing was deployed. <@{rollout.requested_by}> may `/deploy` again to ask anew."
+        return say(
+            "This approval request expired {}; nothing was deployed. {} may `/deploy` again to "
+            "ask anew.",
+            Moment(rollout.finished_at or rollout.created_at),
+            User(rollout.requested_by),
         )
-    return f"This approval request was cancelled ({rollout.error}); nothing was deployed."
+    return say("This approval request was cancelled (") + rollout.why() + "); nothing was deployed."
 
 
 def decide(ctx: Context, rollout_id: str, user: str, decision: str, request_id: str) -> Reply:
@@ -292,7 +295,7 @@ def _decide(ctx: Context, rollout_id: str, user: str, decision: str) -> Reply:
         raise NotFound("That button names no approval request.")
     rollout = ctx.store.rollout(rollout_id)
     if rollout is None:
-        raise NotFound(f"There is no approval request `{rollout_id}`.")
+        raise NotFound(say("There is no approval request `{}`.", rollout_id))
     action = "approve" if decision == APPROVED else "reject"
     pipeline = ctx.config.pipelines.get(rollout.pipeline)
     policy = pipeline.approvals if pipeline is not None else None
@@ -300,7 +303,11 @@ def _decide(ctx: Context, rollout_id: str, user: str, decision: str) -> Reply:
         # Fail closed: with no policy, nobody may approve; the request expires on its own.
         _refuse(ctx, user, action, rollout, "no_approval_policy")
         raise NotAllowed(
-            f"`{rollout.pipeline}` lists no approvers any more, so nobody can decide {rollout.id}.",
+            say(
+                "`{}` lists no approvers any more, so nobody can decide {}.",
+                rollout.pipeline,
+                rollout.id,
+            ),
             hint="It expires on its own; ask the bot's operators about the pipelines file.",
         )
     if rollout.status is RolloutStatus.awaiting_approval and ctx.clock.now() >= expires_at(
@@ -313,15 +320,20 @@ def _decide(ctx: Context, rollout_id: str, user: str, decision: str) -> Reply:
     if user not in policy.approvers:
         _refuse(ctx, user, action, rollout, "not_an_approver")
         raise NotAllowed(
-            f"You are not an approver of `{rollout.pipeline}`, so you cannot {action} {rollout.id}.",
-            hint=f"Approvers: {_mentions(policy.approvers)}.",
+            say(
+                "You are not an approver of `{}`, so you cannot {} {}.",
+                rollout.pipeline,
+                action,
+                rollout.id,
+            ),
+            hint=say("Approvers: {}.", Users.of(policy.approvers)),
         )
     if decision == APPROVED and user == rollout.requested_by:
         _refuse(ctx, user, action, rollout, "own_rollout")
         others = [u for u in policy.approvers if u != user]
         raise NotAllowed(
             "You asked for this deploy, so you cannot approve it yourself.",
-            hint=f"Ask {_mentions(others)}." if others else None,
+            hint=say("Ask {}.", Users.of(others)) if others else None,
         )
     return _record(ctx, rollout.id, user, decision, policy)
 
@@ -339,7 +351,8 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
         elif decision == REJECTED:
             rollout.approvals.append(Approval(user=user, decision=REJECTED, at=now))
             rollout.status = RolloutStatus.rejected
-            rollout.error = f"rejected by <@{user}>"
+            rollout.error = "rejected"
+            rollout.ended_by = user
             rollout.finished_at = now
             recorded.outcome = "rejected"
         elif any(a.user == user and a.decision == APPROVED for a in rollout.approvals):
@@ -360,7 +373,7 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
         expire_rollout(ctx.store, ctx.notifier, ctx.clock, policy, rollout_id)
         return Reply(_settled_text(ctx.store.rollout(rollout_id) or rollout, policy))
     if outcome == "already":
-        return Reply(f"You already approved {rollout.id} ({count}).")
+        return Reply(say("You already approved {} ({}).", rollout.id, count))
     ctx.audit(
         actor=user,
         action=action,
@@ -377,13 +390,16 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
         ).inc()
         _after_close(ctx.store, ctx.notifier, policy, rollout)
         return Reply(
-            f"Rejected: `{rollout.reference}` will not be deployed to `{rollout.pipeline}`."
+            say("Rejected: `{}` will not be deployed to `{}`.", rollout.reference, rollout.pipeline)
         )
     if outcome == "partial":
         _show_quietly(ctx.store, ctx.notifier, policy, rollout.id)
         return Reply(
-            f"Your approval of {rollout.id} is recorded ({count}); "
-            "it deploys once enough approvers agree."
+            say(
+                "Your approval of {} is recorded ({}); it deploys once enough approvers agree.",
+                rollout.id,
+                count,
+            )
         )
     # The one change that completed the approvals: the rollout runs now, exactly once. Its lock
     # goes back to the normal TTL, so a replica dying from here on is recovered quickly.
@@ -391,6 +407,11 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
     ctx.runner.submit(rollout.id)
     _show_quietly(ctx.store, ctx.notifier, policy, rollout.id)
     return Reply(
-        f"Approved ({count}): deploying `{rollout.reference}` to `{rollout.pipeline}` now; "
-        f"progress in <#{rollout.channel}>."
+        say(
+            "Approved ({}): deploying `{}` to `{}` now; progress in {}.",
+            count,
+            rollout.reference,
+            rollout.pipeline,
+            Channel(rollout.channel),
+        )
     )

@@ -1,14 +1,18 @@
-"""The bot's dependencies, built once and handed to domain functions."""
+"""What every use case is handed: the config, the store, the ports, the clock, the runner."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.domain.clock import Clock
 from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import UnknownPipeline
+from bot.domain.models import Rollout
+from bot.domain.text import say
 from bot.ports import Notifier, Target
-from bot.services.runner import RolloutRunner
 from bot.store.store import Store
 
 
@@ -20,12 +24,28 @@ class Limits:
     audit_max_age_days: float = 90.0
 
 
+class Runner(Protocol):
+    """Runs accepted rollouts off the request path (services/runner.py: RolloutRunner)."""
+
+    def submit(self, rollout_id: str) -> Future[None]: ...
+
+    def submit_recovery(self, rollout_id: str) -> Future[None]: ...
+
+    def change(
+        self, rollout_id: str, change: Callable[[Rollout], None], *, wait: bool = True
+    ) -> Rollout:
+        """Update the rollout in Redis, then its message."""
+        ...
+
+    def target_for(self, pipeline: Pipeline) -> Target: ...
+
+
 @dataclass
 class Context:
     limits: Limits
     config: PipelinesConfig
     store: Store
-    runner: RolloutRunner
+    runner: Runner
     notifier: Notifier
     clock: Clock
     instance_id: str
@@ -36,7 +56,7 @@ class Context:
         except KeyError:
             known = ", ".join(f"`{n}`" for n in sorted(self.config.pipelines))
             raise UnknownPipeline(
-                f"There is no pipeline `{name}`.", hint=f"Pipelines: {known}."
+                say("There is no pipeline `{}`.", name), hint=say("Pipelines: {}.", known)
             ) from None
 
     def target(self, pipeline: Pipeline) -> Target:

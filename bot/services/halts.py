@@ -5,10 +5,12 @@ from __future__ import annotations
 from bot.domain.errors import NotAllowed, ResumeRefused
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.domain.parsing import parse_halt, parse_resume, wants_help
-from bot.services import incidents
-from bot.services.commands import CommandRequest, Reply, help_reply
+from bot.domain.text import Moment, Text, User, Users, join, say
+from bot.services import approvals, incidents
 from bot.services.context import Context
-from bot.slack import messages
+from bot.services.requests import CommandRequest, Reply, help_reply
+
+IMMUNE = "immune"  # the actor name of the bot's own decisions
 
 
 def halt(ctx: Context, request: CommandRequest) -> Reply:
@@ -39,25 +41,25 @@ def halt(ctx: Context, request: CommandRequest) -> Reply:
     for name in halted:
         by_channel.setdefault(ctx.pipeline(name).channel, []).append(name)
     for channel, channel_names in by_channel.items():
-        ctx.notifier.post(
-            channel,
-            f":octagonal_sign: {_names(channel_names)} halted by <@{request.user_id}>: {reason}. "
-            "New deploys are refused.",
-        )
-    lines = []
+        ctx.notifier.pipelines_halted(channel, channel_names, request.user_id, reason)
+    lines: list[Text | str] = []
     if halted:
-        lines.append(f":octagonal_sign: Halted {_names(halted)}: {reason}.")
+        lines.append(say(":octagonal_sign: Halted {}: {}.", _names(halted), reason))
     lines += [_inflight_note(rollout) for rollout in inflight]
     for name in names:
         if name in halted:
             continue
         state = states[name]
-        who = "immune" if state.halted_by == "immune" else f"<@{state.halted_by}>"
         lines.append(
-            f"`{name}` was already halted by {who} "
-            f"{messages.slack_date(state.halted_at or 0)}: {state.halted_reason}."
+            say(
+                "`{}` was already halted by {} {}: {}.",
+                name,
+                User(state.halted_by),
+                Moment(state.halted_at or 0),
+                state.halted_reason,
+            )
         )
-    return Reply("\n".join(lines))
+    return Reply(join(lines))
 
 
 def halt_pipeline(
@@ -67,11 +69,8 @@ def halt_pipeline(
     pipeline = ctx.pipeline(name)
     ctx.store.halt(name, by=by, reason=reason, incident=incident)
     _after_halt(ctx, name, by=by, reason=reason, command=command)
-    if by != "immune":
-        ctx.notifier.post(
-            pipeline.channel,
-            f":octagonal_sign: `{name}` halted by <@{by}>: {reason}. New deploys are refused.",
-        )
+    if by != IMMUNE:
+        ctx.notifier.pipelines_halted(pipeline.channel, [name], by, reason)
 
 
 def _after_halt(ctx: Context, name: str, *, by: str, reason: str, command: str) -> Rollout | None:
@@ -84,9 +83,7 @@ def _after_halt(ctx: Context, name: str, *, by: str, reason: str, command: str) 
         return None
     rollout = ctx.store.rollout(state.inflight_rollout)
     if rollout is not None and rollout.status is RolloutStatus.awaiting_approval:
-        from bot.services import approvals
-
-        approvals.cancel(ctx, rollout, f"pipeline halted by <@{by}>")
+        approvals.cancel(ctx, rollout, "pipeline halted", by=by)
     # A queued or running rollout stops at the runner's next safe point (RecordedProgress.
     # check_cancelled): before its test gate or before its swap, never half-way through one.
     return rollout
@@ -115,7 +112,7 @@ def resume(ctx: Context, request: CommandRequest) -> Reply:
     pipeline = ctx.pipeline(args.pipeline)
     state = ctx.store.pipeline(args.pipeline)
     if not state.halted:
-        return Reply(f"`{args.pipeline}` is not halted; deploys are open.")
+        return Reply(say("`{}` is not halted; deploys are open.", args.pipeline))
     forced = args.force_reason is not None
     if forced and not ctx.config.is_admin(request.user_id):
         ctx.audit(
@@ -128,9 +125,7 @@ def resume(ctx: Context, request: CommandRequest) -> Reply:
         )
         raise NotAllowed(
             "Only admins may `/resume --force`.",
-            hint="Admins: " + ", ".join(f"<@{u}>" for u in ctx.config.admins)
-            if ctx.config.admins
-            else None,
+            hint=say("Admins: {}", Users.of(ctx.config.admins)) if ctx.config.admins else None,
         )
     if state.halted_incident and not forced:
         missing = incidents.missing_analysis(ctx, state.halted_incident)
@@ -144,10 +139,14 @@ def resume(ctx: Context, request: CommandRequest) -> Reply:
                 command=request.typed,
             )
             raise ResumeRefused(
-                f"`{args.pipeline}` stays halted until incident {state.halted_incident} is analysed. "
-                f"Missing: {', '.join(missing)}.",
-                hint="Answer in the breach alert's thread (`why 1: …`, `root cause: …`, `test: <link>`) "
-                "or with its *Five whys* button.",
+                say(
+                    "`{}` stays halted until incident {} is analysed. Missing: {}.",
+                    args.pipeline,
+                    state.halted_incident,
+                    ", ".join(missing),
+                ),
+                hint="Answer in the breach alert's thread (`why 1: …`, `root cause: …`, "
+                "`test: <link>`) or with its *Five whys* button.",
             )
     ctx.store.reopen(args.pipeline)
     ctx.audit(
@@ -162,9 +161,8 @@ def resume(ctx: Context, request: CommandRequest) -> Reply:
         incidents.record_resume(
             ctx, state.halted_incident, request.user_id, args.force_reason or ""
         )
-    how = f" (forced: {args.force_reason})" if forced else ""
-    ctx.notifier.post(
-        pipeline.channel,
-        f":large_green_circle: `{args.pipeline}` resumed by <@{request.user_id}>{how}.",
+    ctx.notifier.pipeline_resumed(
+        pipeline.channel, args.pipeline, request.user_id, args.force_reason or ""
     )
-    return Reply(f"`{args.pipeline}` is open again{how}.")
+    how = f" (forced: {args.force_reason})" if forced else ""
+    return Reply(say("`{}` is open again{}.", args.pipeline, how))

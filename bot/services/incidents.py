@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from bot import metrics
 from bot.domain.errors import ImmuneError, NotFound, NothingToRollBackTo
 from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.domain.text import Channel, User, say
 from bot.reports.incident_export import render_markdown
+from bot.services.context import Context
+from bot.services.deploys import start_rollout
+from bot.services.policy import check_deployer
+from bot.services.requests import CommandRequest, Reply
 from bot.store.keys import Once
 from bot.store.store import Store
-
-if TYPE_CHECKING:
-    from bot.services.commands import Reply
-    from bot.services.context import Context
 
 EXPORT_LIMIT = 3900  # an ephemeral reply's text stays well inside Slack's 4,000 characters
 
@@ -31,7 +31,7 @@ def create_incident(store: Store, incident: Incident) -> None:
 def load_incident(store: Store, incident_id: str) -> Incident:
     incident = store.incident(incident_id)
     if incident is None:
-        raise NotFound(f"There is no incident `{incident_id}`.")
+        raise NotFound(say("There is no incident `{}`.", incident_id))
     return incident
 
 
@@ -39,7 +39,7 @@ def update_incident(store: Store, incident_id: str, change: Callable[[Incident],
     """Apply `change` atomically (WATCH/MULTI), like rollouts."""
     updated = store.update_incident(incident_id, change)
     if updated is None:
-        raise NotFound(f"There is no incident `{incident_id}`.")
+        raise NotFound(say("There is no incident `{}`.", incident_id))
     return updated
 
 
@@ -78,33 +78,37 @@ def record_resume(ctx: Context, incident_id: str, user: str, force_reason: str) 
         incident.force_reason = force_reason
 
     incident = update_incident(ctx.store, incident_id, resumed)
-    from bot.slack import incident_messages
-
-    ctx.notifier.incident_changed(incident, incident_messages.resume_summary(incident))
+    ctx.notifier.incident_resumed(incident)
 
 
 def confirm_rollback(ctx: Context, incident_id: str, user: str, request_id: str) -> Reply:
     """Someone pressed rollback_confirm on a breach alert (auto_rollback: false)."""
-    # bot.commands reaches most of the bot; imported here, it cannot make an import cycle.
-    from bot.services.commands import CommandRequest, Reply, check_deployer, start_rollout
-
     incident = load_incident(ctx.store, incident_id)
     pipeline = ctx.pipeline(incident.pipeline)
     if incident.rollback_rollout_id:
         # The same answer as a press that lost the race below: one rollback, already under way.
-        who = f"<@{incident.rollback_confirmed_by}>" if incident.rollback_confirmed_by else "immune"
         return Reply(
-            f"{who} already confirmed the rollback of `{incident.pipeline}` to "
-            f"`{incident.restored_version}` ({incident.rollback_rollout_id})."
+            say(
+                "{} already confirmed the rollback of `{}` to `{}` ({}).",
+                User(incident.rollback_confirmed_by or "immune"),
+                incident.pipeline,
+                incident.restored_version or "",
+                incident.rollback_rollout_id,
+            )
         )
     if not incident.restored_version:
         raise NothingToRollBackTo(
-            f"`{incident.pipeline}` had no last good version when incident {incident.id} opened.",
-            hint=f"Name one: `/rollback {incident.pipeline} <version>`.",
+            say(
+                "`{}` had no last good version when incident {} opened.",
+                incident.pipeline,
+                incident.id,
+            ),
+            hint=say("Name one: `/rollback {} <version>`.", incident.pipeline),
         )
+    restored = incident.restored_version
     request = CommandRequest(
         command="/rollback",
-        text=f"{incident.pipeline} {incident.restored_version}",
+        text=f"{incident.pipeline} {restored}",
         user_id=user,
         channel_id=incident.channel,
         request_id=request_id,
@@ -112,17 +116,21 @@ def confirm_rollback(ctx: Context, incident_id: str, user: str, request_id: str)
     check_deployer(ctx, incident.pipeline, pipeline, request)
     # One rollback per incident, however many people press (or Slack redelivers the press).
     if not ctx.store.claim_once(Once.rollback_confirm, incident.id, holder=user):
-        holder = ctx.store.once_holder(Once.rollback_confirm, incident.id) or "someone"
+        holder = ctx.store.once_holder(Once.rollback_confirm, incident.id)
         return Reply(
-            f"<@{holder}> already confirmed the rollback of `{incident.pipeline}` "
-            f"to `{incident.restored_version}`."
+            say(
+                "{} already confirmed the rollback of `{}` to `{}`.",
+                User(holder) if holder else "someone",
+                incident.pipeline,
+                restored,
+            )
         )
     try:
         rollout = start_rollout(
             ctx,
             incident.pipeline,
             pipeline,
-            resolve_version(pipeline.image, incident.restored_version),
+            resolve_version(pipeline.image, restored),
             kind=RolloutKind.rollback,
             actor=user,
             reason=f"incident {incident.id}",
@@ -154,16 +162,17 @@ def confirm_rollback(ctx: Context, incident_id: str, user: str, request_id: str)
         pipeline=incident.pipeline,
         outcome="accepted",
         rollout=rollout.id,
-        detail=f"incident {incident.id}: back to {incident.restored_version}",
+        detail=f"incident {incident.id}: back to {restored}",
     )
-    ctx.notifier.incident_changed(
-        incident,
-        f":rewind: <@{user}> confirmed the rollback: `{incident.pipeline}` goes back to "
-        f"`{incident.restored_version}` ({rollout.id}).",
-    )
+    ctx.notifier.rollback_confirmed(incident, user, rollout.id)
     return Reply(
-        f"Rolling `{incident.pipeline}` back to `{incident.restored_version}` ({rollout.id}); "
-        f"progress in <#{pipeline.channel}>."
+        say(
+            "Rolling `{}` back to `{}` ({}); progress in {}.",
+            incident.pipeline,
+            restored,
+            rollout.id,
+            Channel(pipeline.channel),
+        )
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from bot.services import approvals
 from bot.services.context import Context
 
 logger = logging.getLogger(__name__)
@@ -11,10 +12,6 @@ logger = logging.getLogger(__name__)
 
 def recover_orphans(ctx: Context) -> list[str]:
     """Adopt every in-flight rollout whose lock expired (its bot died); returns their ids."""
-    from bot.services import (
-        approvals,  # approvals imports the command layer, which imports this module
-    )
-
     adopted = []
     for name, orphan, lock_held in ctx.store.rollouts_in_flight(list(ctx.config.pipelines)):
         # An approval request is not run: it expires when due (by the clock) or orphaned.

@@ -29,6 +29,7 @@ from bot.ports import (
     RolloutRequest,
     Target,
 )
+from bot.services import approvals
 from bot.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -126,10 +127,20 @@ class RolloutRunner:
         self._queued: set[str] = set()
         self._render_pool = ThreadPoolExecutor(4, thread_name_prefix="render")
         self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start renewing the locks of running rollouts (Immune.start(); nothing runs before)."""
+        if self._heartbeat is not None:
+            return
         self._heartbeat = threading.Thread(
             target=self._renew_forever, name="lock-heartbeat", daemon=True
         )
         self._heartbeat.start()
+
+    @property
+    def started(self) -> bool:
+        return self._heartbeat is not None
 
     def target_for(self, pipeline: Pipeline) -> Target:
         return self.targets[pipeline.target]
@@ -298,7 +309,7 @@ class RolloutRunner:
             swap = target.roll_out(_request(rollout, pipeline, image, located), progress)
         except ImageNotFound as exc:
             self._fail(rollout.id, exc.message, "", restored=True)
-            self.notifier.tell_requester(rollout.response_url, exc.user_text())
+            self.notifier.tell_requester(rollout.response_url, exc.text())
             return
         except RolloutCancelled as exc:
             self._finish(rollout.id, RolloutStatus.cancelled, str(exc))
@@ -315,13 +326,13 @@ class RolloutRunner:
         progress = RecordedProgress(self, rollout.id, rollout.pipeline, deploy=False)
         if rollout.status in (RolloutStatus.awaiting_approval, RolloutStatus.queued):
             if rollout.status is RolloutStatus.awaiting_approval:
-                from bot.services import approvals  # it imports the command layer, which imports us
-
                 approvals.expire_rollout(
                     self.store, self.notifier, self.clock, pipeline.approvals, rollout.id
                 )
             else:
-                self.submit_after_recovery(rollout)
+                # Queued, never started: this worker holds its lease and lock, so it runs the
+                # rollout from the start, here, once.
+                self._run(rollout)
             return
         image = ImageRef(pipeline.image, rollout.image_tag, rollout.image_digest)
         try:
@@ -346,10 +357,6 @@ class RolloutRunner:
             self._fail(
                 rollout.id, f"bot restarted mid-rollout; rolled back{restored}", "", restored=True
             )
-
-    def submit_after_recovery(self, rollout: Rollout) -> None:
-        """A queued rollout whose bot died before it started: run it now, on this replica."""
-        self._run(rollout)
 
     # Outcomes ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot import metrics
 from bot.domain.config import Kpi, Pipeline
+from bot.domain.errors import ImmuneError
 from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.kpis import judge, next_streak
@@ -28,6 +29,8 @@ from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, n
 from bot.ports import KpiSource
 from bot.services import incidents
 from bot.services.context import Context
+from bot.services.deploys import start_rollout
+from bot.services.halts import halt_pipeline
 from bot.store.keys import Once
 
 logger = logging.getLogger(__name__)
@@ -276,8 +279,6 @@ class Watcher:
             opened_at=detected_at,
             live_at=rollout.live_at,
         )
-        from bot.services.halts import halt_pipeline
-
         halt_pipeline(
             self.ctx, rollout.pipeline, by="immune", reason="KPI breach", incident=incident.id
         )
@@ -340,9 +341,6 @@ class Watcher:
             return []
 
     def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:
-        from bot.domain.errors import ImmuneError
-        from bot.services.commands import start_rollout
-
         if not incident.restored_version:
             incident.actions.append(
                 "no last good version to roll back to: the bad version still runs"

@@ -6,8 +6,6 @@ may approve, until when; then who approved or rejected and when, with the button
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -17,24 +15,13 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.domain.approvals import APPROVED, RequestState, approvals_given, request_state
 from bot.domain.config import Approvals
-from bot.domain.models import Approval, Rollout, RolloutStatus
+from bot.domain.models import Rollout
+from bot.domain.text import shorten
 from bot.slack.ids import ActionId, BlockId
-from bot.slack.messages import SECTION_TEXT_LIMIT, rollout_title, slack_date
-
-APPROVED = "approved"
-REJECTED = "rejected"
-
-
-class RequestState(StrEnum):
-    """Where an approval request stands (what its message shows)."""
-
-    pending = "pending"
-    approved = "approved"
-    rejected = "rejected"
-    expired = "expired"
-    cancelled = "cancelled"
-
+from bot.slack.messages import SECTION_TEXT_LIMIT, rollout_title
+from bot.slack.render import mention, mentions, mrkdwn, slack_date
 
 HEADLINES = {
     RequestState.pending: ":lock: *Approval needed*",
@@ -43,42 +30,6 @@ HEADLINES = {
     RequestState.expired: ":alarm_clock: *Approval request expired*",
     RequestState.cancelled: ":octagonal_sign: *Approval request cancelled*",
 }
-
-
-def approvals_given(rollout: Rollout, policy: Approvals) -> list[Approval]:
-    """Approvals that count: one per listed approver, never the requester's."""
-    counted: list[Approval] = []
-    seen: set[str] = set()
-    for approval in rollout.approvals:
-        if (
-            approval.decision == APPROVED
-            and approval.user in policy.approvers
-            and approval.user != rollout.requested_by
-            and approval.user not in seen
-        ):
-            seen.add(approval.user)
-            counted.append(approval)
-    return counted
-
-
-def request_state(rollout: Rollout, policy: Approvals) -> RequestState:
-    if rollout.status is RolloutStatus.awaiting_approval:
-        return RequestState.pending
-    if rollout.status is RolloutStatus.rejected:
-        return RequestState.rejected
-    if rollout.status is RolloutStatus.expired:
-        return RequestState.expired
-    if len(approvals_given(rollout, policy)) >= policy.required:
-        return RequestState.approved  # whatever the rollout did next, it was approved
-    return RequestState.cancelled
-
-
-def _mentions(users: list[str]) -> str:
-    return ", ".join(f"<@{user}>" for user in users)
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def approval_text(rollout: Rollout, policy: Approvals) -> str:
@@ -98,7 +49,9 @@ def decision_lines(rollout: Rollout) -> list[str]:
     lines = []
     for approval in rollout.approvals:
         icon = ":white_check_mark:" if approval.decision == APPROVED else ":no_entry:"
-        lines.append(f"{icon} {approval.decision} by <@{approval.user}> {slack_date(approval.at)}")
+        lines.append(
+            f"{icon} {approval.decision} by {mention(approval.user)} {slack_date(approval.at)}"
+        )
     return lines
 
 
@@ -108,7 +61,7 @@ def build_approval_request(rollout: Rollout, policy: Approvals, expires_at: floa
     counted = len(approvals_given(rollout, policy))
     lines = [
         f"{HEADLINES[state]}: {rollout_title(rollout)}",
-        f"requested by <@{rollout.requested_by}> {slack_date(rollout.created_at)} · "
+        f"requested by {mention(rollout.requested_by)} {slack_date(rollout.created_at)} · "
         f"`{rollout.reference}` · {rollout.id}",
     ]
     if rollout.forced:
@@ -116,7 +69,7 @@ def build_approval_request(rollout: Rollout, policy: Approvals, expires_at: floa
     eligible = [user for user in policy.approvers if user != rollout.requested_by]
     if state is RequestState.pending:
         lines.append(
-            f"Needs {policy.required} approval(s) ({counted} so far) from {_mentions(eligible)}; "
+            f"Needs {policy.required} approval(s) ({counted} so far) from {mentions(eligible)}; "
             f"expires {slack_date(expires_at)}."
         )
     elif state is RequestState.approved:
@@ -130,14 +83,14 @@ def build_approval_request(rollout: Rollout, policy: Approvals, expires_at: floa
             "not deployed. Run `/deploy` again to ask anew."
         )
     else:
-        lines.append(f"{rollout.error or 'Cancelled'}: not deployed.")
+        lines.append(f"{mrkdwn(rollout.why()) or 'Cancelled'}: not deployed.")
     blocks: list[Block] = [
-        SectionBlock(text=MarkdownTextObject(text=_truncate("\n".join(lines), SECTION_TEXT_LIMIT)))
+        SectionBlock(text=MarkdownTextObject(text=shorten("\n".join(lines), SECTION_TEXT_LIMIT)))
     ]
     decisions = decision_lines(rollout)
     if decisions:
         blocks.append(
-            ContextBlock(elements=[MarkdownTextObject(text=_truncate(" · ".join(decisions), 2000))])
+            ContextBlock(elements=[MarkdownTextObject(text=shorten(" · ".join(decisions), 2000))])
         )
     if state is RequestState.pending:
         blocks.append(

@@ -20,21 +20,21 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.domain.incidents import ANALYSIS_FIELDS, FAILING_TEST, ROOT_CAUSE, Incident, KpiSample
+from bot.domain.incidents import (
+    ANALYSIS_FIELDS,
+    FAILING_TEST,
+    ROOT_CAUSE,
+    AnalysisChange,
+    Incident,
+    KpiSample,
+)
+from bot.domain.text import shorten
 from bot.slack.ids import ActionId, BlockId, CallbackId, InputActionId
-from bot.slack.messages import SECTION_TEXT_LIMIT, slack_date
+from bot.slack.messages import SECTION_TEXT_LIMIT
+from bot.slack.render import escape, mention, slack_date
 
 MAX_SAMPLES_LISTED = 10
 ANSWER_MAX_LENGTH = 3000  # Slack's limit for a plain_text_input
-
-
-def escape(text: str) -> str:
-    """Plain text made safe for mrkdwn (Slack's three control characters)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _value(sample: KpiSample) -> str:
@@ -80,14 +80,14 @@ def what_the_bot_did(incident: Incident) -> list[str]:
     lines += [f"{slack_date(incident.opened_at)} {action}" for action in incident.actions]
     if incident.rollback_confirmed_at is not None:
         lines.append(
-            f"{slack_date(incident.rollback_confirmed_at)} <@{incident.rollback_confirmed_by}> "
+            f"{slack_date(incident.rollback_confirmed_at)} {mention(incident.rollback_confirmed_by)} "
             f"confirmed the rollback to `{incident.restored_version}` "
             f"({incident.rollback_rollout_id})"
         )
     if incident.resumed_at is not None:
         forced = f" (forced: {escape(incident.force_reason)})" if incident.force_reason else ""
         lines.append(
-            f"{slack_date(incident.resumed_at)} <@{incident.resumed_by}> resumed "
+            f"{slack_date(incident.resumed_at)} {mention(incident.resumed_by)} resumed "
             f"`{incident.pipeline}`{forced}"
         )
     return lines
@@ -126,12 +126,12 @@ def build_breach_alert(incident: Incident) -> list[Block]:
     )
     blocks: list[Block] = [
         HeaderBlock(
-            text=_cut(f":rotating_light: KPI breach on {incident.pipeline}: {incident.kpi}", 150)
+            text=shorten(f":rotating_light: KPI breach on {incident.pipeline}: {incident.kpi}", 150)
         ),
         SectionBlock(
-            text=MarkdownTextObject(text=_cut(summary, SECTION_TEXT_LIMIT)),
+            text=MarkdownTextObject(text=shorten(summary, SECTION_TEXT_LIMIT)),
             fields=[
-                MarkdownTextObject(text=f"*KPI*\n`{_cut(incident.kpi, 200)}`"),
+                MarkdownTextObject(text=f"*KPI*\n`{shorten(incident.kpi, 200)}`"),
                 MarkdownTextObject(
                     text=f"*Tolerance*\n`{escape(incident.tolerance)}`, "
                     f"{incident.for_polls} poll(s) in a row"
@@ -144,14 +144,14 @@ def build_breach_alert(incident: Incident) -> list[Block]:
         ),
         SectionBlock(
             text=MarkdownTextObject(
-                text=_cut(f"*Samples that breached*\n{samples}", SECTION_TEXT_LIMIT)
+                text=shorten(f"*Samples that breached*\n{samples}", SECTION_TEXT_LIMIT)
             )
         ),
         SectionBlock(
-            text=MarkdownTextObject(text=_cut(f"*What immune did*\n{did}", SECTION_TEXT_LIMIT))
+            text=MarkdownTextObject(text=shorten(f"*What immune did*\n{did}", SECTION_TEXT_LIMIT))
         ),
         ContextBlock(
-            elements=[MarkdownTextObject(text=_cut(f"Query: `{escape(incident.query)}`", 2000))]
+            elements=[MarkdownTextObject(text=shorten(f"Query: `{escape(incident.query)}`", 2000))]
         ),
         ContextBlock(elements=[MarkdownTextObject(text=analysis)]),
     ]
@@ -166,7 +166,7 @@ def build_breach_alert(incident: Incident) -> list[Block]:
     if incident.awaiting_rollback:
         buttons.append(
             ButtonElement(
-                text=_cut(f"Roll back to {incident.restored_version}", 75),
+                text=shorten(f"Roll back to {incident.restored_version}", 75),
                 action_id=ActionId.rollback_confirm.value,
                 value=incident.id,
                 style="danger",
@@ -219,21 +219,14 @@ def thread_template(incident: Incident) -> str:
     )
 
 
-def analysis_status(
-    incident: Incident,
-    *,
-    recorded: list[str],
-    removed: list[str],
-    problems: list[str],
-    user: str,
-) -> str:
+def analysis_status(incident: Incident, change: AnalysisChange) -> str:
     """The bot's reply in the thread after answers (or malformed ones) arrived."""
     lines = []
-    if recorded:
-        lines.append(f"Recorded {', '.join(recorded)} from <@{user}>.")
-    if removed:
-        lines.append(f"<@{user}>'s edit removed {', '.join(removed)}.")
-    lines += [f":warning: {problem}" for problem in problems]
+    if change.recorded:
+        lines.append(f"Recorded {', '.join(change.recorded)} from {mention(change.user)}.")
+    if change.removed:
+        lines.append(f"{mention(change.user)}'s edit removed {', '.join(change.removed)}.")
+    lines += [f":warning: {problem}" for problem in change.problems]
     missing = incident.missing()
     if missing:
         lines.append(f"Still missing: {', '.join(missing)}.")
@@ -254,7 +247,7 @@ def analysis_quote(incident: Incident) -> list[str]:
         if field == FAILING_TEST and answer:
             shown = f"<{answer}>"
         else:
-            shown = escape(_cut(" ".join(answer.split()), 500)) if answer else "_(missing)_"
+            shown = escape(shorten(" ".join(answer.split()), 500)) if answer else "_(missing)_"
         lines.append(f">*{_field_label(field)}:* {shown}")
     return lines
 
@@ -263,7 +256,7 @@ def resume_summary(incident: Incident) -> str:
     """Posted in the thread when the pipeline re-opens."""
     forced = f" (forced: {escape(incident.force_reason)})" if incident.force_reason else ""
     head = (
-        f":large_green_circle: `{incident.pipeline}` resumed by <@{incident.resumed_by}> "
+        f":large_green_circle: `{incident.pipeline}` resumed by {mention(incident.resumed_by)} "
         f"{slack_date(incident.resumed_at or incident.opened_at)}{forced}. Summary of incident "
         f"`{incident.id}`:"
     )

@@ -5,8 +5,6 @@ Blocks are built with slack_sdk.models.blocks, which validates Slack's length li
 
 from __future__ import annotations
 
-import time
-
 from slack_sdk.models.blocks import (
     Block,
     ContextBlock,
@@ -23,7 +21,9 @@ from bot.domain.models import (
     RolloutStatus,
     StepStatus,
 )
+from bot.domain.text import shorten
 from bot.ports import LiveVersion
+from bot.slack.render import channel_link, mention, mrkdwn, slack_date
 
 SECTION_TEXT_LIMIT = 3000
 
@@ -61,20 +61,10 @@ STATUS_WORDS = {
 }
 
 
-def slack_date(epoch: float, token: str = "{date_short_pretty} {time_secs}") -> str:
-    """A time each reader sees in their own time zone, with a UTC fallback."""
-    fallback = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
-    return f"<!date^{int(epoch)}^{token}|{fallback}>"
-
-
 def _seconds(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 def rollout_title(rollout: Rollout) -> str:
@@ -98,7 +88,7 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
         f"{STATUS_EMOJI[rollout.status]} *{rollout_title(rollout)}*: {STATUS_WORDS[rollout.status]}"
     )
     who = (
-        f"requested by <@{rollout.requested_by}>"
+        f"requested by {mention(rollout.requested_by)}"
         if rollout.requested_by != "immune"
         else "by immune"
     )
@@ -111,7 +101,7 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     approved = [a for a in rollout.approvals if a.decision == "approved"]
     if approved and rollout.status is not RolloutStatus.awaiting_approval:
         lines.append(
-            "approved by " + ", ".join(f"<@{a.user}> {slack_date(a.at)}" for a in approved)
+            "approved by " + ", ".join(f"{mention(a.user)} {slack_date(a.at)}" for a in approved)
         )
     steps = [
         f"{STEP_EMOJI[step.status]} {step.name}"
@@ -120,12 +110,16 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
         for step in rollout.steps
     ]
     blocks: list[Block] = [
-        SectionBlock(text=MarkdownTextObject(text=_truncate("\n".join(lines), SECTION_TEXT_LIMIT)))
+        SectionBlock(
+            text=MarkdownTextObject(text=shorten("\n".join(lines), SECTION_TEXT_LIMIT, keep="end"))
+        )
     ]
     if steps:
         blocks.append(
             SectionBlock(
-                text=MarkdownTextObject(text=_truncate("\n".join(steps), SECTION_TEXT_LIMIT))
+                text=MarkdownTextObject(
+                    text=shorten("\n".join(steps), SECTION_TEXT_LIMIT, keep="end")
+                )
             )
         )
     facts = []
@@ -136,14 +130,18 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     facts.extend(rollout.notes)
     if facts:
         blocks.append(
-            ContextBlock(elements=[MarkdownTextObject(text=_truncate(" · ".join(facts), 2000))])
+            ContextBlock(
+                elements=[MarkdownTextObject(text=shorten(" · ".join(facts), 2000, keep="end"))]
+            )
         )
     if rollout.error:
-        error = f":x: *Why:* {rollout.error}"
+        error = f":x: *Why:* {mrkdwn(rollout.why())}"
         if rollout.logs_tail:
-            error += "\n```" + _truncate(rollout.logs_tail, 2500) + "```"
+            error += "\n```" + shorten(rollout.logs_tail, 2500, keep="end") + "```"
         blocks.append(
-            SectionBlock(text=MarkdownTextObject(text=_truncate(error, SECTION_TEXT_LIMIT)))
+            SectionBlock(
+                text=MarkdownTextObject(text=shorten(error, SECTION_TEXT_LIMIT, keep="end"))
+            )
         )
     return blocks
 
@@ -156,10 +154,10 @@ def status_text(
     watching: Rollout | None,
     engine: LiveVersion | None,
 ) -> str:
-    head = f"*{name}* ({pipeline.target}, `{pipeline.image}`, <#{pipeline.channel}>): "
+    head = f"*{name}* ({pipeline.target}, `{pipeline.image}`, {channel_link(pipeline.channel)}): "
     if state.halted:
         head += (
-            f":octagonal_sign: *halted* by <@{state.halted_by}> {slack_date(state.halted_at or 0)}: "
+            f":octagonal_sign: *halted* by {mention(state.halted_by)} {slack_date(state.halted_at or 0)}: "
             f"{state.halted_reason or 'no reason given'}"
         )
         if state.halted_incident:
@@ -176,7 +174,7 @@ def status_text(
         lines.append(":warning: the engine runs no container of this pipeline")
     if inflight is not None:
         lines.append(
-            f"in flight: {inflight.kind.value} of `{inflight.version}` by <@{inflight.requested_by}>, "
+            f"in flight: {inflight.kind.value} of `{inflight.version}` by {mention(inflight.requested_by)}, "
             f"{STATUS_WORDS[inflight.status]} ({inflight.id})"
         )
     if watching is not None and watching.status is RolloutStatus.live and pipeline.kpis:
@@ -198,17 +196,22 @@ def history_text(name: str, rollouts: list[Rollout], audit: list[AuditEntry]) ->
             took = f" in {_seconds((rollout.live_at or rollout.finished_at or 0) - rollout.created_at)}"
         lines.append(
             f"{STATUS_EMOJI[rollout.status]} {slack_date(rollout.created_at)} {rollout.kind.value} "
-            f"`{rollout.version}` by <@{rollout.requested_by}>: {STATUS_WORDS[rollout.status]}{took}"
-            + (f" ({rollout.error})" if rollout.error else "")
+            f"`{rollout.version}` by {mention(rollout.requested_by)}: {STATUS_WORDS[rollout.status]}{took}"
+            + (f" ({mrkdwn(rollout.why())})" if rollout.error else "")
             + f" · {rollout.id}"
         )
     if audit:
         lines.append("\n*Audit* (newest first)")
         for entry in audit:
-            who = "immune" if entry.actor == "immune" else f"<@{entry.actor}>"
+            who = "immune" if entry.actor == "immune" else f"{mention(entry.actor)}"
             lines.append(
                 f"{slack_date(entry.at)} {who} {entry.action}: {entry.outcome}"
                 + (f" ({entry.detail})" if entry.detail else "")
                 + (" · `" + entry.command.replace("`", "'") + "`" if entry.command else "")
             )
-    return _truncate("\n".join(lines), 3900)
+    return shorten("\n".join(lines), 3900, keep="end")
+
+
+def code_block(markdown: str) -> str:
+    """Markdown in a code block, so Slack shows it as written and it copies cleanly."""
+    return "```\n" + markdown.replace("```", "'''") + "\n```"

@@ -15,11 +15,13 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.webhook import WebhookClient
 
 from bot.domain.config import Approvals
-from bot.domain.incidents import Incident
+from bot.domain.incidents import AnalysisChange, Incident
 from bot.domain.models import Rollout
+from bot.domain.text import Text
 from bot.ports import NotifierBusy
 from bot.reports import charts
-from bot.slack import approval_messages, incident_messages, messages
+from bot.slack import approval_messages, incident_messages, messages, texts
+from bot.slack.render import mrkdwn
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +103,26 @@ class SlackNotifier:
             approval_messages.build_approval_request(rollout, policy, expires_at),
         )
 
-    def tell_requester(self, response_url: str | None, text: str) -> None:
+    def tell_requester(self, response_url: str | None, text: Text) -> None:
         if not response_url:
             return
         webhook = WebhookClient(response_url, timeout=10)
-        result = webhook.send(text=text, response_type="ephemeral", replace_original=False)
+        result = webhook.send(text=mrkdwn(text), response_type="ephemeral", replace_original=False)
         if result.status_code != 200:
             logger.warning("response_url answered %s: %s", result.status_code, result.body)
 
-    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str:
+        """A message in a channel or thread; returns its ts."""
         response = self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)
         return str(response["ts"])
+
+    def pipelines_halted(
+        self, channel: str, pipelines: Sequence[str], by: str, reason: str
+    ) -> None:
+        self.post(channel, texts.pipelines_halted(pipelines, by, reason))
+
+    def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
+        self.post(channel, texts.pipeline_resumed(pipeline, by, force_reason))
 
     def incident_opened(self, incident: Incident) -> str | None:
         """Post the alert and open its thread with the five-whys template."""
@@ -143,7 +154,16 @@ class SlackNotifier:
         except Exception:
             logger.exception("could not upload the chart of incident %s", incident.id)
 
-    def incident_changed(self, incident: Incident, note: str) -> None:
+    def rollback_confirmed(self, incident: Incident, by: str, rollout_id: str) -> None:
+        self._incident_changed(incident, texts.rollback_confirmed(incident, by, rollout_id))
+
+    def analysis_recorded(self, incident: Incident, change: AnalysisChange) -> None:
+        self._incident_changed(incident, incident_messages.analysis_status(incident, change))
+
+    def incident_resumed(self, incident: Incident) -> None:
+        self._incident_changed(incident, incident_messages.resume_summary(incident))
+
+    def _incident_changed(self, incident: Incident, note: str) -> None:
         """A note in the incident's thread, and the alert re-rendered to match."""
         if not incident.thread_ts:
             return

@@ -8,7 +8,8 @@ import redis
 
 from bot.domain.clock import FrozenClock
 from bot.domain.models import AuditEntry, Rollout, RolloutKind, RolloutStatus
-from bot.reports.audit_export import MAX_CHARS, MAX_ENTRIES, cell, export_markdown, slack_reply
+from bot.reports.audit_export import MAX_CHARS, MAX_ENTRIES, cell, export_markdown
+from bot.slack.messages import code_block
 from bot.store.keys import Keys
 from bot.store.store import Store
 
@@ -157,7 +158,7 @@ def test_the_export_is_a_markdown_document_in_local_time() -> None:
 def test_cells_cannot_break_the_table_or_the_code_block() -> None:
     assert cell("a | b\nc `d`") == "a \\| b c 'd'"
     assert cell("") == "-"
-    reply = slack_reply("```inner```")
+    reply = code_block("```inner```")
     assert reply.startswith("```\n") and reply.endswith("\n```")
     assert reply.count("```") == 2
 

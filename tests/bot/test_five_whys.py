@@ -12,13 +12,16 @@ from bot.domain.errors import NotFound
 from bot.domain.incidents import ANALYSIS_FIELDS, Incident, KpiSample
 from bot.services import five_whys, incidents
 from bot.services.context import Context
+from bot.services.five_whys import ThreadMessage
 from bot.services.incidents import (
     EXPORT_LIMIT,
     create_incident,
     load_incident,
     record_alert,
 )
+from bot.slack import five_whys as slack_five_whys
 from bot.slack.ids import BlockId, CallbackId, InputActionId
+from bot.slack.incident_messages import build_five_whys_modal
 from tests.support.domain import CHANNEL, START, RecordingNotifier, domain_context, web_config
 
 ALERT_TS = "1800000500.000100"
@@ -68,7 +71,7 @@ COMPLETE = (
     ],
 )
 def test_answers_are_read_in_their_usual_forms(text: str, field: str, value: str) -> None:
-    parsed = five_whys.parse_answers(text)
+    parsed = slack_five_whys.parse_answers(text)
     assert parsed.answers == {field: value}
     assert parsed.problems == []
 
@@ -86,7 +89,7 @@ def test_answers_are_read_in_their_usual_forms(text: str, field: str, value: str
     ],
 )
 def test_conversation_is_not_an_answer(text: str) -> None:
-    assert not five_whys.parse_answers(text).is_answer
+    assert not slack_five_whys.parse_answers(text).is_answer
 
 
 @pytest.mark.parametrize(
@@ -103,13 +106,13 @@ def test_conversation_is_not_an_answer(text: str) -> None:
     ],
 )
 def test_malformed_answers_name_the_problem(text: str, problem: str) -> None:
-    parsed = five_whys.parse_answers(text)
+    parsed = slack_five_whys.parse_answers(text)
     assert parsed.answers == {}
     assert len(parsed.problems) == 1 and problem in parsed.problems[0]
 
 
 def test_one_message_may_answer_several_and_continue_lines() -> None:
-    parsed = five_whys.parse_answers(
+    parsed = slack_five_whys.parse_answers(
         "Here is what we found:\nwhy 1: first line\nsecond line\nwhy 2: b\nwhy 9: nope"
     )
     assert parsed.answers == {"why 1": "first line\nsecond line", "why 2": "b"}
@@ -117,7 +120,7 @@ def test_one_message_may_answer_several_and_continue_lines() -> None:
 
 
 def test_the_complete_example_answers_everything() -> None:
-    assert set(five_whys.parse_answers(COMPLETE).answers) == set(ANALYSIS_FIELDS)
+    assert set(slack_five_whys.parse_answers(COMPLETE).answers) == set(ANALYSIS_FIELDS)
 
 
 # Recording thread answers -------------------------------------------------------------------
@@ -166,7 +169,8 @@ def say(ctx: Context, text: str, *, ts: str, user: str = "U0DEV1", **overrides: 
         "is_bot": False,
     }
     message.update(overrides)
-    five_whys.record_thread_answer(ctx, **message)
+    answers = slack_five_whys.parse_answers(message["text"])
+    five_whys.record_thread_answer(ctx, ThreadMessage(answers=answers, **message))
 
 
 def test_thread_answers_are_stored_and_the_bot_says_what_is_missing(ctx: Context) -> None:
@@ -277,7 +281,7 @@ def test_an_unfurl_is_not_an_edit_worth_answering(ctx: Context) -> None:
 def test_the_modal_is_prefilled_and_keyed_by_the_incident(ctx: Context) -> None:
     incident = open_incident(ctx)
     say(ctx, "why 1: already known\ntest: <https://ci.example.com/1>", ts="1800000600.000001")
-    view = five_whys.build_modal(ctx, incident.id)
+    view = build_five_whys_modal(load_incident(ctx.store, incident.id)).to_dict()
     assert view["type"] == "modal"
     assert view["callback_id"] == CallbackId.five_whys.value
     assert view["private_metadata"] == incident.id
@@ -293,6 +297,15 @@ def test_the_modal_is_prefilled_and_keyed_by_the_incident(ctx: Context) -> None:
     assert "initial_value" not in inputs["five_whys_why_2"]["element"]
 
 
+def record_modal(
+    ctx: Context, *, incident_id: str, user: str, values: dict[str, Any]
+) -> dict[str, str]:
+    """The form's path from Slack's view state to the store, as handlers/views.py takes it."""
+    submitted = slack_five_whys.form_answers(values)
+    errors = five_whys.record_form(ctx, incident_id=incident_id, user=user, submitted=submitted)
+    return slack_five_whys.form_errors(errors)
+
+
 def form(**answers: str) -> dict[str, Any]:
     return {
         block_id: {InputActionId.answer.value: {"type": "plain_text_input", "value": value}}
@@ -302,7 +315,7 @@ def form(**answers: str) -> dict[str, Any]:
 
 def test_the_modal_records_answers_and_reports_what_is_missing(ctx: Context) -> None:
     incident = open_incident(ctx)
-    errors = five_whys.record_modal(
+    errors = record_modal(
         ctx,
         incident_id=incident.id,
         user="U0DEV2",
@@ -318,7 +331,7 @@ def test_the_modal_records_answers_and_reports_what_is_missing(ctx: Context) -> 
 
 def test_the_modal_refuses_a_test_that_is_not_a_link(ctx: Context) -> None:
     incident = open_incident(ctx)
-    errors = five_whys.record_modal(
+    errors = record_modal(
         ctx,
         incident_id=incident.id,
         user="U0DEV2",
@@ -332,7 +345,7 @@ def test_the_modal_refuses_a_test_that_is_not_a_link(ctx: Context) -> None:
 def test_emptying_an_input_clears_that_answer(ctx: Context) -> None:
     incident = open_incident(ctx)
     say(ctx, "why 1: one\nwhy 2: two", ts="1800000600.000001")
-    five_whys.record_modal(
+    record_modal(
         ctx,
         incident_id=incident.id,
         user="U0DEV1",
@@ -344,9 +357,9 @@ def test_emptying_an_input_clears_that_answer(ctx: Context) -> None:
 
 def test_an_unknown_incident_is_not_found(ctx: Context) -> None:
     with pytest.raises(NotFound):
-        five_whys.build_modal(ctx, "inc-nope")
+        build_five_whys_modal(load_incident(ctx.store, "inc-nope"))
     with pytest.raises(NotFound):
-        five_whys.record_modal(ctx, incident_id="inc-nope", user="U0DEV1", values={})
+        record_modal(ctx, incident_id="inc-nope", user="U0DEV1", values={})
 
 
 # Resume summary and export ------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import redis
@@ -12,10 +12,11 @@ from bot.domain.incidents import Incident
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.ports import RolloutCancelled
 from bot.services import halts
-from bot.services.commands import CommandRequest
 from bot.services.context import Context
 from bot.services.incidents import create_incident, load_incident, update_incident
+from bot.services.requests import CommandRequest
 from bot.services.runner import RecordedProgress
+from bot.slack.render import mrkdwn
 from tests.support.domain import CHANNEL, START, RecordingNotifier, domain_context, web_config
 
 
@@ -61,28 +62,30 @@ def test_a_deploy_stops_at_its_next_safe_point_a_rollback_does_not(ctx: Context)
 def test_halt_says_what_happens_to_the_rollout_in_flight(ctx: Context) -> None:
     rollout = in_flight(ctx, RolloutKind.deploy, RolloutStatus.in_flight)
     reply = halts.halt(ctx, request("/halt", "web"))
-    assert reply.text.startswith(":octagonal_sign: Halted `web`: no reason given.")
-    assert f"the deploy of `2` ({rollout.id}) in flight stops at its next safe point" in reply.text
+    assert mrkdwn(reply.text).startswith(":octagonal_sign: Halted `web`: no reason given.")
+    assert f"the deploy of `2` ({rollout.id}) in flight stops at its next safe point" in mrkdwn(
+        reply.text
+    )
     halts.resume(ctx, request("/resume", "web"))
 
     rollout = in_flight(ctx, RolloutKind.rollback, RolloutStatus.in_flight)
     reply = halts.halt(ctx, request("/halt", "web"))
-    assert f"the rollback of `2` ({rollout.id}) in flight goes on" in reply.text
+    assert f"the rollback of `2` ({rollout.id}) in flight goes on" in mrkdwn(reply.text)
 
 
 def test_halt_all_marks_every_pipeline_before_telling_anyone(ctx: Context) -> None:
     seen: list[list[bool]] = []
     notifier = ctx.notifier
     assert isinstance(notifier, RecordingNotifier)
-    original = notifier.post
+    original = notifier.pipelines_halted
 
-    def post(channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
+    def halted(channel: str, pipelines: Sequence[str], by: str, reason: str) -> None:
         seen.append([ctx.store.pipeline(n).halted for n in ("api", "web")])
-        return original(channel, text, thread_ts=thread_ts)
+        original(channel, pipelines, by, reason)
 
-    notifier.post = post  # type: ignore[method-assign]
+    notifier.pipelines_halted = halted  # type: ignore[method-assign]
     reply = halts.halt(ctx, request("/halt", "all"))
-    assert "Halted `api`, `web`" in reply.text
+    assert "Halted `api`, `web`" in mrkdwn(reply.text)
     assert seen == [[True, True]], "one announcement per channel, after every halt"
     assert [e.action for e in ctx.store.audit_entries(limit=5)] == ["halt", "halt"]
 
@@ -115,5 +118,5 @@ def test_resume_waits_for_the_analysis_of_the_incident(ctx: Context) -> None:
         i.set_answer("failing test", "https://ci.example.com/1", user="U0DEV2", source="modal")
 
     update_incident(ctx.store, incident.id, answer_all)
-    assert halts.resume(ctx, request("/resume", "web")).text == "`web` is open again."
+    assert mrkdwn(halts.resume(ctx, request("/resume", "web")).text) == "`web` is open again."
     assert load_incident(ctx.store, incident.id).resumed_by == "U0DEV1"

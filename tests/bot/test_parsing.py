@@ -24,6 +24,7 @@ from bot.domain.parsing import (
     parse_rollback,
     wants_help,
 )
+from bot.domain.text import as_text
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_deploy_refused(text: str, why: str) -> None:
     with pytest.raises(UsageError) as refused:
         parse_deploy(text)
     assert why in refused.value.message
-    assert refused.value.hint == USAGE["/deploy"]
+    assert refused.value.hint == as_text(USAGE["/deploy"])
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,7 @@ def test_pipeline(text: str, expected: PipelineArgs) -> None:
 def test_pipeline_refused(text: str) -> None:
     with pytest.raises(UsageError) as refused:
         parse_pipeline(text)
-    assert refused.value.hint == USAGE["/pipeline"]
+    assert refused.value.hint == as_text(USAGE["/pipeline"])
 
 
 def test_usage_names_the_audit_export() -> None:
@@ -188,8 +189,8 @@ def test_any_text_is_parsed_or_refused_with_usage(command: str, text: str) -> No
         parsed = PARSERS[command](text)
     except UsageError as refused:
         assert refused.message.strip()
-        assert refused.hint == USAGE[command]
-        assert refused.user_text().strip()
+        assert refused.hint == as_text(USAGE[command])
+        assert refused.text().plain().strip()
         return
     # Whatever was parsed names a pipeline (or "all") that is a single, lower-case word.
     subject = getattr(parsed, "pipeline", None) or getattr(parsed, "subject", None)

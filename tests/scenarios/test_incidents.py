@@ -374,7 +374,7 @@ def test_real_breach_alert_chart_five_whys_and_resume(
 
     # Halted by the breach: deploys are refused, and /resume waits for the analysis.
     refusal = command(bot, "/deploy", f"{name} 2")
-    assert "is halted by <@immune>" in refusal and "KPI breach" in refusal
+    assert "is halted by immune since" in refusal and "KPI breach" in refusal
     assert "five whys, root cause and failing test come first" in refusal
 
     thread = incident.alert_ts or ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,10 +12,13 @@ import redis
 
 from bot.domain.clock import Clock, FrozenClock
 from bot.domain.config import parse_pipelines
-from bot.domain.incidents import Incident
+from bot.domain.incidents import AnalysisChange, Incident
+from bot.domain.text import Text
 from bot.ports import SilentNotifier
 from bot.services.context import Context, Limits
 from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.slack import incident_messages, texts
+from bot.slack.render import mrkdwn
 from bot.store.keys import Keys
 from bot.store.store import Store
 
@@ -25,16 +28,24 @@ START = 1_800_000_000.0  # a fixed "now" for frozen clocks
 
 @dataclass
 class RecordingNotifier(SilentNotifier):
-    """Keeps what the domain would have told people."""
+    """Keeps what the domain would have told people, in the words Slack would show."""
 
-    posts: list[tuple[str, str, str | None]] = field(default_factory=list)
+    posts: list[tuple[str, str]] = field(default_factory=list)  # (channel, text)
+    told: list[tuple[str | None, str]] = field(default_factory=list)  # (response_url, text)
     opened: list[Incident] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)
-    notes: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (incident id, thread reply)
 
-    def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
-        self.posts.append((channel, text, thread_ts))
-        return f"{START + len(self.posts):.6f}"
+    def tell_requester(self, response_url: str | None, text: Text) -> None:
+        self.told.append((response_url, mrkdwn(text)))
+
+    def pipelines_halted(
+        self, channel: str, pipelines: Sequence[str], by: str, reason: str
+    ) -> None:
+        self.posts.append((channel, texts.pipelines_halted(pipelines, by, reason)))
+
+    def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
+        self.posts.append((channel, texts.pipeline_resumed(pipeline, by, force_reason)))
 
     def incident_opened(self, incident: Incident) -> str | None:
         self.opened.append(incident)
@@ -43,8 +54,14 @@ class RecordingNotifier(SilentNotifier):
     def incident_chart(self, incident: Incident) -> None:
         self.charts.append(incident.id)
 
-    def incident_changed(self, incident: Incident, note: str) -> None:
-        self.notes.append((incident.id, note))
+    def rollback_confirmed(self, incident: Incident, by: str, rollout_id: str) -> None:
+        self.notes.append((incident.id, texts.rollback_confirmed(incident, by, rollout_id)))
+
+    def analysis_recorded(self, incident: Incident, change: AnalysisChange) -> None:
+        self.notes.append((incident.id, incident_messages.analysis_status(incident, change)))
+
+    def incident_resumed(self, incident: Incident) -> None:
+        self.notes.append((incident.id, incident_messages.resume_summary(incident)))
 
 
 def web_config(**pipeline: Any) -> dict[str, Any]:

@@ -1,0 +1,286 @@
+"""/deploy and /rollback, and the one path every rollout starts by.
+
+Everything here runs inside Slack's 3 s ack: Redis, and for `pull: never` a local look-up of
+the image on the engine. Pulling is slow, so with pulls allowed the runner's `locate image` step
+finds out, and tells the requester if the image is not there.
+"""
+
+from __future__ import annotations
+
+from bot.domain import windows
+from bot.domain.config import Pipeline
+from bot.domain.errors import (
+    AlreadyLive,
+    NotAllowed,
+    NothingToRollBackTo,
+    OutsideWindow,
+    PipelineHalted,
+)
+from bot.domain.images import ImageRef, resolve_version
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
+from bot.domain.parsing import parse_deploy, parse_rollback, wants_help
+from bot.domain.text import Channel, Moment, User, Users, as_text, say
+from bot.services import approvals
+from bot.services.context import Context
+from bot.services.policy import (
+    admins_hint,
+    audit_in_flight,
+    check_approvable,
+    check_channel,
+    check_deployer,
+    check_not_in_flight,
+    in_flight,
+    refuse,
+)
+from bot.services.requests import CommandRequest, Reply, answer_once, help_reply
+from bot.store.keys import Once
+
+# /deploy -------------------------------------------------------------------------------
+
+
+def deploy(ctx: Context, request: CommandRequest) -> Reply:
+    if wants_help(request.text):
+        return help_reply("/deploy")
+    return answer_once(
+        ctx, Once.command, request.request_id, f"`{request.typed}`", lambda: _deploy(ctx, request)
+    )
+
+
+def _deploy(ctx: Context, request: CommandRequest) -> Reply:
+    args = parse_deploy(request.text)
+    pipeline = ctx.pipeline(args.pipeline)
+    check_channel(ctx, args.pipeline, pipeline, request)
+    check_deployer(ctx, args.pipeline, pipeline, request)
+    forced = args.force_reason is not None
+    if forced and not ctx.config.is_admin(request.user_id):
+        refuse(ctx, request, args.pipeline, "force_not_admin")
+        raise NotAllowed(
+            "Only admins may `--force` a deploy.",
+            hint=admins_hint(ctx)
+            + (" Without `--force` it waits for a deploy window." if pipeline.windows else ""),
+        )
+    state = ctx.store.pipeline(args.pipeline)
+    if state.halted:
+        refuse(ctx, request, args.pipeline, "halted")
+        raise PipelineHalted(
+            say(
+                "`{}` is halted by {} since {}: {}.",
+                args.pipeline,
+                User(state.halted_by),
+                Moment(state.halted_at or ctx.clock.now()),
+                state.halted_reason or "no reason given",
+            ),
+            hint=say("Deploys resume after `/resume {}`", args.pipeline)
+            + (
+                " (the incident's five whys, root cause and failing test come first)."
+                if state.halted_incident
+                else "."
+            ),
+        )
+    if pipeline.windows and not forced:
+        verdict = windows.check(pipeline.windows, ctx.config.zone, ctx.clock.now())
+        if not verdict.open:
+            refuse(ctx, request, args.pipeline, "outside_window")
+            raise OutsideWindow(
+                say(
+                    "`{}` is outside its deploy windows ({}).",
+                    args.pipeline,
+                    windows.describe(pipeline.windows, ctx.config.timezone),
+                ),
+                hint=(
+                    say("The next window opens {}.", Moment(verdict.next_open))
+                    if verdict.next_open is not None
+                    else as_text("No window is ever open: check the config.")
+                )
+                + " Admins may deploy outside it with `--force <reason>` ("
+                + (
+                    say("{}", Users.of(ctx.config.admins))
+                    if ctx.config.admins
+                    else as_text("none are listed")
+                )
+                + ").",
+            )
+    check_approvable(ctx, args.pipeline, pipeline, request)
+    image = resolve_version(pipeline.image, args.version)
+    if state.live_version == image.version and not state.inflight_rollout:
+        raise AlreadyLive(
+            say("`{}` is already live on `{}`.", image.version, args.pipeline),
+            hint=say(
+                "To restart it, deploy another version and `/rollback {} {}`.",
+                args.pipeline,
+                image.version,
+            ),
+        )
+    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
+    locate_in_ack(ctx, args.pipeline, pipeline, image)
+    rollout = start_rollout(
+        ctx,
+        args.pipeline,
+        pipeline,
+        image,
+        kind=RolloutKind.deploy,
+        actor=request.user_id,
+        reason=args.force_reason or "",
+        response_url=request.response_url,
+        command=request.typed,
+    )
+    if rollout.status is RolloutStatus.queued:
+        return Reply(
+            say(
+                "Deploying `{}` to `{}` ({}); progress in {}.",
+                image.reference,
+                args.pipeline,
+                rollout.id,
+                Channel(pipeline.channel),
+            )
+        )
+    return Reply(
+        say(
+            "`{}` needs approval: asked in {} ({}).",
+            args.pipeline,
+            Channel(pipeline.channel),
+            rollout.id,
+        )
+    )
+
+
+def locate_in_ack(ctx: Context, name: str, pipeline: Pipeline, image: ImageRef) -> None:
+    """With `pull: never`, a local look-up refuses a typo at once (ImageNotFound); a pull is
+    too slow for the ack, so with pulls allowed the runner's first step locates the image."""
+    if pipeline.pull == "never":
+        ctx.target(pipeline).locate(name, pipeline, image)
+
+
+def start_rollout(
+    ctx: Context,
+    name: str,
+    pipeline: Pipeline,
+    image: ImageRef,
+    *,
+    kind: RolloutKind,
+    actor: str,
+    reason: str = "",
+    response_url: str | None = None,
+    command: str = "",
+) -> Rollout:
+    """Claim the pipeline and hand the rollout to a worker: the one path for every rollout."""
+    state = ctx.store.pipeline(name)
+    needs_approval = kind is RolloutKind.deploy and pipeline.approvals is not None
+    rollout = Rollout(
+        id=new_id("r"),
+        pipeline=name,
+        kind=kind,
+        version=image.version,
+        reference=image.reference,
+        image_tag=image.tag,
+        image_digest=image.digest,
+        requested_by=actor,
+        created_at=ctx.clock.now(),
+        status=RolloutStatus.awaiting_approval if needs_approval else RolloutStatus.queued,
+        from_version=state.live_version or None,
+        reason=reason,
+        channel=pipeline.channel,
+        response_url=response_url,
+        forced=bool(reason) and kind is RolloutKind.deploy,
+    )
+    ttl = ctx.limits.lock_ttl_seconds
+    if pipeline.approvals is not None and needs_approval:
+        ttl = pipeline.approvals.expire + ttl
+    holder = ctx.store.claim_rollout(name, rollout.id, ttl)
+    if holder is not None:
+        audit_in_flight(ctx, name, actor, kind.value, image, command)
+        raise in_flight(ctx, name, holder)
+    ctx.store.create_rollout(rollout)
+    ctx.audit(
+        actor=actor,
+        action=kind.value,
+        pipeline=name,
+        outcome="accepted" if not needs_approval else "awaiting_approval",
+        rollout=rollout.id,
+        detail=f"{image.reference}" + (f"; forced: {reason}" if rollout.forced else ""),
+        command=command,
+    )
+    if pipeline.approvals is not None and needs_approval:
+        approvals.request_approval(ctx, rollout, pipeline)
+    else:
+        ctx.runner.submit(rollout.id)
+    return rollout
+
+
+# /rollback -----------------------------------------------------------------------------
+
+
+def rollback(ctx: Context, request: CommandRequest) -> Reply:
+    if wants_help(request.text):
+        return help_reply("/rollback")
+    return answer_once(
+        ctx, Once.command, request.request_id, f"`{request.typed}`", lambda: _rollback(ctx, request)
+    )
+
+
+def _rollback(ctx: Context, request: CommandRequest) -> Reply:
+    """Never blocked by deploy windows: a rollback restores service."""
+    args = parse_rollback(request.text)
+    pipeline = ctx.pipeline(args.pipeline)
+    check_channel(ctx, args.pipeline, pipeline, request)
+    check_deployer(ctx, args.pipeline, pipeline, request)
+    state = ctx.store.pipeline(args.pipeline)
+    if args.version is not None:
+        image = resolve_version(pipeline.image, args.version)
+        if image.version == state.live_version and not state.inflight_rollout:
+            raise AlreadyLive(say("`{}` is already live on `{}`.", image.version, args.pipeline))
+    else:
+        if not state.last_good_version:
+            raise NothingToRollBackTo(
+                say("`{}` has no last good version yet.", args.pipeline),
+                hint=say("Name one: `/rollback {} <version>`.", args.pipeline),
+            )
+        if state.last_good_version == state.live_version:
+            versions = recent_versions(ctx, args.pipeline, exclude=state.live_version)
+            raise NothingToRollBackTo(
+                say(
+                    "`{}` is live and is already the last good version of `{}`.",
+                    state.live_version,
+                    args.pipeline,
+                ),
+                hint=say("Name the version to go to: `/rollback {} <version>`", args.pipeline)
+                + (
+                    say(" (recent: {}).", ", ".join(f"`{v}`" for v in versions))
+                    if versions
+                    else as_text(".")
+                ),
+            )
+        image = resolve_version(pipeline.image, state.last_good_version)
+    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
+    locate_in_ack(ctx, args.pipeline, pipeline, image)
+    rollout = start_rollout(
+        ctx,
+        args.pipeline,
+        pipeline,
+        image,
+        kind=RolloutKind.rollback,
+        actor=request.user_id,
+        response_url=request.response_url,
+        command=request.typed,
+    )
+    return Reply(
+        say(
+            "Rolling `{}` back to `{}` ({}); progress in {}.",
+            args.pipeline,
+            image.version,
+            rollout.id,
+            Channel(pipeline.channel),
+        )
+    )
+
+
+def recent_versions(ctx: Context, name: str, exclude: str = "", limit: int = 5) -> list[str]:
+    versions: list[str] = []
+    for rollout in ctx.store.recent_rollouts(name, 30):
+        if (
+            rollout.status in (RolloutStatus.good, RolloutStatus.superseded)
+            and rollout.version not in versions
+            and rollout.version != exclude
+        ):
+            versions.append(rollout.version)
+    return versions[:limit]

@@ -1,0 +1,79 @@
+"""A request from a person (a slash command, a button press) and the answer they get.
+
+Answers are domain `Text`: the chat layer shows the people and times in them its own way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.domain.errors import Duplicate, ImmuneError
+from bot.domain.parsing import USAGE
+from bot.domain.text import Text, as_text, say
+from bot.services.context import Context
+from bot.store.keys import Once
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """A slash command as the domain sees it."""
+
+    command: str
+    text: str
+    user_id: str
+    channel_id: str
+    response_url: str | None = None
+    request_id: str | None = None  # Slack's trigger_id: the same on a retried delivery
+
+    @property
+    def typed(self) -> str:
+        return f"{self.command} {self.text}".strip()
+
+    @property
+    def action(self) -> str:
+        """The command's name in the audit trail: `deploy` for `/deploy`."""
+        return self.command.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the person who asked is told, privately."""
+
+    text: Text
+
+
+def help_reply(command: str) -> Reply:
+    return Reply(as_text(USAGE[command]))
+
+
+def answer_once(
+    ctx: Context, kind: Once, request_id: str | None, what: str, handle: Callable[[], Reply]
+) -> Reply:
+    """Handle a request once across every replica (Slack redelivers, people double-click).
+
+    The first delivery claims the request id (SET NX); a redelivery gets the first answer
+    again, or, while the first is still being handled, says so. The answer is kept, refusals
+    included, so a retry never runs the checks (and the audit) a second time.
+    """
+    if not request_id:
+        return handle()
+    if not ctx.store.claim_once(kind, request_id):
+        earlier = ctx.store.first_answer(kind, request_id)
+        if earlier is None:
+            raise Duplicate(say("Already received {}; it is being handled once.", what))
+        raise Duplicate(
+            say("Already answered {} (it arrived again); the answer was:\n", what)
+            + Text.from_json(earlier)
+        )
+    try:
+        reply = handle()
+    except ImmuneError as exc:
+        ctx.store.record_answer(kind, request_id, exc.text().to_json())
+        raise
+    except Exception:
+        # Nothing was answered: a redelivery may try again (the pipeline lock still holds).
+        ctx.store.release_once(kind, request_id)
+        raise
+    ctx.store.record_answer(kind, request_id, reply.text.to_json())
+    return reply
