@@ -11,9 +11,9 @@ replica's recovery pass, so a request expires even when nobody presses and after
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot import metrics
 from bot.domain.approvals import APPROVED, REJECTED, RequestState, approvals_given, request_state
 from bot.domain.clock import Clock
 from bot.domain.config import Approvals, Pipeline
@@ -22,6 +22,7 @@ from bot.domain.models import Approval, Rollout, RolloutStatus
 from bot.domain.text import Channel, Moment, Text, User, Users, say
 from bot.ports import Notifier
 from bot.services.context import Context
+from bot.services.outcomes import record_outcome
 from bot.services.requests import Reply, answer_once
 from bot.store.keys import Once
 from bot.store.store import Store
@@ -97,22 +98,15 @@ def request_approval(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None
         _show(ctx.store, ctx.notifier, policy, rollout.id)
     except Exception as exc:
         logger.exception("could not post the approval request of %s", rollout.id)
-        closed = _close(
+        why = f"could not post the approval request: {type(exc).__name__}"
+        _close(
             ctx.store,
             ctx.clock,
             rollout.id,
             RolloutStatus.cancelled,
             "the approval request could not be posted",
+            detail=lambda _: why,
         )
-        if closed is not None:
-            ctx.store.audit(
-                actor="immune",
-                action=f"{closed.kind.value}.cancelled",
-                pipeline=closed.pipeline,
-                outcome="cancelled",
-                rollout=closed.id,
-                detail=f"could not post the approval request: {type(exc).__name__}",
-            )
         raise ImmuneError(
             say(
                 "Could not ask for approval in {}, so nothing will be deployed.",
@@ -132,8 +126,11 @@ def _close(
     status: RolloutStatus,
     reason: str,
     by: str = "",
+    *,
+    detail: Callable[[Rollout], str],
 ) -> Rollout | None:
-    """End a pending request (atomically: only if still pending) and free the pipeline."""
+    """End a pending request (atomically: only if still pending), free the pipeline and
+    record the outcome (`detail` says what the audit entry adds)."""
     now = clock.now()
     closed = False
 
@@ -150,9 +147,7 @@ def _close(
     if not closed:
         return None
     store.release_rollout(rollout.pipeline, rollout.id)
-    metrics.ROLLOUTS.labels(
-        pipeline=rollout.pipeline, kind=rollout.kind.value, outcome=status.value
-    ).inc()
+    record_outcome(store, rollout, status.value, detail=detail(rollout))
     return rollout
 
 
@@ -184,17 +179,16 @@ def expire_rollout(
     detail: str = "",
 ) -> Rollout | None:
     """Expire a pending request: its message says so and loses its buttons."""
-    rollout = _close(store, clock, rollout_id, RolloutStatus.expired, EXPIRED_REASON)
+    rollout = _close(
+        store,
+        clock,
+        rollout_id,
+        RolloutStatus.expired,
+        EXPIRED_REASON,
+        detail=lambda closed: detail or f"{len(closed.approvals)} decision(s) recorded",
+    )
     if rollout is None:
         return None
-    store.audit(
-        actor="immune",
-        action=f"{rollout.kind.value}.expired",
-        pipeline=rollout.pipeline,
-        outcome="expired",
-        rollout=rollout.id,
-        detail=detail or f"{len(rollout.approvals)} decision(s) recorded",
-    )
     _after_close(store, notifier, policy, rollout)
     return rollout
 
@@ -225,17 +219,17 @@ def expire_if_due(ctx: Context, rollout_id: str, *, orphaned: bool) -> bool:
 
 def cancel(ctx: Context, rollout: Rollout, reason: str, *, by: str = "") -> None:
     """End a pending approval request (a halt by `by`) and update its message."""
-    closed = _close(ctx.store, ctx.clock, rollout.id, RolloutStatus.cancelled, reason, by)
+    closed = _close(
+        ctx.store,
+        ctx.clock,
+        rollout.id,
+        RolloutStatus.cancelled,
+        reason,
+        by,
+        detail=lambda ended: ended.why().plain(),
+    )
     if closed is None:
         return
-    ctx.audit(
-        actor="immune",
-        action=f"{closed.kind.value}.cancelled",
-        pipeline=closed.pipeline,
-        outcome="cancelled",
-        rollout=closed.id,
-        detail=closed.why().plain(),
-    )
     pipeline = ctx.config.pipelines.get(closed.pipeline)
     _after_close(ctx.store, ctx.notifier, pipeline.approvals if pipeline else None, closed)
 
@@ -385,9 +379,7 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
     )
     if outcome == "rejected":
         ctx.store.release_rollout(rollout.pipeline, rollout.id)
-        metrics.ROLLOUTS.labels(
-            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="rejected"
-        ).inc()
+        record_outcome(ctx.store, rollout, "rejected", audit=False)  # the approver's entry above
         _after_close(ctx.store, ctx.notifier, policy, rollout)
         return Reply(
             say("Rejected: `{}` will not be deployed to `{}`.", rollout.reference, rollout.pipeline)

@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from bot import metrics
 from bot.domain.clock import Clock
 from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import ImageNotFound
@@ -30,6 +29,7 @@ from bot.ports import (
     Target,
 )
 from bot.services import approvals
+from bot.services.outcomes import record_outcome
 from bot.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -390,28 +390,27 @@ class RolloutRunner:
         if previous.live_rollout and previous.live_rollout != current.id:
             self._supersede(previous.live_rollout)
         self.store.release_rollout(current.pipeline, rollout_id)
-        rollout = self.change(rollout_id, live)
-        metrics.ROLLOUTS.labels(
-            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="live"
-        ).inc()
-        self.store.audit(
-            actor="immune",
-            action=f"{rollout.kind.value}.live",
-            pipeline=rollout.pipeline,
-            outcome=rollout.status.value,
-            rollout=rollout.id,
-            detail=f"{rollout.version} live"
+        record_outcome(
+            self.store,
+            current,
+            "live",
+            action=f"{current.kind.value}.live",
+            # The entry says where it stands now: `good` at once, or `live` while watched.
+            audit_outcome="good" if good_at_once else "live",
+            detail=f"{current.version} live"
             + (f"; swap gap {gap:.3f}s" if gap is not None else ""),
         )
+        rollout = self.change(rollout_id, live)
         if rollout.status is RolloutStatus.live and self.on_live is not None:
             self.on_live(rollout, pipeline)
 
-    def _release_before_outcome(self, rollout_id: str) -> None:
+    def _release_before_outcome(self, rollout_id: str) -> Rollout | None:
         """Free the pipeline before recording the outcome: whoever sees a rollout ended may
         start the next one at once."""
         current = self.store.rollout(rollout_id)
         if current is not None:
             self.store.release_rollout(current.pipeline, rollout_id)
+        return current
 
     def _supersede(self, rollout_id: str) -> None:
         def supersede(rollout: Rollout) -> None:
@@ -435,19 +434,10 @@ class RolloutRunner:
                     else f"could NOT restore {rollout.from_version}: check the engine now"
                 )
 
-        self._release_before_outcome(rollout_id)
-        rollout = self.change(rollout_id, fail)
-        metrics.ROLLOUTS.labels(
-            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="failed"
-        ).inc()
-        self.store.audit(
-            actor="immune",
-            action=f"{rollout.kind.value}.failed",
-            pipeline=rollout.pipeline,
-            outcome="failed",
-            rollout=rollout.id,
-            detail=reason,
-        )
+        current = self._release_before_outcome(rollout_id)
+        if current is not None:
+            record_outcome(self.store, current, "failed", detail=reason)
+        self.change(rollout_id, fail)
 
     def _finish(self, rollout_id: str, status: RolloutStatus, reason: str) -> None:
         def finish(rollout: Rollout) -> None:
@@ -455,19 +445,10 @@ class RolloutRunner:
             rollout.error = reason
             rollout.finished_at = self.clock.now()
 
-        self._release_before_outcome(rollout_id)
-        rollout = self.change(rollout_id, finish)
-        metrics.ROLLOUTS.labels(
-            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome=status.value
-        ).inc()
-        self.store.audit(
-            actor="immune",
-            action=f"{rollout.kind.value}.{status.value}",
-            pipeline=rollout.pipeline,
-            outcome=status.value,
-            rollout=rollout.id,
-            detail=reason,
-        )
+        current = self._release_before_outcome(rollout_id)
+        if current is not None:
+            record_outcome(self.store, current, status.value, detail=reason)
+        self.change(rollout_id, finish)
 
 
 def _mark(status: RolloutStatus) -> Callable[[Rollout], None]:

@@ -31,6 +31,7 @@ from bot.services import incidents
 from bot.services.context import Context
 from bot.services.deploys import start_rollout
 from bot.services.halts import halt_pipeline
+from bot.services.outcomes import record_outcome
 from bot.store.keys import Once
 
 logger = logging.getLogger(__name__)
@@ -218,15 +219,11 @@ class Watcher:
             self.ctx.store.update_pipeline(
                 rollout.pipeline, last_good_version=updated.version, last_good_rollout=updated.id
             )
-        metrics.ROLLOUTS.labels(
-            pipeline=rollout.pipeline, kind=rollout.kind.value, outcome="good"
-        ).inc()
-        self.ctx.audit(
-            actor="immune",
+        record_outcome(
+            self.ctx.store,
+            updated,
+            "good",
             action="watch.good",
-            pipeline=rollout.pipeline,
-            rollout=rollout.id,
-            outcome="good",
             detail=f"{updated.version} passed its watch; now the last good version",
         )
 
