@@ -20,6 +20,7 @@ lint:             ## what CI checks besides the tests
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 format:
 	.venv/bin/ruff check --fix .

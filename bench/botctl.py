@@ -161,7 +161,8 @@ class EngineCalls:
 
     def __init__(self, bot: InProcessBot) -> None:
         self.count = 0
-        api = bot.immune.docker_client.api  # a requests.Session: every call goes via send()
+        # The engine client the targets share (a requests.Session: every call goes via send()).
+        api = bot.immune.runner.targets["docker"].client.api  # type: ignore[attr-defined]
         original = api.send
 
         def send(request: Any, **options: Any) -> Any:

@@ -10,9 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import docker
 import redis
-import requests
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,9 +18,9 @@ from slack_bolt import App, BoltContext
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.domain.clock import Clock, SystemClock
-from bot.domain.config import PipelinesConfig, load_pipelines
-from bot.kpi_sources.prometheus import PrometheusSource
-from bot.ports import Notifier, Target
+from bot.domain.config import PipelinesConfig
+from bot.plugins import Registry, Shared, default_registry, load_pipelines
+from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
 from bot.services.recovery import reconcile_live_versions, recover_orphans
 from bot.services.runner import RolloutRunner, RolloutSettings
@@ -33,7 +31,7 @@ from bot.store.connection import connect
 from bot.store.durability import ReplicationBarrier, durable
 from bot.store.keys import Keys
 from bot.store.store import Store
-from bot.targets.docker_host import DockerHostTarget
+from handlers import actions, commands, errors, events, views
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -57,7 +55,9 @@ class Immune:
     bolt: App
     scheduler: BackgroundScheduler
     watcher: Watcher
-    docker_client: Any
+    # /healthz entries asked of the plugins in use: key -> probe (Redis and the scheduler
+    # are the bot's own).
+    probes: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
     extra_stops: list[Callable[[], None]] = field(default_factory=list)
     # WAIT for Redis replicas before answering Slack (None: no replicas to wait for).
     replicated: ReplicationBarrier | None = None
@@ -113,10 +113,15 @@ def build(
     clock: Clock | None = None,
     notifier: Notifier | None = None,
     instance_id: str | None = None,
+    registry: Registry | None = None,
 ) -> Immune:
-    """Build every part from settings; nothing starts until Immune.start()."""
+    """Build every part from settings; nothing starts until Immune.start().
+
+    Only the deploy targets and KPI sources the pipelines name are built.
+    """
     clock = clock or SystemClock()
-    config = config or load_pipelines(settings.pipelines_file)
+    registry = registry or default_registry()
+    config = config or load_pipelines(settings.pipelines_file, registry)
     redis_client = connect(settings.redis_url)
     store = Store(
         redis_client,
@@ -124,19 +129,19 @@ def build(
         clock,
         audit_max_age_days=settings.audit_max_age_days,
     )
-    docker_client = (
-        docker.DockerClient(base_url=settings.docker_host)
-        if settings.docker_host
-        else docker.from_env()
-    )
-    # The engine API is never reached through an HTTP proxy; skipping requests' per-call look-up
-    # of proxy settings halves the cost of each engine call.
-    docker_client.api.trust_env = False
-    targets: dict[str, Target] = {"docker": DockerHostTarget(docker_client)}
-    if any(p.target == "swarm" for p in config.pipelines.values()):
-        from bot.targets.swarm import SwarmTarget
-
-        targets["swarm"] = SwarmTarget(docker_client)
+    shared = Shared(settings)
+    target_plugins, source_plugins = registry.used(config)
+    targets: dict[str, Target] = {plugin.name: plugin.build(shared) for plugin in target_plugins}
+    sources: dict[str, KpiSource] = {plugin.name: plugin.build(shared) for plugin in source_plugins}
+    probes: dict[str, Callable[[], dict[str, object]]] = {}
+    for target_plugin in target_plugins:
+        probes.setdefault(
+            target_plugin.health_key or target_plugin.name, targets[target_plugin.name].health
+        )
+    for source_plugin in source_plugins:
+        probes.setdefault(
+            source_plugin.health_key or source_plugin.name, sources[source_plugin.name].health
+        )
     web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
     notifier = notifier or SlackNotifier(
         web_client, build_progress_client(settings.slack_bot_token, settings.slack_api_url)
@@ -176,7 +181,7 @@ def build(
     )
     bolt = build_bolt_app(settings, ctx, web_client)
     scheduler = BackgroundScheduler(timezone="UTC", executors={"default": SchedulerPool(20)})
-    watcher = Watcher(ctx, scheduler, PrometheusSource(settings.prometheus_url))
+    watcher = Watcher(ctx, scheduler, sources)
     runner.on_live = watcher.begin
     return Immune(
         settings=settings,
@@ -185,14 +190,12 @@ def build(
         bolt=bolt,
         scheduler=scheduler,
         watcher=watcher,
-        docker_client=docker_client,
+        probes=probes,
         replicated=barrier,
     )
 
 
 def build_bolt_app(settings: Settings, ctx: Context, web_client: Any) -> App:
-    from handlers import actions, commands, errors, events, views
-
     bolt = App(
         # The token travels in `client` (bolt warns when given both).
         signing_secret=settings.slack_signing_secret or "",
@@ -229,17 +232,8 @@ def dependency_health(immune: Immune) -> tuple[bool, dict[str, Any]]:
         report["redis"] = {"ok": True}
     except redis.RedisError as exc:
         report["redis"] = {"ok": False, "error": type(exc).__name__}
-    try:
-        immune.docker_client.ping()
-        report["docker"] = {"ok": True}
-    except Exception as exc:
-        report["docker"] = {"ok": False, "error": type(exc).__name__}
-    prometheus_url = immune.settings.prometheus_url.rstrip("/") + "/-/ready"
-    try:
-        answer = requests.get(prometheus_url, timeout=1)
-        report["prometheus"] = {"ok": answer.status_code == 200, "status": answer.status_code}
-    except requests.RequestException as exc:
-        report["prometheus"] = {"ok": False, "error": type(exc).__name__}
+    for key, probe in immune.probes.items():
+        report[key] = probe()
     report["scheduler"] = {
         "ok": immune.scheduler.running,
         "jobs": len(immune.scheduler.get_jobs()) if immune.scheduler.running else 0,

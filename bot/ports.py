@@ -93,6 +93,10 @@ class RolloutRequest:
 
 
 class Target(Protocol):
+    def health(self) -> dict[str, object]:
+        """For /healthz: `{"ok": bool, ...}` (never raises)."""
+        ...
+
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
         """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there."""
         ...
@@ -118,6 +122,10 @@ class Target(Protocol):
 
 
 class KpiSource(Protocol):
+    def health(self) -> dict[str, object]:
+        """For /healthz: `{"ok": bool, ...}` (never raises)."""
+        ...
+
     def read(self, query: str, timeout: float) -> Reading: ...
 
     def read_range(

@@ -1,15 +1,18 @@
-"""The pipelines file (`pipelines.yml`): parsed with PyYAML, validated with pydantic."""
+"""The pipelines file's schema (`pipelines.yml`), validated with pydantic.
+
+What every pipeline has is checked here; what only one deploy target or KPI source means (the
+`container` options a Docker engine takes, the `swarm:` section) is checked by that plugin
+(bot/plugins.py reads the file and asks each).
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import time as dt_time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -63,11 +66,21 @@ def parse_delay(value: object) -> float:
 Delay = Annotated[float, BeforeValidator(parse_delay)]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A config section: unknown keys are errors, values are read-only once loaded."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class HealthCheck(_Strict):
+@dataclass(frozen=True)
+class ConfigProblem:
+    """What a plugin found wrong in a pipeline: a key path inside it, and why."""
+
+    path: str
+    message: str
+
+
+class HealthCheck(Strict):
     url: str
     timeout: Duration = 20.0
     interval: Duration = 0.1
@@ -80,7 +93,7 @@ class HealthCheck(_Strict):
         return url
 
 
-class TestGate(_Strict):
+class TestGate(Strict):
     command: list[str]
     timeout: Duration = 60.0
 
@@ -99,7 +112,7 @@ class TestGate(_Strict):
         return command
 
 
-class Approvals(_Strict):
+class Approvals(Strict):
     required: int = Field(default=1, ge=1)
     approvers: list[str]
     expire: Duration = 1800.0
@@ -117,7 +130,7 @@ class Approvals(_Strict):
         return self
 
 
-class Window(_Strict):
+class Window(Strict):
     days: str = "mon-sun"
     hours: str = "00:00-24:00"
 
@@ -172,7 +185,7 @@ def parse_hours(hours: str) -> tuple[dt_time, dt_time | None]:
     return start, end
 
 
-class Watch(_Strict):
+class Watch(Strict):
     interval: Duration = 5.0
     duration: Duration = 600.0
     warmup: int = Field(default=1, ge=0, description="polls recorded but not judged")
@@ -184,10 +197,10 @@ class Watch(_Strict):
         return self
 
 
-class Kpi(_Strict):
+class Kpi(Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
     query: str = Field(min_length=1)
-    source: Literal["prometheus"] = "prometheus"
+    source: str = Field(default="prometheus", min_length=1)  # a registered KPI source
     max: float | None = None
     min: float | None = None
     for_polls: int = Field(default=1, ge=1, alias="for")
@@ -214,75 +227,14 @@ class Kpi(_Strict):
         )
 
 
-class _SwarmPolicy(_Strict):
-    """How Swarm replaces tasks; every field is sent to the engine.
+class Pipeline(Strict):
+    """One pipeline. Keys beyond these are target sections (`swarm:`), which the plugin
+    registry accepts only for registered targets and each target validates itself."""
 
-    The docker SDK's own defaults (parallelism 0 = all at once, failure_action `continue`)
-    differ from the engine's (1, `pause`), so immune never leaves one unset.
-    """
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
-    parallelism: int = Field(default=1, ge=0)
-    delay: Delay = 1.0
-    monitor: Duration = 5.0
-    # stop-first: with host networking on one node the new task cannot bind the old task's
-    # port while it runs, so start-first only suits services whose tasks get their own ports.
-    order: Literal["start-first", "stop-first"] = "stop-first"
-    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
-
-
-class SwarmUpdate(_SwarmPolicy):
-    """`update_config`: replacing tasks with a new spec."""
-
-    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
-
-
-class SwarmRollback(_SwarmPolicy):
-    """`rollback_config`: putting the previous spec back (it cannot roll back itself)."""
-
-    failure_action: Literal["pause", "continue"] = "pause"
-
-
-class SwarmSpec(_Strict):
-    replicas: int = Field(default=1, ge=1)
-    update: SwarmUpdate = SwarmUpdate()
-    rollback: SwarmRollback = SwarmRollback()
-    # An update (or the engine's rollback) still running after this is treated as failed.
-    timeout: Duration = 300.0
-
-
-# Container options (docker SDK `containers.run()` names) a Swarm service can carry; the
-# others (ports, volumes, devices, restart policies, ...) mean something else, or nothing,
-# for a service, and are refused by name rather than silently dropped.
-SWARM_CONTAINER_OPTIONS = frozenset(
-    {
-        "name",
-        "environment",
-        "user",
-        "labels",
-        "command",
-        "entrypoint",
-        "working_dir",
-        "healthcheck",
-        "init",
-        "cap_add",
-        "cap_drop",
-        "network_mode",
-        "hostname",
-        "read_only",
-        "stop_signal",
-        "tty",
-        "stdin_open",
-        "extra_hosts",
-        "sysctls",
-        "group_add",
-    }
-)
-SLOT_PLACEHOLDER = "{slot}"
-
-
-class Pipeline(_Strict):
     channel: str = Field(min_length=1)
-    target: Literal["docker", "swarm"] = "docker"
+    target: str = Field(default="docker", min_length=1)  # a registered deploy target
     image: str = Field(min_length=1)
     container: dict[str, Any]
     health: HealthCheck
@@ -297,7 +249,6 @@ class Pipeline(_Strict):
     pull: Literal["never", "missing", "always"] = "never"
     keep_versions: int = Field(default=3, ge=1, le=50)
     command_channels: list[str] | None = None
-    swarm: SwarmSpec = SwarmSpec()
 
     @field_validator("image")
     @classmethod
@@ -309,13 +260,6 @@ class Pipeline(_Strict):
     @field_validator("container")
     @classmethod
     def _container_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        known = set(RUN_CREATE_KWARGS) | set(RUN_HOST_CONFIG_KWARGS)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown container option(s) {', '.join(unknown)}: "
-                "use the docker SDK's containers.run() keyword names"
-            )
         if not isinstance(options.get("name"), str) or not PIPELINE_NAME.match(
             options.get("name", "")
         ):
@@ -326,38 +270,27 @@ class Pipeline(_Strict):
         return options
 
     @model_validator(mode="after")
-    def _swarm_options(self) -> Pipeline:
-        if self.target != "swarm":
-            if SLOT_PLACEHOLDER in self.health.url:
-                raise ValueError("health.url: {slot} is for target: swarm only")
-            return self
-        refused = sorted(set(self.container) - SWARM_CONTAINER_OPTIONS)
-        if refused:
-            raise ValueError(
-                f"container option(s) {', '.join(refused)} cannot be used with target: swarm "
-                f"(a service takes {', '.join(sorted(SWARM_CONTAINER_OPTIONS))})"
-            )
-        network = self.container.get("network_mode")
-        if network is not None and network != "host":
-            raise ValueError(
-                "container.network_mode: with target: swarm only `host` is supported "
-                "(services publish no ports; tasks listen on the node's loopback)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _kpi_names_unique(self) -> Pipeline:
         names = [kpi.name for kpi in self.kpis]
         if len(names) != len(set(names)):
             raise ValueError("KPI names must be unique within a pipeline")
         return self
 
+    def section(self, name: str) -> dict[str, Any]:
+        """A target's own section of this pipeline (`swarm:`), as written; {} when absent."""
+        value = (self.model_extra or {}).get(name)
+        return dict(value) if isinstance(value, dict) else {}
+
+    @property
+    def section_names(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
     def may_command_from(self, channel_id: str) -> bool:
         allowed = self.command_channels if self.command_channels is not None else [self.channel]
         return "*" in allowed or channel_id in allowed
 
 
-class PipelinesConfig(_Strict):
+class PipelinesConfig(Strict):
     timezone: str = "UTC"
     admins: list[str] = []
     pipelines: dict[str, Pipeline]
@@ -392,22 +325,8 @@ class PipelinesConfig(_Strict):
         return user_id in self.admins
 
 
-def load_pipelines(path: str | Path) -> PipelinesConfig:
-    """Read and validate the pipelines file; ConfigError names the file, key path and problem."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found (set PIPELINES_FILE)") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from exc
-    return parse_pipelines(raw, source=str(path))
-
-
-def parse_pipelines(raw: object, source: str = "pipelines.yml") -> PipelinesConfig:
+def parse_schema(raw: object, source: str = "pipelines.yml") -> PipelinesConfig:
+    """The file's contents checked against the schema; ConfigError names each key path."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with a 'pipelines' key")
     try:
@@ -416,14 +335,23 @@ def parse_pipelines(raw: object, source: str = "pipelines.yml") -> PipelinesConf
         raise ConfigError(format_validation_error(source, exc)) from exc
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = []
+def problems_of(exc: ValidationError, prefix: str = "") -> list[ConfigProblem]:
+    """pydantic's errors as key paths (`prefix` first) and plain messages."""
+    problems = []
     for error in exc.errors():
-        key_path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        parts = [*([prefix] if prefix else []), *(str(part) for part in error["loc"])]
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{source}: {key_path}: {message}")
-    return "\n".join(lines)
+        problems.append(ConfigProblem(".".join(parts) or "(top level)", message))
+    return problems
+
+
+def format_problems(source: str, problems: list[ConfigProblem]) -> str:
+    return "\n".join(f"{source}: {problem.path}: {problem.message}" for problem in problems)
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    return format_problems(source, problems_of(exc))

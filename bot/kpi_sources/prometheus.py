@@ -14,7 +14,8 @@ class PrometheusSource:
     """Instant queries against Prometheus' HTTP API (`GET /api/v1/query`)."""
 
     def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
-        self.url = base_url.rstrip("/") + "/api/v1/query"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/api/v1/query"
         self.session = session or requests.Session()
         # Prometheus is addressed directly; a proxy from the environment must not intercept.
         self.session.trust_env = False
@@ -39,6 +40,14 @@ class PrometheusSource:
             bad_query = body.get("errorType") == "bad_data"
             return Reading(None, f"Prometheus error: {error}", config_error=bad_query)
         return reading_from_result(body.get("data") or {})
+
+    def health(self) -> dict[str, object]:
+        """Prometheus' own readiness endpoint (`/-/ready`)."""
+        try:
+            answer = self.session.get(self.base_url + "/-/ready", timeout=1)
+        except requests.RequestException as exc:
+            return {"ok": False, "error": type(exc).__name__}
+        return {"ok": answer.status_code == 200, "status": answer.status_code}
 
     def read_range(
         self, query: str, start: float, end: float, step: float, timeout: float

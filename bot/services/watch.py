@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -50,10 +51,12 @@ class PollOutcome:
 
 
 class Watcher:
-    def __init__(self, ctx: Context, scheduler: BaseScheduler, source: KpiSource) -> None:
+    def __init__(
+        self, ctx: Context, scheduler: BaseScheduler, sources: Mapping[str, KpiSource]
+    ) -> None:
         self.ctx = ctx
         self.scheduler = scheduler
-        self.source = source
+        self.sources = sources  # by name: each KPI is read from its own `source`
 
     # Starting and scheduling -------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class Watcher:
         breached: Kpi | None = None
         for kpi in pipeline.kpis:
             started = time.perf_counter()
-            reading = self.source.read(kpi.query, timeout)
+            reading = self.sources[kpi.source].read(kpi.query, timeout)
             metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
                 time.perf_counter() - started
             )
@@ -332,7 +335,9 @@ class Watcher:
         before = max(60.0, 10 * pipeline.watch.interval)
         step = max(1.0, pipeline.watch.interval / 2)
         try:
-            return self.source.read_range(kpi.query, live_at - before, until, step, timeout=2.0)
+            return self.sources[kpi.source].read_range(
+                kpi.query, live_at - before, until, step, timeout=2.0
+            )
         except Exception:
             logger.exception("could not read the history of KPI %s", kpi.name)
             return []

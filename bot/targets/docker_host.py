@@ -15,9 +15,9 @@ from typing import Any
 import docker
 import docker.errors
 import requests
-from docker.models.containers import Container
+from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS, Container
 
-from bot.domain.config import Pipeline
+from bot.domain.config import ConfigProblem, Pipeline
 from bot.domain.errors import ImageNotFound
 from bot.domain.images import ImageRef
 from bot.ports import (
@@ -29,6 +29,8 @@ from bot.ports import (
     SwapResult,
     TestResult,
 )
+from bot.targets.engine import engine_health
+from bot.targets.hardening import container_options, hardened_defaults
 from bot.targets.health import probe
 
 logger = logging.getLogger(__name__)
@@ -46,17 +48,31 @@ STOP_TIMEOUT_SECONDS = 10
 LOG_TAIL_LINES = 20
 
 
-def hardened_options(pipeline: Pipeline) -> dict[str, Any]:
-    """Engine options for a service container: hardened defaults, then the config's own."""
-    options: dict[str, Any] = {}
-    if pipeline.hardened:
-        options.update(
-            init=True,
-            security_opt=["no-new-privileges:true"],
-            cap_drop=["ALL"],
+def unknown_container_options(pipeline: Pipeline) -> list[str]:
+    known = set(RUN_CREATE_KWARGS) | set(RUN_HOST_CONFIG_KWARGS)
+    return sorted(set(pipeline.container) - known)
+
+
+def check_container_options(pipeline: Pipeline) -> list[ConfigProblem]:
+    """`container:` takes the docker SDK's containers.run() keyword names, nothing else."""
+    unknown = unknown_container_options(pipeline)
+    if not unknown:
+        return []
+    return [
+        ConfigProblem(
+            "container",
+            f"unknown container option(s) {', '.join(unknown)}: "
+            "use the docker SDK's containers.run() keyword names",
         )
-    options.update(pipeline.container)
-    return options
+    ]
+
+
+def check_pipeline(pipeline: Pipeline) -> list[ConfigProblem]:
+    """What one engine's container cannot take."""
+    problems = check_container_options(pipeline)
+    if "{slot}" in pipeline.health.url:
+        problems.append(ConfigProblem("health.url", "{slot} is for target: swarm only"))
+    return problems
 
 
 # Listing containers sparsely is one engine call instead of one per container; a sparse
@@ -97,6 +113,9 @@ class DockerHostTarget:
         self.http = requests.Session()
         # Health URLs are the service's own; a proxy from the environment must not intercept.
         self.http.trust_env = False
+
+    def health(self) -> dict[str, object]:
+        return engine_health(self.client)
 
     # Images ------------------------------------------------------------------------------
 
@@ -140,9 +159,8 @@ class DockerHostTarget:
             command=pipeline.tests.command,
             network_mode="none",
             labels={LABEL_ROLLOUT: rollout_id, LABEL_ROLE: "test"},
-            init=True,
-            security_opt=["no-new-privileges:true"],
-            cap_drop=["ALL"],
+            # The test gate is always hardened: it runs an image nobody has trusted yet.
+            **hardened_defaults(),
         )
         try:
             container.start()
@@ -264,7 +282,7 @@ class DockerHostTarget:
                 candidate.start()
                 return candidate
         self._free_name(name)
-        options = hardened_options(request.pipeline)
+        options = container_options(request.pipeline)
         labels = dict(options.pop("labels", None) or {})
         labels.update(
             {

@@ -24,7 +24,7 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import docker
 import docker.errors
@@ -41,8 +41,9 @@ from docker.types import (
     TaskTemplate,
     UpdateConfig,
 )
+from pydantic import Field, ValidationError
 
-from bot.domain.config import SLOT_PLACEHOLDER, Pipeline, SwarmRollback, SwarmUpdate
+from bot.domain.config import ConfigProblem, Delay, Duration, Pipeline, Strict, problems_of
 from bot.domain.images import ImageRef
 from bot.ports import (
     LiveVersion,
@@ -61,7 +62,10 @@ from bot.targets.docker_host import (
     LABEL_VERSION,
     DockerHostTarget,
     _logs_tail,
+    check_container_options,
+    unknown_container_options,
 )
+from bot.targets.hardening import container_options
 from bot.targets.health import probe
 
 logger = logging.getLogger(__name__)
@@ -86,6 +90,111 @@ TASK_FAILED = frozenset({"failed", "rejected", "orphaned", "complete"})
 NO_NEW_PRIVILEGES_NOTE = (
     "no-new-privileges is not set: this engine's Swarm API has no such option for services"
 )
+
+
+# The `swarm:` section ----------------------------------------------------------------------
+
+
+class _SwarmPolicy(Strict):
+    """How Swarm replaces tasks; every field is sent to the engine.
+
+    The docker SDK's own defaults (parallelism 0 = all at once, failure_action `continue`)
+    differ from the engine's (1, `pause`), so immune never leaves one unset.
+    """
+
+    parallelism: int = Field(default=1, ge=0)
+    delay: Delay = 1.0
+    monitor: Duration = 5.0
+    # stop-first: with host networking on one node the new task cannot bind the old task's
+    # port while it runs, so start-first only suits services whose tasks get their own ports.
+    order: Literal["start-first", "stop-first"] = "stop-first"
+    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SwarmUpdate(_SwarmPolicy):
+    """`update_config`: replacing tasks with a new spec."""
+
+    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+
+
+class SwarmRollback(_SwarmPolicy):
+    """`rollback_config`: putting the previous spec back (it cannot roll back itself)."""
+
+    failure_action: Literal["pause", "continue"] = "pause"
+
+
+class SwarmSpec(Strict):
+    replicas: int = Field(default=1, ge=1)
+    update: SwarmUpdate = SwarmUpdate()
+    rollback: SwarmRollback = SwarmRollback()
+    # An update (or the engine's rollback) still running after this is treated as failed.
+    timeout: Duration = 300.0
+
+
+# Container options (docker SDK `containers.run()` names) a Swarm service can carry; the
+# others (ports, volumes, devices, restart policies, ...) mean something else, or nothing,
+# for a service, and are refused by name rather than silently dropped.
+SWARM_CONTAINER_OPTIONS = frozenset(
+    {
+        "name",
+        "environment",
+        "user",
+        "labels",
+        "command",
+        "entrypoint",
+        "working_dir",
+        "healthcheck",
+        "init",
+        "cap_add",
+        "cap_drop",
+        "network_mode",
+        "hostname",
+        "read_only",
+        "stop_signal",
+        "tty",
+        "stdin_open",
+        "extra_hosts",
+        "sysctls",
+        "group_add",
+    }
+)
+SLOT_PLACEHOLDER = "{slot}"
+SECTION = "swarm"
+
+
+def swarm_spec(pipeline: Pipeline) -> SwarmSpec:
+    """The pipeline's `swarm:` section (checked when the file was loaded)."""
+    return SwarmSpec.model_validate(pipeline.section(SECTION))
+
+
+def check_pipeline(pipeline: Pipeline) -> list[ConfigProblem]:
+    """What a Swarm service cannot take: unknown container options, ports, bridge networks."""
+    problems = check_container_options(pipeline)
+    try:
+        SwarmSpec.model_validate(pipeline.section(SECTION))
+    except ValidationError as exc:
+        problems += problems_of(exc, prefix=SECTION)
+    refused = sorted(
+        set(pipeline.container) - SWARM_CONTAINER_OPTIONS - set(unknown_container_options(pipeline))
+    )
+    if refused:
+        problems.append(
+            ConfigProblem(
+                "container",
+                f"container option(s) {', '.join(refused)} cannot be used with target: swarm "
+                f"(a service takes {', '.join(sorted(SWARM_CONTAINER_OPTIONS))})",
+            )
+        )
+    network = pipeline.container.get("network_mode")
+    if network is not None and network != "host":
+        problems.append(
+            ConfigProblem(
+                "container.network_mode",
+                "with target: swarm only `host` is supported "
+                "(services publish no ports; tasks listen on the node's loopback)",
+            )
+        )
+    return problems
 
 
 def _nanoseconds(seconds: float) -> int:
@@ -121,7 +230,8 @@ def health_urls(pipeline: Pipeline) -> list[str]:
     if SLOT_PLACEHOLDER not in url:
         return [url]
     return [
-        url.replace(SLOT_PLACEHOLDER, str(slot)) for slot in range(1, pipeline.swarm.replicas + 1)
+        url.replace(SLOT_PLACEHOLDER, str(slot))
+        for slot in range(1, swarm_spec(pipeline).replicas + 1)
     ]
 
 
@@ -206,6 +316,9 @@ class SwarmTarget:
         self.http.trust_env = False
         # Failed tasks seen while following a rollout: spec's rollout label -> task id -> task.
         self._failures: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def health(self) -> dict[str, object]:
+        return self.host.health()
 
     # Images and the test gate ------------------------------------------------------------
 
@@ -294,8 +407,8 @@ class SwarmTarget:
 
     def _create(self, request: RolloutRequest, progress: Progress) -> None:
         pipeline, name = request.pipeline, request.pipeline.container["name"]
-        replicas = pipeline.swarm.replicas
-        deadline = time.monotonic() + pipeline.swarm.timeout
+        replicas = swarm_spec(pipeline).replicas
+        deadline = time.monotonic() + swarm_spec(pipeline).timeout
         with progress.step("create service", detail=f"{name}: 0/{replicas} running"):
             try:
                 self.client.api.create_service(**self._service_spec(request))
@@ -320,10 +433,10 @@ class SwarmTarget:
 
     def _update(self, service: Service, request: RolloutRequest, progress: Progress) -> None:
         pipeline = request.pipeline
-        replicas = pipeline.swarm.replicas
-        deadline = time.monotonic() + pipeline.swarm.timeout
+        replicas = swarm_spec(pipeline).replicas
+        deadline = time.monotonic() + swarm_spec(pipeline).timeout
         previous_version = _spec_version(service.attrs["Spec"])
-        policy = pipeline.swarm.update
+        policy = swarm_spec(pipeline).update
         detail = f"0/{replicas} updated ({policy.order}, {policy.parallelism} at a time)"
         try:
             with progress.step("update service", detail=detail):
@@ -357,7 +470,7 @@ class SwarmTarget:
     ) -> None:
         """The target is Swarm's previous spec: the engine's own rollback (`rollback_config`)."""
         pipeline = request.pipeline
-        deadline = time.monotonic() + pipeline.swarm.timeout
+        deadline = time.monotonic() + swarm_spec(pipeline).timeout
         label = self._rollout_label(service.attrs["PreviousSpec"])
         with progress.step(
             "roll back service",
@@ -397,7 +510,8 @@ class SwarmTarget:
     def _service_spec(self, request: RolloutRequest) -> dict[str, Any]:
         """create_service()/update_service() arguments: the whole spec, nothing inherited."""
         pipeline = request.pipeline
-        options = dict(pipeline.container)
+        # security_opt (no-new-privileges) has no place in a service spec: see _notes.
+        options = container_options(pipeline)
         immune_labels = {
             LABEL_PIPELINE: request.pipeline_name,
             LABEL_VERSION: request.image.version,
@@ -408,7 +522,6 @@ class SwarmTarget:
         container_labels.update(immune_labels)
         container_labels[LABEL_ROLE] = ROLE_TASK
         healthcheck = options.get("healthcheck")
-        hardened = pipeline.hardened
         container = ContainerSpec(
             image=request.image.reference,
             command=_argv(options.get("entrypoint")),
@@ -418,9 +531,9 @@ class SwarmTarget:
             labels=container_labels,
             workdir=options.get("working_dir"),
             healthcheck=Healthcheck(**healthcheck) if isinstance(healthcheck, dict) else None,
-            init=options.get("init", True if hardened else None),
+            init=options.get("init"),
             cap_add=options.get("cap_add"),
-            cap_drop=options.get("cap_drop", ["ALL"] if hardened else None),
+            cap_drop=options.get("cap_drop"),
             hostname=options.get("hostname"),
             read_only=options.get("read_only"),
             stop_signal=options.get("stop_signal"),
@@ -439,9 +552,9 @@ class SwarmTarget:
             "task_template": template,
             "name": options["name"],
             "labels": immune_labels,
-            "mode": ServiceMode("replicated", replicas=pipeline.swarm.replicas),
-            "update_config": update_config(pipeline.swarm.update),
-            "rollback_config": rollback_config(pipeline.swarm.rollback),
+            "mode": ServiceMode("replicated", replicas=swarm_spec(pipeline).replicas),
+            "update_config": update_config(swarm_spec(pipeline).update),
+            "rollback_config": rollback_config(swarm_spec(pipeline).rollback),
             # Host networking has no virtual IP to balance; DNS round robin asks for none.
             "endpoint_spec": EndpointSpec(mode="dnsrr" if host_network else "vip"),
         }
@@ -529,7 +642,7 @@ class SwarmTarget:
                 logs_tail=self._failed_logs(service, label),
             )
         raise RolloutFailed(
-            f"the update did not finish within {request.pipeline.swarm.timeout:g}s "
+            f"the update did not finish within {swarm_spec(request.pipeline).timeout:g}s "
             f"(Swarm says: {state or 'no status'}){failure}",
             logs_tail=self._failed_logs(service, label),
         )
@@ -655,7 +768,7 @@ class SwarmTarget:
 
     def _restored(self, service: Service, pipeline: Pipeline, progress: Progress) -> bool:
         """After Swarm's automatic rollback: does the previous spec serve again?"""
-        deadline = time.monotonic() + pipeline.swarm.timeout
+        deadline = time.monotonic() + swarm_spec(pipeline).timeout
         with progress.step("restore", detail="Swarm's automatic rollback"):
             if not self._wait_rolled_back(service, progress, deadline):
                 return False
@@ -685,7 +798,7 @@ class SwarmTarget:
             return False
         if not service.attrs.get("PreviousSpec"):
             return False
-        deadline = time.monotonic() + pipeline.swarm.timeout
+        deadline = time.monotonic() + swarm_spec(pipeline).timeout
         with progress.step("restore", detail=f"Swarm's rollback to {previous_version}"):
             if self._status(service) not in (ROLLBACK_STARTED, ROLLBACK_COMPLETED):
                 try:
@@ -721,7 +834,7 @@ class SwarmTarget:
                     restored=False,
                 )
             return False  # the first deploy never created it
-        deadline = time.monotonic() + pipeline.swarm.timeout
+        deadline = time.monotonic() + swarm_spec(pipeline).timeout
         label = self._rollout_label(service.attrs["Spec"])
         shown = _Detail(progress)
         with progress.step("settle", detail="after bot restart: waiting for Swarm"):

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.domain.config import load_pipelines, parse_duration
+from bot.domain.config import parse_duration
 from bot.domain.errors import ConfigError
+from bot.plugins import load_pipelines
 from bot.settings import Settings
 
 GOOD: dict[str, Any] = {

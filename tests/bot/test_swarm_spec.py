@@ -7,9 +7,9 @@ from typing import Any
 import docker
 import pytest
 
-from bot.domain.config import parse_pipelines
 from bot.domain.errors import ConfigError
 from bot.domain.images import ImageRef
+from bot.plugins import parse_pipelines
 from bot.ports import LocatedImage, RolloutRequest
 from bot.targets.swarm import SwarmTarget, health_urls
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from bot.domain.clock import FrozenClock
-from bot.domain.config import parse_pipelines
 from bot.domain.errors import ConfigError
 from bot.domain.models import RolloutStatus
+from bot.plugins import parse_pipelines
 from bot.slack.ids import ActionId, BlockId
 from tests.support.bot_harness import CHANNEL, InProcessBot, wait_until
 from tests.support.policy import (

@@ -20,9 +20,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.app import Immune, build
 from bot.domain.clock import FrozenClock
-from bot.domain.config import parse_pipelines
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState
 from bot.kpi_sources.prometheus import PrometheusSource
+from bot.plugins import parse_pipelines
 from bot.ports import SilentNotifier
 from bot.services.recovery import recover_orphans
 from bot.services.watch import Watcher
@@ -136,7 +136,9 @@ def measure(
             warmup=0,
         )
         counting.hset(immune.ctx.store.keys.watches(), rollout.id, watch.model_dump_json())
-        watcher = Watcher(immune.ctx, BackgroundScheduler(), PrometheusSource(prometheus.url))
+        watcher = Watcher(
+            immune.ctx, BackgroundScheduler(), {"prometheus": PrometheusSource(prometheus.url)}
+        )
         before_commands = int(counting.info("stats")["total_commands_processed"])
         CountingConnection.round_trips = 0
         cpu: list[float] = []
@@ -235,7 +237,9 @@ def test_cost_of_the_passes_every_replica_runs(
             assert recover_orphans(immune.ctx) == []
             recovery_cpu.append(time.thread_time() - started)
 
-        watcher = Watcher(immune.ctx, scheduler, PrometheusSource("http://127.0.0.1:9"))
+        watcher = Watcher(
+            immune.ctx, scheduler, {"prometheus": PrometheusSource("http://127.0.0.1:9")}
+        )
         now = time.time()
         watches = 500
         for i in range(watches):

@@ -21,7 +21,8 @@ import yaml
 
 from bot.app import Immune, build
 from bot.domain.clock import Clock
-from bot.domain.config import PipelinesConfig, parse_pipelines
+from bot.domain.config import PipelinesConfig
+from bot.plugins import parse_pipelines
 from bot.settings import Settings
 from tests.support.services import dies_with_parent
 from tests.support.slack_client import SignedSlackClient

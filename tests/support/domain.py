@@ -11,9 +11,9 @@ from typing import Any
 import redis
 
 from bot.domain.clock import Clock, FrozenClock
-from bot.domain.config import parse_pipelines
 from bot.domain.incidents import AnalysisChange, Incident
 from bot.domain.text import Text
+from bot.plugins import parse_pipelines
 from bot.ports import SilentNotifier
 from bot.services.context import Context, Limits
 from bot.services.runner import RolloutRunner, RolloutSettings

@@ -1,0 +1,277 @@
+"""The rollout rules and the runner's state machine on a memory target: no Docker needed.
+
+Also the defects fixed with the layering (issue 10): the image is located inside the ack only
+for `pull: never`; the runner starts nothing until it is started; a queued orphan runs once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from bot.domain.clock import FrozenClock
+from bot.domain.errors import ImageNotFound, RolloutInFlight
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.plugins import TargetPlugin, default_registry, parse_pipelines
+from bot.services import deploys, halts
+from bot.services.context import Context, Limits
+from bot.services.requests import CommandRequest
+from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.slack.render import mrkdwn
+from bot.store.keys import Keys
+from bot.store.store import Store
+from tests.support.domain import CHANNEL, START, RecordingNotifier
+from tests.support.fakes import MEMORY, MemoryTarget, check_memory_pipeline
+
+REGISTRY = default_registry().add_target(
+    TargetPlugin(name=MEMORY, build=lambda shared: MemoryTarget(), check=check_memory_pipeline)
+)
+
+
+def config(**web: Any) -> dict[str, Any]:
+    pipeline: dict[str, Any] = {
+        "channel": CHANNEL,
+        "target": MEMORY,
+        "image": "example/web",
+        "container": {"name": f"web-{secrets.token_hex(3)}"},
+        "health": {"url": "http://127.0.0.1:9/healthz"},
+        **web,
+    }
+    return {"admins": ["U0ADMIN"], "pipelines": {"web": pipeline}}
+
+
+class Rig:
+    def __init__(self, client: redis.Redis, raw: dict[str, Any], target: MemoryTarget) -> None:
+        self.clock = FrozenClock(START)
+        self.store = Store(client, Keys(f"immune-unit-{secrets.token_hex(3)}"), self.clock)
+        self.notifier = RecordingNotifier()
+        self.target = target
+        parsed = parse_pipelines(raw, registry=REGISTRY)
+        self.runner = RolloutRunner(
+            store=self.store,
+            config=parsed,
+            targets={MEMORY: target},
+            notifier=self.notifier,
+            clock=self.clock,
+            instance_id="unit",
+            settings=RolloutSettings(lock_ttl_seconds=3),
+        )
+        self.ctx = Context(
+            limits=Limits(lock_ttl_seconds=3),
+            config=parsed,
+            store=self.store,
+            runner=self.runner,
+            notifier=self.notifier,
+            clock=self.clock,
+            instance_id="unit",
+        )
+
+    def command(self, command: str, text: str, user: str = "U0ADMIN") -> str:
+        request = CommandRequest(command, text, user, CHANNEL, response_url="http://127.0.0.1:9/r")
+        operation = {"/deploy": deploys.deploy, "/rollback": deploys.rollback, "/halt": halts.halt}
+        return mrkdwn(operation[command](self.ctx, request).text)
+
+    def newest(self) -> Rollout:
+        [rollout] = self.store.recent_rollouts("web", 1)
+        return rollout
+
+    def settled(self, rollout_id: str, done: Callable[[Rollout], bool]) -> Rollout:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rollout = self.store.rollout(rollout_id)
+            if rollout is not None and done(rollout):
+                return rollout
+            time.sleep(0.01)
+        raise AssertionError(f"{rollout_id} did not settle: {self.store.rollout(rollout_id)}")
+
+    def finished(self, rollout_id: str) -> Rollout:
+        return self.settled(rollout_id, lambda r: r.status.finished)
+
+
+@pytest.fixture
+def make(redis_client: redis.Redis) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make_rig(target: MemoryTarget | None = None, **web: Any) -> Rig:
+        rig = Rig(redis_client, config(**web), target or MemoryTarget(images={"1", "2"}))
+        rigs.append(rig)
+        return rig
+
+    yield make_rig
+    for rig in rigs:
+        rig.runner.shutdown(wait=True)
+
+
+# Locating the image: in the ack only when it is a local look-up ---------------------------
+
+
+def test_with_pull_never_a_missing_image_is_refused_in_the_ack_and_nothing_starts(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(pull="never")
+    with pytest.raises(ImageNotFound):
+        rig.command("/deploy", "web 9")
+    assert rig.target.calls == [("locate", "9")]
+    assert rig.store.recent_rollouts("web", 5) == []
+    assert rig.store.pipeline("web").inflight_rollout == ""
+
+
+def test_with_pulls_allowed_the_ack_does_not_pull_the_runner_locates_once(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(pull="missing")
+    answer = rig.command("/deploy", "web 9")
+    assert answer.startswith("Deploying `example/web:9` to `web`"), answer
+    failed = rig.finished(rig.newest().id)
+    assert failed.status is RolloutStatus.failed
+    assert rig.target.calls == [("locate", "9")], "located once, by the runner, not in the ack"
+    [(url, told)] = rig.notifier.told
+    assert url == "http://127.0.0.1:9/r" and "is not in memory" in told
+
+
+# The runner's state machine -----------------------------------------------------------------
+
+
+def test_a_deploy_without_kpis_is_good_at_once_and_becomes_the_last_good_version(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    rig.command("/deploy", "web 1")
+    good = rig.finished(rig.newest().id)
+    assert good.status is RolloutStatus.good and good.live_at == START
+    state = rig.store.pipeline("web")
+    assert (state.live_version, state.last_good_version, state.inflight_rollout) == ("1", "1", "")
+    [live] = [
+        e
+        for e in rig.store.audit_entries(pipeline="web", limit=10)
+        if e.rollout == good.id and e.action == "deploy.live"
+    ]
+    assert live.outcome == "good"
+
+
+def test_a_failed_swap_fails_the_rollout_and_says_the_old_version_serves(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(target=MemoryTarget(images={"1", "2"}, failing={"2"}))
+    rig.command("/deploy", "web 1")
+    rig.finished(rig.newest().id)
+    rig.command("/deploy", "web 2")
+    failed = rig.finished(rig.newest().id)
+    assert failed.status is RolloutStatus.failed
+    assert failed.error == "2 did not become healthy"
+    assert failed.notes == ["1 serves again"]
+    assert [s.status.value for s in failed.steps] == ["done", "failed"]
+    assert rig.store.pipeline("web").live_version == "1"
+    audit = rig.store.audit_entries(pipeline="web", limit=10)
+    assert next(e.outcome for e in audit if e.rollout == failed.id) == "failed"
+
+
+def test_a_second_deploy_while_one_is_in_flight_is_refused_and_audited(
+    make: Callable[..., Rig],
+) -> None:
+    gate = threading.Event()
+    target = MemoryTarget(images={"1", "2"})
+    original = target.roll_out
+
+    def slow_roll_out(request: Any, progress: Any) -> Any:
+        gate.wait(10)
+        return original(request, progress)
+
+    target.roll_out = slow_roll_out  # type: ignore[method-assign]
+    rig = make(target=target)
+    rig.command("/deploy", "web 1")
+    first = rig.newest()
+    with pytest.raises(RolloutInFlight) as refused:
+        rig.command("/deploy", "web 2")
+    assert "already in flight: deploy of `1` by <@U0ADMIN>" in mrkdwn(refused.value.text())
+    assert "<!date^" in mrkdwn(refused.value.text()), "Slack shows the time in each reader's zone"
+    assert "<@" not in refused.value.message, "the plain rendering (logs, Redis) has no mrkdwn"
+    gate.set()
+    assert rig.finished(first.id).status is RolloutStatus.good
+    refusals = [
+        e for e in rig.store.audit_entries(pipeline="web", limit=10) if e.outcome == "refused"
+    ]
+    assert [e.detail for e in refusals] == ["rollout_in_flight; example/web:2"]
+
+
+def test_a_halt_before_the_swap_cancels_a_deploy_but_never_a_rollback(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    rig.command("/deploy", "web 1")
+    rig.finished(rig.newest().id)
+    rig.store.halt("web", by="U0DEV1", reason="freeze")
+    deploy = Rollout(
+        id="r-unit-deploy",
+        pipeline="web",
+        kind=RolloutKind.deploy,
+        version="2",
+        reference="example/web:2",
+        image_tag="2",
+        requested_by="U0DEV1",
+        created_at=START,
+        channel=CHANNEL,
+    )
+    rig.store.claim_rollout("web", deploy.id, 3)
+    rig.store.create_rollout(deploy)
+    rig.runner.submit(deploy.id).result(10)
+    cancelled = rig.store.rollout(deploy.id)
+    assert cancelled is not None and cancelled.status is RolloutStatus.cancelled
+    assert cancelled.error == "pipeline halted by U0DEV1: freeze"
+    assert ("roll_out", "2") in rig.target.calls, "stopped at the target's safe point"
+    assert rig.target.running["web"].version == "1"
+
+    rollback = deploy.model_copy(update={"id": "r-unit-rollback", "kind": RolloutKind.rollback})
+    rig.store.claim_rollout("web", rollback.id, 3)
+    rig.store.create_rollout(rollback)
+    rig.runner.submit(rollback.id).result(10)
+    assert rig.store.rollout(rollback.id).status is RolloutStatus.good  # type: ignore[union-attr]
+
+
+# Starting and recovering ---------------------------------------------------------------------
+
+
+def test_the_runner_starts_no_thread_until_it_is_started(make: Callable[..., Rig]) -> None:
+    before = {t.ident for t in threading.enumerate() if t.name == "lock-heartbeat"}
+    rig = make()
+    after = {t.ident for t in threading.enumerate() if t.name == "lock-heartbeat"}
+    assert not rig.runner.started and after == before
+    rig.runner.start()
+    rig.runner.start()  # idempotent
+    started = {t.ident for t in threading.enumerate() if t.name == "lock-heartbeat"}
+    assert rig.runner.started and len(started - before) == 1
+
+
+def test_a_queued_orphan_is_run_once_by_the_recovery_worker(make: Callable[..., Rig]) -> None:
+    rig = make()
+    orphan = Rollout(
+        id="r-unit-orphan",
+        pipeline="web",
+        kind=RolloutKind.deploy,
+        version="1",
+        reference="example/web:1",
+        image_tag="1",
+        requested_by="U0DEV1",
+        created_at=START,
+        channel=CHANNEL,
+    )
+    rig.store.claim_rollout("web", orphan.id, 3)
+    rig.store.create_rollout(orphan)
+    ran_on: list[str] = []
+    original = rig.target.roll_out
+
+    def recording(request: Any, progress: Any) -> Any:
+        ran_on.append(threading.current_thread().name)
+        return original(request, progress)
+
+    rig.target.roll_out = recording  # type: ignore[method-assign]
+    rig.runner.submit_recovery(orphan.id).result(10)
+    rig.runner.submit(orphan.id).result(10)  # a late second submission finds it done
+    assert rig.store.rollout(orphan.id).status is RolloutStatus.good  # type: ignore[union-attr]
+    assert len(ran_on) == 1 and ran_on[0].startswith("rollout"), ran_on
