@@ -7,7 +7,9 @@ import signal
 import sys
 from types import FrameType
 
+from bot.app import build
 from bot.domain.errors import ConfigError, SettingsError
+from bot.server import HttpServer, start_socket_mode
 from bot.settings import configure_logging, load_settings
 
 logger = logging.getLogger("bot")
@@ -18,9 +20,6 @@ def main() -> int:
         settings = load_settings()
         configure_logging(settings.log_level)
         settings.require_slack()
-        from bot.app import build
-        from bot.server import HttpServer, start_socket_mode
-
         immune = build(settings)
     except (SettingsError, ConfigError) as exc:
         # One clear line per problem, naming the setting or key; never a traceback.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from slack_bolt.adapter.socket_mode import SocketModeHandler
 from waitress.server import create_server
 
 from bot.app import Immune
@@ -55,8 +56,6 @@ class HttpServer:
 
 
 def start_socket_mode(immune: Immune, app_token: str) -> None:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
-
     handler = SocketModeHandler(immune.bolt, app_token)
     handler.connect()  # type: ignore[no-untyped-call]
     immune.extra_stops.append(handler.close)

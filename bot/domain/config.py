@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from bot.domain.errors import ConfigError
+from bot.domain.images import parse_repository
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -253,8 +254,6 @@ class Pipeline(Strict):
     @field_validator("image")
     @classmethod
     def _image_without_tag(cls, image: str) -> str:
-        from bot.domain.images import parse_repository
-
         return parse_repository(image)
 
     @field_validator("container")
