@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import redis
 
+from bot.domain.approvals import APPROVED, REJECTED
 from bot.domain.clock import FrozenClock
-from bot.domain.errors import ImageNotFound, RolloutInFlight
+from bot.domain.errors import ImageNotFound, NotAllowed, RolloutInFlight
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import TargetPlugin, default_registry, parse_pipelines
-from bot.services import deploys, halts
+from bot.services import approvals, deploys, halts
 from bot.services.context import Context, Limits
 from bot.services.requests import CommandRequest
 from bot.services.runner import RolloutRunner, RolloutSettings
@@ -131,6 +132,9 @@ def test_with_pulls_allowed_the_ack_does_not_pull_the_runner_locates_once(
     failed = rig.finished(rig.newest().id)
     assert failed.status is RolloutStatus.failed
     assert rig.target.calls == [("locate", "9")], "located once, by the runner, not in the ack"
+    deadline = time.monotonic() + 5  # the requester hears of it just after the rollout fails
+    while not rig.notifier.told and time.monotonic() < deadline:
+        time.sleep(0.01)
     [(url, told)] = rig.notifier.told
     assert url == "http://127.0.0.1:9/r" and "is not in memory" in told
 
@@ -161,6 +165,7 @@ def test_a_failed_swap_fails_the_rollout_and_says_the_old_version_serves(
     rig = make(target=MemoryTarget(images={"1", "2"}, failing={"2"}))
     rig.command("/deploy", "web 1")
     rig.finished(rig.newest().id)
+    rig.clock.advance(1)  # the newest rollout is the one created last
     rig.command("/deploy", "web 2")
     failed = rig.finished(rig.newest().id)
     assert failed.status is RolloutStatus.failed
@@ -275,3 +280,48 @@ def test_a_queued_orphan_is_run_once_by_the_recovery_worker(make: Callable[..., 
     rig.runner.submit(orphan.id).result(10)  # a late second submission finds it done
     assert rig.store.rollout(orphan.id).status is RolloutStatus.good  # type: ignore[union-attr]
     assert len(ran_on) == 1 and ran_on[0].startswith("rollout"), ran_on
+
+
+# Approvals ------------------------------------------------------------------------------------
+
+LEAD, DEV = "U0LEAD", "U0DEV1"
+
+
+def press(rig: Rig, rollout_id: str, user: str, decision: str, n: int) -> str:
+    reply = approvals.decide(rig.ctx, rollout_id, user, decision, f"trigger-{n}:1.0")
+    return mrkdwn(reply.text)
+
+
+def test_an_approval_from_a_listed_approver_runs_the_rollout_once(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(approvals={"approvers": [LEAD, DEV], "required": 1})
+    asked = rig.command("/deploy", "web 1", user=DEV)
+    assert asked.startswith(f"`web` needs approval: asked in <#{CHANNEL}>"), asked
+    request = rig.newest()
+    assert request.status is RolloutStatus.awaiting_approval
+    with pytest.raises(NotAllowed, match="cannot approve it yourself"):
+        press(rig, request.id, DEV, APPROVED, 1)
+    with pytest.raises(NotAllowed, match="not an approver"):
+        press(rig, request.id, "U0OTHER", APPROVED, 2)
+    approved = press(rig, request.id, LEAD, APPROVED, 3)
+    assert approved.startswith("Approved (1 of 1): deploying `example/web:1`"), approved
+    assert rig.finished(request.id).status is RolloutStatus.good
+    again = press(rig, request.id, LEAD, APPROVED, 4)
+    assert again == f"{request.id} is already approved by <@{LEAD}>; the rollout is on its way."
+    assert [c for c in rig.target.calls if c[0] == "roll_out"] == [("roll_out", "1")]
+
+
+def test_a_rejection_is_stored_plainly_and_shown_with_a_mention(make: Callable[..., Rig]) -> None:
+    rig = make(approvals={"approvers": [LEAD], "required": 1})
+    rig.command("/deploy", "web 1", user=DEV)
+    request = rig.newest()
+    assert press(rig, request.id, LEAD, REJECTED, 1).startswith("Rejected: `example/web:1`")
+    rejected = rig.store.rollout(request.id)
+    assert rejected is not None and rejected.status is RolloutStatus.rejected
+    assert (rejected.error, rejected.ended_by) == ("rejected", LEAD), "no markup in Redis"
+    assert rejected.why().plain() == f"rejected by {LEAD}"
+    [(_, told)] = rig.notifier.told
+    assert f"was rejected by <@{LEAD}>: nothing was deployed." in told
+    assert rig.store.pipeline("web").inflight_rollout == "", "the pipeline is free again"
+    assert rig.target.calls == [("locate", "1")], "located in the ack (pull: never), never run"
