@@ -36,7 +36,7 @@ from bench.stats import median, ratio, summarize
 from bot.domain.config import Pipeline
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.store.store import Store
-from bot.targets.docker_host import hardened_options
+from bot.targets.hardening import container_options
 from tests.support.bot_harness import InProcessBot, docker_pipeline
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Floor:
         self.port = rig.free_port()
         self.start_only: list[float] = []
         self.stop_start: list[float] = []
-        options = hardened_options(
+        options = container_options(
             Pipeline.model_validate(
                 docker_pipeline(image=rig.images.repo, container_name="floor", port=self.port)
             )

@@ -118,6 +118,10 @@ def settled(immune: Immune, rollout_id: str, done: Callable[[Rollout], bool]) ->
 
 
 def watch_through(immune: Immune, rollout_id: str, polls: int) -> None:
+    # The watch is recorded just after the rollout shows `live` (the runner's on_live).
+    deadline = time.monotonic() + 10
+    while immune.ctx.store.watch(rollout_id) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     clock = immune.ctx.clock
     assert isinstance(clock, FrozenClock)
     for _ in range(polls):
