@@ -7,6 +7,8 @@ finds out, and tells the requester if the image is not there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bot.domain import windows
 from bot.domain.config import Pipeline
 from bot.domain.errors import (
@@ -26,8 +28,7 @@ from bot.services.policy import (
     admins_hint,
     audit_in_flight,
     check_approvable,
-    check_channel,
-    check_deployer,
+    check_may_run,
     check_not_in_flight,
     in_flight,
     refuse,
@@ -39,18 +40,23 @@ from bot.store.keys import Once
 
 
 def deploy(ctx: Context, request: CommandRequest) -> Reply:
+    return _once(ctx, request, _deploy)
+
+
+def _once(
+    ctx: Context, request: CommandRequest, handle: Callable[[Context, CommandRequest], Reply]
+) -> Reply:
+    """Its usage when asked for; else the command, handled once however often it arrives."""
     if wants_help(request.text):
-        return help_reply("/deploy")
+        return help_reply(request.command)
     return answer_once(
-        ctx, Once.command, request.request_id, f"`{request.typed}`", lambda: _deploy(ctx, request)
+        ctx, Once.command, request.request_id, f"`{request.typed}`", lambda: handle(ctx, request)
     )
 
 
 def _deploy(ctx: Context, request: CommandRequest) -> Reply:
     args = parse_deploy(request.text)
-    pipeline = ctx.pipeline(args.pipeline)
-    check_channel(ctx, args.pipeline, pipeline, request)
-    check_deployer(ctx, args.pipeline, pipeline, request)
+    pipeline = check_may_run(ctx, args.pipeline, request)
     forced = args.force_reason is not None
     if forced and not ctx.config.is_admin(request.user_id):
         refuse(ctx, request, args.pipeline, "force_not_admin")
@@ -211,19 +217,13 @@ def start_rollout(
 
 
 def rollback(ctx: Context, request: CommandRequest) -> Reply:
-    if wants_help(request.text):
-        return help_reply("/rollback")
-    return answer_once(
-        ctx, Once.command, request.request_id, f"`{request.typed}`", lambda: _rollback(ctx, request)
-    )
+    return _once(ctx, request, _rollback)
 
 
 def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     """Never blocked by deploy windows: a rollback restores service."""
     args = parse_rollback(request.text)
-    pipeline = ctx.pipeline(args.pipeline)
-    check_channel(ctx, args.pipeline, pipeline, request)
-    check_deployer(ctx, args.pipeline, pipeline, request)
+    pipeline = check_may_run(ctx, args.pipeline, request)
     state = ctx.store.pipeline(args.pipeline)
     if args.version is not None:
         image = resolve_version(pipeline.image, args.version)

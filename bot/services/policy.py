@@ -25,6 +25,14 @@ def refuse(ctx: Context, request: CommandRequest, pipeline: str, why: str) -> No
     )
 
 
+def check_may_run(ctx: Context, name: str, request: CommandRequest) -> Pipeline:
+    """The pipeline `name`, if the request comes from one of its channels and a deployer."""
+    pipeline = ctx.pipeline(name)
+    check_channel(ctx, name, pipeline, request)
+    check_deployer(ctx, name, pipeline, request)
+    return pipeline
+
+
 def check_channel(ctx: Context, name: str, pipeline: Pipeline, request: CommandRequest) -> None:
     if pipeline.may_command_from(request.channel_id):
         return

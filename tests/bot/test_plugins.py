@@ -21,7 +21,13 @@ from bot.services import deploys
 from bot.services.requests import CommandRequest
 from bot.settings import Settings
 from tests.support.domain import CHANNEL, START, RecordingNotifier
-from tests.support.fakes import MEMORY, MemoryTarget, ScriptedSource, check_memory_pipeline
+from tests.support.fakes import (
+    MEMORY,
+    MemoryTarget,
+    ScriptedSource,
+    check_memory_pipeline,
+    memory_config,
+)
 from tests.support.services import RedisServer
 
 QUERY = "error_ratio{job='web'}"
@@ -43,18 +49,14 @@ def registry_with(target: MemoryTarget, source: ScriptedSource) -> Registry:
 
 
 def memory_pipeline(**extra: Any) -> dict[str, Any]:
-    web: dict[str, Any] = {
-        "channel": CHANNEL,
-        "target": MEMORY,
-        "image": "example/web",
-        "container": {"name": f"web-{secrets.token_hex(3)}"},
-        "health": {"url": "http://127.0.0.1:9/healthz"},
-        MEMORY: {"slots": 2},
-        "watch": {"interval": "1s", "duration": "2s", "warmup": 0},
-        "kpis": [{"name": "error_ratio", "query": QUERY, "source": "scripted", "max": 0.1}],
-    }
-    web.update(extra)
-    return {"admins": ["U0ADMIN"], "pipelines": {"web": web}}
+    return memory_config(
+        **{
+            MEMORY: {"slots": 2},
+            "watch": {"interval": "1s", "duration": "2s", "warmup": 0},
+            "kpis": [{"name": "error_ratio", "query": QUERY, "source": "scripted", "max": 0.1}],
+            **extra,
+        }
+    )
 
 
 @pytest.fixture

@@ -28,23 +28,29 @@ from bot.slack.render import mrkdwn
 from bot.store.keys import Keys
 from bot.store.store import Store
 from tests.support.domain import CHANNEL, START, RecordingNotifier
-from tests.support.fakes import MEMORY, MemoryTarget, check_memory_pipeline
+from tests.support.fakes import MEMORY, MemoryTarget, check_memory_pipeline, memory_config
 
 REGISTRY = default_registry().add_target(
     TargetPlugin(name=MEMORY, build=lambda shared: MemoryTarget(), check=check_memory_pipeline)
 )
 
 
-def config(**web: Any) -> dict[str, Any]:
-    pipeline: dict[str, Any] = {
-        "channel": CHANNEL,
-        "target": MEMORY,
-        "image": "example/web",
-        "container": {"name": f"web-{secrets.token_hex(3)}"},
-        "health": {"url": "http://127.0.0.1:9/healthz"},
-        **web,
-    }
-    return {"admins": ["U0ADMIN"], "pipelines": {"web": pipeline}}
+def queued(store: Store, rollout_id: str, kind: RolloutKind, version: str) -> Rollout:
+    """A rollout accepted and holding the lock, as start_rollout leaves it, not yet run."""
+    rollout = Rollout(
+        id=rollout_id,
+        pipeline="web",
+        kind=kind,
+        version=version,
+        reference=f"example/web:{version}",
+        image_tag=version,
+        requested_by="U0DEV1",
+        created_at=START,
+        channel=CHANNEL,
+    )
+    store.claim_rollout("web", rollout.id, 3)
+    store.create_rollout(rollout)
+    return rollout
 
 
 class Rig:
@@ -100,7 +106,7 @@ def make(redis_client: redis.Redis) -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
     def make_rig(target: MemoryTarget | None = None, **web: Any) -> Rig:
-        rig = Rig(redis_client, config(**web), target or MemoryTarget(images={"1", "2"}))
+        rig = Rig(redis_client, memory_config(**web), target or MemoryTarget(images={"1", "2"}))
         rigs.append(rig)
         return rig
 
@@ -212,19 +218,7 @@ def test_a_halt_before_the_swap_cancels_a_deploy_but_never_a_rollback(
     rig.command("/deploy", "web 1")
     rig.finished(rig.newest().id)
     rig.store.halt("web", by="U0DEV1", reason="freeze")
-    deploy = Rollout(
-        id="r-unit-deploy",
-        pipeline="web",
-        kind=RolloutKind.deploy,
-        version="2",
-        reference="example/web:2",
-        image_tag="2",
-        requested_by="U0DEV1",
-        created_at=START,
-        channel=CHANNEL,
-    )
-    rig.store.claim_rollout("web", deploy.id, 3)
-    rig.store.create_rollout(deploy)
+    deploy = queued(rig.store, "r-unit-deploy", RolloutKind.deploy, "2")
     rig.runner.submit(deploy.id).result(10)
     cancelled = rig.store.rollout(deploy.id)
     assert cancelled is not None and cancelled.status is RolloutStatus.cancelled
@@ -232,9 +226,7 @@ def test_a_halt_before_the_swap_cancels_a_deploy_but_never_a_rollback(
     assert ("roll_out", "2") in rig.target.calls, "stopped at the target's safe point"
     assert rig.target.running["web"].version == "1"
 
-    rollback = deploy.model_copy(update={"id": "r-unit-rollback", "kind": RolloutKind.rollback})
-    rig.store.claim_rollout("web", rollback.id, 3)
-    rig.store.create_rollout(rollback)
+    rollback = queued(rig.store, "r-unit-rollback", RolloutKind.rollback, "2")
     rig.runner.submit(rollback.id).result(10)
     assert rig.store.rollout(rollback.id).status is RolloutStatus.good  # type: ignore[union-attr]
 
@@ -255,19 +247,7 @@ def test_the_runner_starts_no_thread_until_it_is_started(make: Callable[..., Rig
 
 def test_a_queued_orphan_is_run_once_by_the_recovery_worker(make: Callable[..., Rig]) -> None:
     rig = make()
-    orphan = Rollout(
-        id="r-unit-orphan",
-        pipeline="web",
-        kind=RolloutKind.deploy,
-        version="1",
-        reference="example/web:1",
-        image_tag="1",
-        requested_by="U0DEV1",
-        created_at=START,
-        channel=CHANNEL,
-    )
-    rig.store.claim_rollout("web", orphan.id, 3)
-    rig.store.create_rollout(orphan)
+    orphan = queued(rig.store, "r-unit-orphan", RolloutKind.deploy, "1")
     ran_on: list[str] = []
     original = rig.target.roll_out
 

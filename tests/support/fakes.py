@@ -6,8 +6,10 @@ be driven without Docker or Prometheus, and the registry can be shown to take ne
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +28,20 @@ from bot.ports import (
 )
 
 MEMORY = "memory"  # the fake target's name and its section's key
+CHANNEL = "C0DEPLOY"
+
+
+def memory_config(**web: Any) -> dict[str, Any]:
+    """A pipelines file with one pipeline `web` on the memory target."""
+    pipeline: dict[str, Any] = {
+        "channel": CHANNEL,
+        "target": MEMORY,
+        "image": "example/web",
+        "container": {"name": f"web-{secrets.token_hex(3)}"},
+        "health": {"url": "http://127.0.0.1:9/healthz"},
+        **web,
+    }
+    return {"admins": ["U0ADMIN"], "pipelines": {"web": pipeline}}
 
 
 class MemoryOptions(BaseModel):
