@@ -204,6 +204,19 @@ class Watcher:
 
     def finish_good(self, rollout: Rollout, watch: WatchState) -> None:
         """The watch ended without a breach: this version is the pipeline's last good one."""
+        store = self.ctx.store
+        state = store.pipeline(rollout.pipeline)
+        current = store.rollout(rollout.id)
+        if current is None or current.status is not RolloutStatus.live:
+            self.end(rollout.id)
+            return
+        # The pipeline's record changes before the rollout's status, so whoever sees `good`
+        # finds it the last good version too (as when a rollout goes live).
+        serving = state.live_rollout == rollout.id
+        if serving:
+            store.update_pipeline(
+                rollout.pipeline, last_good_version=current.version, last_good_rollout=current.id
+            )
         became_good = False
 
         def good(r: Rollout) -> None:
@@ -216,14 +229,15 @@ class Watcher:
         updated = self.ctx.runner.change(rollout.id, good)
         self.end(rollout.id)
         if not became_good:
+            if serving:  # something else ended it meanwhile: the last good version stays
+                store.update_pipeline(
+                    rollout.pipeline,
+                    last_good_version=state.last_good_version,
+                    last_good_rollout=state.last_good_rollout,
+                )
             return
-        state = self.ctx.store.pipeline(rollout.pipeline)
-        if state.live_rollout == rollout.id:
-            self.ctx.store.update_pipeline(
-                rollout.pipeline, last_good_version=updated.version, last_good_rollout=updated.id
-            )
         record_outcome(
-            self.ctx.store,
+            store,
             updated,
             "good",
             action="watch.good",

@@ -172,6 +172,13 @@ def test_a_registered_target_and_source_carry_the_whole_loop(
         ("roll_out", "1"),
     ]
     assert source.queries == [QUERY] * 3
+    notifier = immune.ctx.notifier
+    assert isinstance(notifier, RecordingNotifier)
+    [incident] = notifier.opened
+    deadline = time.monotonic() + 10  # the chart follows once the rollback is over
+    while not notifier.charts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert notifier.charts == [incident.id]
 
 
 @pytest.mark.parametrize(
