@@ -6,12 +6,12 @@ Adapters implement them: `bot/targets/` (Target), `bot/kpi_sources/` (KpiSource)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.domain.config import Approvals, Pipeline
+from bot.domain.config import Approvals, Pipeline, Traffic
 from bot.domain.images import ImageRef
 from bot.domain.incidents import AnalysisChange, Incident
 from bot.domain.kpis import Reading
@@ -115,6 +115,43 @@ class Target(Protocol):
 
     def recover(self, request: RolloutRequest, progress: Progress) -> bool:
         """Finish or undo a rollout a crashed bot left half done; True if the new version is live."""
+        ...
+
+
+# Traffic (a proxy in front of a pipeline's versions) ---------------------------------------
+
+
+class TrafficError(Exception):
+    """The proxy could not be reached, or refused a change; `reason` says which and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Router(Protocol):
+    """Moves a pipeline's requests between its versions' ports (HAProxy's runtime API)."""
+
+    def health(self) -> dict[str, object]:
+        """For /healthz: `{"ok": bool, ...}` (never raises)."""
+        ...
+
+    def route(self, traffic: Traffic, weights: Mapping[int, int]) -> None:
+        """Serve `traffic.backend` from exactly these ports, port -> weight 0-100.
+
+        Every other slot goes to maintenance. Commands are ordered so some server always
+        has weight: new or raised weights first, then lowered ones, then slots taken out.
+        Raises TrafficError; a refusal before the first command changes nothing.
+        """
+        ...
+
+    def drain(self, traffic: Traffic, port: int) -> None:
+        """Take no new requests on `port`'s slot; requests in flight finish."""
+        ...
+
+    def routes(self, traffic: Traffic) -> dict[int, int]:
+        """What the proxy serves now: port -> weight of each slot that is ready (not drain
+        or maintenance). Empty after a proxy restart: its runtime state is gone."""
         ...
 
 

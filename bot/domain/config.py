@@ -7,6 +7,7 @@ What every pipeline has is checked here; what only one deploy target or KPI sour
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import time as dt_time
@@ -228,6 +229,127 @@ class Kpi(Strict):
         )
 
 
+def parse_address(value: str, key: str) -> tuple[str, int]:
+    """`127.0.0.1:8080` or `[::1]:8080` as (host, port)."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", value.strip())
+    if not match:
+        raise ValueError(f"{key} {value!r}: use host:port, like 127.0.0.1:8080")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{key} {value!r}: the port must be 1-65535")
+    return host, port
+
+
+class PortRange(BaseModel):
+    """`18100-18119`: the loopback ports versions of one pipeline may take, both ends in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first: int
+    last: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: object) -> object:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value)
+            if not match:
+                raise ValueError(f"ports {value!r}: use a range like 18100-18119")
+            return {"first": int(match.group(1)), "last": int(match.group(2))}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if not 1024 <= self.first <= self.last <= 65535:
+            raise ValueError(
+                f"ports {self.first}-{self.last}: use a range within 1024-65535, low end first"
+            )
+        if self.last - self.first < 1:
+            raise ValueError("ports: give at least two ports (the old and the new version)")
+        return self
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+    def numbers(self) -> range:
+        return range(self.first, self.last + 1)
+
+    def overlaps(self, other: PortRange) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+class Traffic(Strict):
+    """How a pipeline is served through a proxy (DESIGN.md, "Traffic")."""
+
+    proxy: Literal["haproxy"] = "haproxy"
+    listen: str
+    runtime_api: str
+    backend: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    ports: PortRange
+    strategy: Literal["blue_green", "canary"] = "blue_green"
+    steps: list[int] = [5, 25, 50, 100]
+    step_duration: Duration = 60.0
+    drain: Delay = 10.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        parse_address(listen, "traffic.listen")
+        return listen
+
+    @field_validator("runtime_api")
+    @classmethod
+    def _runtime_api(cls, where: str) -> str:
+        if not where.startswith("/"):
+            parse_address(where, "traffic.runtime_api")
+        return where
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if not steps:
+            raise ValueError(
+                "traffic.steps is empty: list the canary's percentages, like [5, 50, 100]"
+            )
+        if any(not 1 <= step <= 100 for step in steps):
+            raise ValueError("traffic.steps are percentages from 1 to 100")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("traffic.steps must grow step by step, like [5, 25, 50, 100]")
+        if steps[-1] != 100:
+            raise ValueError("traffic.steps must end at 100 (the new version takes all traffic)")
+        return steps
+
+    @model_validator(mode="after")
+    def _listen_outside_ports(self) -> Traffic:
+        _, port = self.listen_address
+        if port in self.ports:
+            raise ValueError(
+                f"traffic.listen port {port} is inside traffic.ports {self.ports}: "
+                "clients and versions cannot share a port"
+            )
+        if not self.runtime_api.startswith("/"):
+            _, api_port = parse_address(self.runtime_api, "traffic.runtime_api")
+            if api_port in self.ports or api_port == port:
+                raise ValueError(
+                    f"traffic.runtime_api port {api_port} collides with traffic.listen "
+                    "or traffic.ports"
+                )
+        return self
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_address(self.listen, "traffic.listen")
+
+    @property
+    def plan(self) -> list[int]:
+        """The new version's share of requests, step by step (blue/green: all at once)."""
+        return list(self.steps) if self.strategy == "canary" else [100]
+
+
 class Pipeline(Strict):
     """One pipeline. Keys beyond these are target sections (`swarm:`), which the plugin
     registry accepts only for registered targets and each target validates itself."""
@@ -250,6 +372,7 @@ class Pipeline(Strict):
     pull: Literal["never", "missing", "always"] = "never"
     keep_versions: int = Field(default=3, ge=1, le=50)
     command_channels: list[str] | None = None
+    traffic: Traffic | None = None
 
     @field_validator("image")
     @classmethod
@@ -273,6 +396,17 @@ class Pipeline(Strict):
         names = [kpi.name for kpi in self.kpis]
         if len(names) != len(set(names)):
             raise ValueError("KPI names must be unique within a pipeline")
+        return self
+
+    @model_validator(mode="after")
+    def _port_per_version(self) -> Pipeline:
+        # Each version listens on its own port, so a health URL on one fixed port would check
+        # whichever version holds it, not the new one.
+        if self.traffic is not None and "{port}" not in self.health.url:
+            raise ValueError(
+                "health.url must contain {port} when traffic is set "
+                "(each version listens on its own port), like http://127.0.0.1:{port}/healthz"
+            )
         return self
 
     def section(self, name: str) -> dict[str, Any]:
@@ -314,6 +448,7 @@ class PipelinesConfig(Strict):
         containers = [p.container["name"] for p in pipelines.values()]
         if len(containers) != len(set(containers)):
             raise ValueError("two pipelines use the same container.name")
+        _check_traffic_ports(pipelines)
         return pipelines
 
     @property
@@ -322,6 +457,28 @@ class PipelinesConfig(Strict):
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.admins
+
+
+def _check_traffic_ports(pipelines: dict[str, Pipeline]) -> None:
+    """No two pipelines may hand out the same port, or listen where another's versions run."""
+    served = [(name, p.traffic) for name, p in sorted(pipelines.items()) if p.traffic is not None]
+    for i, (name, traffic) in enumerate(served):
+        for other_name, other in served[i + 1 :]:
+            if traffic.ports.overlaps(other.ports):
+                raise ValueError(
+                    f"pipelines {name!r} and {other_name!r}: traffic.ports "
+                    f"{traffic.ports} and {other.ports} overlap"
+                )
+            if traffic.listen_address == other.listen_address:
+                raise ValueError(
+                    f"pipelines {name!r} and {other_name!r} both listen on {traffic.listen}"
+                )
+        for other_name, other in served:
+            if other_name != name and traffic.listen_address[1] in other.ports:
+                raise ValueError(
+                    f"pipeline {name!r}: traffic.listen {traffic.listen} is inside "
+                    f"{other_name!r}'s traffic.ports {other.ports}"
+                )
 
 
 def parse_schema(raw: object, source: str = "pipelines.yml") -> PipelinesConfig:
