@@ -52,6 +52,9 @@ class TargetPlugin:
     # The pipeline's target-specific keys (`container`, its own section), as key paths.
     check: Callable[[Pipeline], list[ConfigProblem]] = lambda pipeline: []
     health_key: str = ""  # its /healthz entry; targets on one engine share one
+    # Runs versions side by side on their own ports (bot.ports.SideBySideTarget), so a
+    # pipeline on it may sit behind a proxy (`traffic:`).
+    side_by_side: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def default_registry() -> Registry:
                 build=lambda shared: docker_host.DockerHostTarget(_engine(shared)),
                 check=docker_host.check_pipeline,
                 health_key="docker",
+                side_by_side=True,
             )
         )
         .add_target(
@@ -163,6 +167,14 @@ def _pipeline_problems(pipeline: Pipeline, registry: Registry) -> list[ConfigPro
         )
     else:
         problems += target.check(pipeline)
+        if pipeline.traffic is not None and not target.side_by_side:
+            problems.append(
+                ConfigProblem(
+                    "traffic",
+                    f"target {pipeline.target!r} runs its own rollout and cannot sit behind "
+                    "the bot's proxy (traffic: is for target: docker)",
+                )
+            )
     # Sections of the registered targets are theirs (a `swarm:` section may stay while a
     # pipeline tries target: docker); any other extra key is a typo.
     problems += [

@@ -15,7 +15,7 @@ from bot.domain.config import Approvals, Pipeline, Traffic
 from bot.domain.images import ImageRef
 from bot.domain.incidents import AnalysisChange, Incident
 from bot.domain.kpis import Reading
-from bot.domain.models import Rollout
+from bot.domain.models import Rollout, TrafficSplit
 from bot.domain.text import Text
 
 # Deploy targets ---------------------------------------------------------------------------
@@ -79,6 +79,10 @@ class Progress(Protocol):
         """Raise RolloutCancelled if the pipeline was halted; call only at safe points."""
         ...
 
+    def traffic(self, split: TrafficSplit) -> None:
+        """Record where the rollout's requests go, before the proxy is told (behind a proxy)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RolloutRequest:
@@ -115,6 +119,44 @@ class Target(Protocol):
 
     def recover(self, request: RolloutRequest, progress: Progress) -> bool:
         """Finish or undo a rollout a crashed bot left half done; True if the new version is live."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunningVersion:
+    """One version running on its own port, beside others (a pipeline behind a proxy)."""
+
+    version: str
+    rollout_id: str
+    port: int
+    image_id: str
+    started_at: str = ""  # the engine's start time (ISO), to tell the newest apart
+
+
+class SideBySideTarget(Target, Protocol):
+    """A target that can run several versions of a pipeline at once, each on its own port
+    from `traffic.ports`, so a proxy in front can move requests between them."""
+
+    def versions(self, pipeline_name: str, pipeline: Pipeline) -> list[RunningVersion]:
+        """The versions running now (healthy or not), from the engine."""
+        ...
+
+    def start_beside(self, request: RolloutRequest, progress: Progress) -> RunningVersion:
+        """Start the version on a free port next to what runs, and wait for its health.
+
+        Nothing running is touched. RolloutFailed (after removing what it started) when the
+        ports are exhausted, the container does not start or is not healthy in time.
+        """
+        ...
+
+    def stop_version(
+        self, pipeline_name: str, pipeline: Pipeline, port: int, *, keep: bool = True
+    ) -> None:
+        """Stop the version on `port` (kept for a later start, or removed)."""
+        ...
+
+    def check_health(self, pipeline_name: str, pipeline: Pipeline, port: int) -> None:
+        """Wait for the version on `port` to answer its health check; RolloutFailed if not."""
         ...
 
 
@@ -218,6 +260,10 @@ class Notifier(Protocol):
         """The breach alert and its five-whys thread; returns the alert's ts."""
         ...
 
+    def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
+        """The proxy had lost a pipeline's routes (it restarted) and the bot put them back."""
+        ...
+
     def incident_chart(self, incident: Incident) -> None:
         """The KPI's chart, in the alert's thread."""
         ...
@@ -258,6 +304,9 @@ class SilentNotifier:
         return None
 
     def incident_opened(self, incident: Incident) -> str | None:
+        return None
+
+    def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
         return None
 
     def incident_chart(self, incident: Incident) -> None:

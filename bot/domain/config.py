@@ -201,7 +201,9 @@ class Watch(Strict):
 
 class Kpi(Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
-    query: str = Field(min_length=1)
+    query: str = ""  # PromQL; behind a proxy it may use {version} and {baseline}
+    builtin: Literal["error_rate", "latency_average"] | None = None  # from the proxy's metrics
+    window: Duration = 30.0  # the rate window of a builtin KPI
     source: str = Field(default="prometheus", min_length=1)  # a registered KPI source
     max: float | None = None
     min: float | None = None
@@ -210,6 +212,11 @@ class Kpi(Strict):
 
     @model_validator(mode="after")
     def _has_tolerance(self) -> Kpi:
+        if bool(self.query.strip()) == (self.builtin is not None):
+            raise ValueError(
+                f"KPI {self.name!r} needs either a query or a builtin (error_rate, "
+                "latency_average), not both"
+            )
         if self.max is None and self.min is None:
             raise ValueError(f"KPI {self.name!r} needs max and/or min")
         if self.max is not None and self.min is not None and self.min > self.max:
@@ -396,6 +403,16 @@ class Pipeline(Strict):
         names = [kpi.name for kpi in self.kpis]
         if len(names) != len(set(names)):
             raise ValueError("KPI names must be unique within a pipeline")
+        return self
+
+    @model_validator(mode="after")
+    def _proxy_kpis(self) -> Pipeline:
+        for kpi in self.kpis if self.traffic is None else []:
+            if kpi.builtin or "{version}" in kpi.query or "{baseline}" in kpi.query:
+                raise ValueError(
+                    f"KPI {kpi.name!r} reads the proxy's per-version metrics "
+                    "(builtin, {version} or {baseline}): the pipeline needs a traffic block"
+                )
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.domain.config import Kpi
+from bot.domain.config import Kpi, Traffic
+from bot.domain.models import TrafficSplit
+from bot.domain.traffic import selector
+
+# HAProxy's exporter counts every response per server slot, by class (1xx ... 5xx, other).
+_RESPONSES = "haproxy_server_http_responses_total"
+BUILTIN_QUERIES = {
+    "error_rate": (
+        "sum(rate(" + _RESPONSES + '{{version},code="5xx"}[{window}])) '
+        "/ sum(rate(" + _RESPONSES + "{{version}}[{window}]))"
+    ),
+    # HAProxy 2.6 keeps no per-server histogram: the average over its last 1024 responses is
+    # the honest figure it gives.
+    "latency_average": "max(haproxy_server_response_time_average_seconds{{version}})",
+}
+
+
+def kpi_query(kpi: Kpi, traffic: Traffic | None, split: TrafficSplit | None) -> str | None:
+    """The query to run for this poll: a builtin's, or the KPI's own, with `{version}` and
+    `{baseline}` replaced by the two versions' label matchers. None when it names a baseline
+    and none runs (a first deploy, or the baseline was retired)."""
+    query = kpi.query
+    if kpi.builtin is not None:
+        query = BUILTIN_QUERIES[kpi.builtin].replace("{window}", f"{kpi.window:g}s")
+    if traffic is None or split is None:
+        return query
+    query = query.replace("{version}", selector(traffic, split.port))
+    if "{baseline}" in query:
+        if split.baseline_port is None or split.baseline_retired:
+            return None
+        query = query.replace("{baseline}", selector(traffic, split.baseline_port))
+    return query
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,26 @@ class Approval(BaseModel):
     at: float
 
 
+class TrafficSplit(BaseModel):
+    """Where a rollout's requests go behind the proxy: its version's port and the baseline's.
+
+    Written before the proxy is told, so what Redis holds is what the proxy must serve; after
+    a proxy restart the bot puts this back.
+    """
+
+    port: int
+    baseline_port: int | None = None
+    baseline_version: str = ""
+    percent: int = 100  # of requests to this rollout's version; the baseline takes the rest
+    step: int = 0  # index into the pipeline's plan (canary steps)
+    baseline_retired: bool = False  # drained and stopped: only `port` serves
+
+    def weights(self) -> dict[int, int]:
+        if self.baseline_port is None or self.baseline_retired:
+            return {self.port: 100}
+        return {self.port: self.percent, self.baseline_port: 100 - self.percent}
+
+
 class Rollout(BaseModel):
     id: str
     pipeline: str
@@ -105,6 +125,7 @@ class Rollout(BaseModel):
     finished_at: float | None = None
     incident_id: str | None = None
     forced: bool = False
+    traffic: TrafficSplit | None = None
 
     def why(self) -> Text:
         """Why it ended, as people read it: `rejected by <someone>`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.services import approvals
+from bot.services import approvals, traffic
 from bot.services.context import Context
 
 logger = logging.getLogger(__name__)
@@ -58,3 +58,11 @@ def reconcile_live_versions(ctx: Context) -> None:
             outcome="corrected",
             detail=f"live version {state.live_version or '(none)'} -> {engine_version or '(none)'}",
         )
+
+
+def restore_proxy_routes(ctx: Context) -> None:
+    """Every couple of seconds: a proxy that restarted gets its recorded routes back."""
+    try:
+        traffic.restore_routes(ctx)
+    except Exception:
+        logger.exception("could not check the proxy's routes")

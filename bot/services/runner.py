@@ -13,12 +13,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import cast
 
 from bot.domain.clock import Clock
 from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import ImageNotFound
 from bot.domain.images import ImageRef
-from bot.domain.models import Rollout, RolloutKind, RolloutStatus, Step, StepStatus
+from bot.domain.models import (
+    Rollout,
+    RolloutKind,
+    RolloutStatus,
+    Step,
+    StepStatus,
+    TrafficSplit,
+)
 from bot.ports import (
     LocatedImage,
     Notifier,
@@ -26,10 +34,12 @@ from bot.ports import (
     RolloutCancelled,
     RolloutFailed,
     RolloutRequest,
+    SideBySideTarget,
     Target,
 )
 from bot.services import approvals
 from bot.services.outcomes import record_outcome
+from bot.services.traffic import BehindProxy, Routers
 from bot.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -87,6 +97,12 @@ class RecordedProgress:
 
         self.runner.change(self.rollout_id, set_detail, wait=False)
 
+    def traffic(self, split: TrafficSplit) -> None:
+        def record(rollout: Rollout) -> None:
+            rollout.traffic = split
+
+        self.runner.change(self.rollout_id, record, wait=False)
+
     def check_cancelled(self) -> None:
         if not self.cancellable:
             return  # a rollback restores service; a halt must never stop it
@@ -109,6 +125,7 @@ class RolloutRunner:
         instance_id: str,
         settings: RolloutSettings,
         on_live: Callable[[Rollout, Pipeline], None] | None = None,
+        routers: Routers | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -118,6 +135,8 @@ class RolloutRunner:
         self.instance_id = instance_id
         self.settings = settings
         self.on_live = on_live
+        self.routers = routers
+        self._behind_proxy: dict[str, BehindProxy] = {}
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="rollout")
         self._active: dict[str, str] = {}  # rollout id -> pipeline, renewed by the heartbeat
         self._active_lock = threading.Lock()
@@ -143,7 +162,17 @@ class RolloutRunner:
         return self._heartbeat is not None
 
     def target_for(self, pipeline: Pipeline) -> Target:
-        return self.targets[pipeline.target]
+        target = self.targets[pipeline.target]
+        if pipeline.traffic is None:
+            return target
+        # The plugins' config checks admit `traffic:` only for targets that run versions side
+        # by side (bot/plugins.py), so this one does.
+        if self.routers is None:
+            raise RuntimeError("a pipeline has traffic: but the bot was built without routers")
+        if pipeline.target not in self._behind_proxy:
+            side_by_side = cast(SideBySideTarget, target)
+            self._behind_proxy[pipeline.target] = BehindProxy(side_by_side, self.routers)
+        return self._behind_proxy[pipeline.target]
 
     def change(
         self, rollout_id: str, change: Callable[[Rollout], None], *, wait: bool = True

@@ -25,10 +25,10 @@ from bot.domain.config import Kpi, Pipeline
 from bot.domain.errors import ImmuneError
 from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
-from bot.domain.kpis import judge, next_streak
+from bot.domain.kpis import Reading, judge, kpi_query, next_streak
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
 from bot.ports import KpiSource
-from bot.services import incidents
+from bot.services import incidents, traffic
 from bot.services.context import Context
 from bot.services.deploys import start_rollout
 from bot.services.halts import halt_pipeline
@@ -67,7 +67,7 @@ class Watcher:
             pipeline=rollout.pipeline,
             started_at=rollout.live_at or self.ctx.clock.now(),
             interval=pipeline.watch.interval,
-            duration=pipeline.watch.duration,
+            duration=traffic.watch_seconds(pipeline, rollout),
             warmup=pipeline.watch.warmup,
         )
         self.ctx.store.start_watch(watch)
@@ -149,17 +149,22 @@ class Watcher:
         metrics.POLL_LATENESS_SECONDS.labels(pipeline=watch.pipeline).observe(
             max(0.0, now - (watch.started_at + slot * watch.interval))
         )
-        samples, breached = self._poll_kpis(watch, pipeline, slot)
+        if pipeline.traffic is not None:
+            # A proxy that restarted lost its routes: put them back before judging.
+            traffic.restore_routes(self.ctx, [watch.pipeline])
+        samples, breached = self._poll_kpis(watch, pipeline, slot, rollout)
         if breached is not None:
             self.breach(rollout, pipeline, breached)
             return PollOutcome(slot, samples, breached, True)
         if slot >= watch.last_slot:
             self.finish_good(rollout, watch)
             return PollOutcome(slot, samples, None, True)
+        if pipeline.traffic is not None:
+            traffic.advance(self.ctx, rollout, pipeline)
         return PollOutcome(slot, samples, None, False)
 
     def _poll_kpis(
-        self, watch: WatchState, pipeline: Pipeline, slot: int
+        self, watch: WatchState, pipeline: Pipeline, slot: int, rollout: Rollout
     ) -> tuple[list[KpiSample], Kpi | None]:
         """Query and judge every KPI; two Redis round trips whatever the number of KPIs."""
         store = self.ctx.store
@@ -169,7 +174,12 @@ class Watcher:
         breached: Kpi | None = None
         for kpi in pipeline.kpis:
             started = time.perf_counter()
-            reading = self.sources[kpi.source].read(kpi.query, timeout)
+            query = kpi_query(kpi, pipeline.traffic, rollout.traffic)
+            reading = (
+                self.sources[kpi.source].read(query, timeout)
+                if query is not None
+                else Reading(None, "no baseline version runs to compare with")
+            )
             metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
                 time.perf_counter() - started
             )
@@ -236,6 +246,9 @@ class Watcher:
                     last_good_rollout=state.last_good_rollout,
                 )
             return
+        pipeline = self.ctx.config.pipelines.get(rollout.pipeline)
+        if pipeline is not None and pipeline.traffic is not None and serving:
+            traffic.retire_baseline(self.ctx, updated, pipeline)
         record_outcome(
             store,
             updated,
@@ -273,6 +286,10 @@ class Watcher:
         self.end(rollout.id)
         if not claimed:
             return None
+        # Behind a proxy the baseline still runs: every request goes back to it first.
+        sent_back = (
+            traffic.send_back(self.ctx, rollout, pipeline) if pipeline.auto_rollback else None
+        )
         metrics.BREACHES.labels(pipeline=rollout.pipeline, kpi=kpi.name).inc()
         state = self.ctx.store.pipeline(rollout.pipeline)
         incident = Incident(
@@ -283,7 +300,7 @@ class Watcher:
             bad_version=rollout.version,
             restored_version=state.last_good_version or None,
             kpi=kpi.name,
-            query=kpi.query,
+            query=kpi_query(kpi, pipeline.traffic, rollout.traffic) or kpi.query,
             tolerance=kpi.tolerance_text(),
             kpi_max=kpi.max,
             kpi_min=kpi.min,
@@ -296,6 +313,14 @@ class Watcher:
         halt_pipeline(
             self.ctx, rollout.pipeline, by="immune", reason="KPI breach", incident=incident.id
         )
+        if sent_back is not None and rollout.traffic is not None:
+            share = rollout.traffic.percent
+            step = rollout.traffic.step + 1
+            steps = len(pipeline.traffic.plan) if pipeline.traffic else 1
+            incident.actions.append(
+                f"sent all traffic back to `{sent_back.baseline_version}`; "
+                f"`{rollout.version}` had {share}% of requests (step {step} of {steps})"
+            )
         incident.actions.append(f"halted `{rollout.pipeline}`")
         if pipeline.auto_rollback:
             incident.rollback_rollout_id = self._roll_back(incident, pipeline)
@@ -304,7 +329,9 @@ class Watcher:
                 "auto-rollback is off: waiting for someone to confirm the rollback"
             )
         # After the rollback has started: the chart's context must not delay the cure.
-        incident.history = self._history(kpi, pipeline, rollout.live_at or detected_at, detected_at)
+        incident.history = self._history(
+            incident.query, kpi, pipeline, rollout.live_at or detected_at, detected_at
+        )
         incidents.create_incident(self.ctx.store, incident)
         self.ctx.runner.change(rollout.id, lambda r: setattr(r, "incident_id", incident.id))
         self.ctx.audit(
@@ -344,13 +371,13 @@ class Watcher:
         threading.Thread(target=post, name=f"chart-{incident.id}", daemon=True).start()
 
     def _history(
-        self, kpi: Kpi, pipeline: Pipeline, live_at: float, until: float
+        self, query: str, kpi: Kpi, pipeline: Pipeline, live_at: float, until: float
     ) -> list[tuple[float, float]]:
         before = max(60.0, 10 * pipeline.watch.interval)
         step = max(1.0, pipeline.watch.interval / 2)
         try:
             return self.sources[kpi.source].read_range(
-                kpi.query, live_at - before, until, step, timeout=2.0
+                query, live_at - before, until, step, timeout=2.0
             )
         except Exception:
             logger.exception("could not read the history of KPI %s", kpi.name)

@@ -124,6 +124,9 @@ class SlackNotifier:
     def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
         self.post(channel, texts.pipeline_resumed(pipeline, by, force_reason))
 
+    def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
+        self.post(channel, ":twisted_rightwards_arrows: " + mrkdwn(text))
+
     def incident_opened(self, incident: Incident) -> str | None:
         """Post the alert and open its thread with the five-whys template."""
         response = self.client.chat_postMessage(

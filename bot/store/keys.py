@@ -43,6 +43,7 @@ class Once(Enum):
     five_whys_reply = OnceKind("five-whys", 600)  # a thread answer, by its text's hash
     breach = OnceKind("breach", 86400)  # a breach with auto_rollback off, by rollout
     rollback_confirm = OnceKind("rollback-confirm", 7 * 86400)  # by incident
+    routes_restored = OnceKind("routes-restored", 30)  # a proxy restart told, by pipeline
 
     @property
     def ttl_seconds(self) -> float:

@@ -7,7 +7,9 @@ one stops first; it is kept (stopped, renamed `<name>--<version>`) so a rollback
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,7 @@ from bot.ports import (
     Progress,
     RolloutFailed,
     RolloutRequest,
+    RunningVersion,
     SwapResult,
     TestResult,
 )
@@ -43,6 +46,7 @@ LABEL_ROLE = "immune.role"  # "service" or "test"
 # The live container name is unique on an engine, so it tells this install's containers apart
 # from another install's pipeline of the same name on a shared engine.
 LABEL_CONTAINER = "immune.container"
+LABEL_PORT = "immune.port"  # behind a proxy: the loopback port this version listens on
 
 STOP_TIMEOUT_SECONDS = 10
 LOG_TAIL_LINES = 20
@@ -72,7 +76,53 @@ def check_pipeline(pipeline: Pipeline) -> list[ConfigProblem]:
     problems = check_container_options(pipeline)
     if "{slot}" in pipeline.health.url:
         problems.append(ConfigProblem("health.url", "{slot} is for target: swarm only"))
+    if pipeline.traffic is not None:
+        mode = pipeline.container.get("network_mode")
+        if mode not in (None, "host"):
+            problems.append(
+                ConfigProblem(
+                    "container.network_mode",
+                    "behind a proxy each version listens on a loopback port of the host: "
+                    "use network_mode: host (or leave it out)",
+                )
+            )
+        if "ports" in pipeline.container:
+            problems.append(
+                ConfigProblem(
+                    "container.ports",
+                    "behind a proxy the bot gives each version its port ($PORT); remove ports",
+                )
+            )
     return problems
+
+
+def with_port(value: Any, port: int) -> Any:
+    """`{port}` replaced in every string of a container option (lists and maps included)."""
+    if isinstance(value, str):
+        return value.replace("{port}", str(port))
+    if isinstance(value, list):
+        return [with_port(item, port) for item in value]
+    if isinstance(value, dict):
+        return {key: with_port(item, port) for key, item in value.items()}
+    return value
+
+
+def _with_port_variable(environment: Any, port: int) -> Any:
+    if isinstance(environment, list):
+        return [*[e for e in environment if not str(e).startswith("PORT=")], f"PORT={port}"]
+    return {**dict(environment or {}), "PORT": str(port)}
+
+
+def port_taken(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:`port` (we bind only to find out)."""
+    probe_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe_socket.bind(("127.0.0.1", port))
+    except OSError as exc:
+        return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    finally:
+        probe_socket.close()
+    return False
 
 
 # Listing containers sparsely is one engine call instead of one per container; a sparse
@@ -321,7 +371,10 @@ class DockerHostTarget:
             raise RolloutFailed(f"`{name}` is still running; refusing to start a second copy")
         self._keep(holder, name)
 
-    def _wait_healthy(self, container: Container, pipeline: Pipeline) -> None:
+    def _wait_healthy(
+        self, container: Container, pipeline: Pipeline, url: str | None = None
+    ) -> None:
+        url = url or pipeline.health.url
         deadline = time.monotonic() + pipeline.health.timeout
         last = "no answer yet"
         while True:
@@ -332,16 +385,13 @@ class DockerHostTarget:
                     f"the container exited with code {code} before it was healthy",
                     logs_tail=_logs_tail(container),
                 )
-            answer = probe(
-                self.http, pipeline.health.url, timeout=min(2.0, pipeline.health.timeout)
-            )
+            answer = probe(self.http, url, timeout=min(2.0, pipeline.health.timeout))
             if answer.healthy:
                 return
             last = answer.detail
             if time.monotonic() >= deadline:
                 raise RolloutFailed(
-                    f"health check {pipeline.health.url} failed for "
-                    f"{pipeline.health.timeout:g}s (last: {last})",
+                    f"health check {url} failed for {pipeline.health.timeout:g}s (last: {last})",
                     logs_tail=_logs_tail(container),
                 )
             self.sleep(pipeline.health.interval)
@@ -370,6 +420,173 @@ class DockerHostTarget:
         stopped.sort(key=lambda c: c.attrs.get("Created", 0), reverse=True)
         for container in stopped[keep:]:
             self._discard(container)
+
+    # Side by side, behind a proxy (pipelines with `traffic:`) ---------------------------
+
+    def versions(self, pipeline_name: str, pipeline: Pipeline) -> list[RunningVersion]:
+        running = []
+        for container in self._running(pipeline_name, pipeline.container["name"]):
+            labels = _labels(container)
+            if not labels.get(LABEL_PORT, "").isdigit():
+                continue  # started before the pipeline was put behind a proxy
+            running.append(
+                RunningVersion(
+                    version=labels.get(LABEL_VERSION, ""),
+                    rollout_id=labels.get(LABEL_ROLLOUT, ""),
+                    port=int(labels[LABEL_PORT]),
+                    image_id=_image_id(container),
+                    started_at=str(container.attrs.get("Created", "")),
+                )
+            )
+        running.sort(key=lambda v: v.started_at)
+        return running
+
+    def start_beside(self, request: RolloutRequest, progress: Progress) -> RunningVersion:
+        pipeline, base = request.pipeline, request.pipeline.container["name"]
+        assert pipeline.traffic is not None
+        version = request.image.version
+        containers = self._containers(request.pipeline_name, base)
+        port, kept = self._free_port(request, containers)
+        url = pipeline.health.url.replace("{port}", str(port))
+        with progress.step("start", detail=f"{version} on port {port}, beside what serves"):
+            if kept is not None:
+                kept.start()
+                container = kept
+            else:
+                container = self._create_beside(request, port)
+        with progress.step("health check", detail=url):
+            try:
+                self._wait_healthy(container, pipeline, url)
+            except RolloutFailed:
+                self._discard(container)
+                raise
+        return RunningVersion(
+            version=version,
+            rollout_id=request.rollout_id,
+            port=port,
+            image_id=request.located.image_id,
+        )
+
+    def _free_port(
+        self, request: RolloutRequest, containers: list[Container]
+    ) -> tuple[int, Container | None]:
+        """A port for the new version, and a kept container of it that may start there.
+
+        Ports no container of ours holds come first, taken in turn after the newest one's,
+        so a proxy slot (and its counters) is reused as late as possible.
+        """
+        traffic = request.pipeline.traffic
+        assert traffic is not None
+        held: dict[int, Container] = {}
+        for container in containers:
+            label = _labels(container).get(LABEL_PORT, "")
+            if label.isdigit():
+                held[int(label)] = container
+        running = {p for p, c in held.items() if c.status in ("running", "restarting")}
+        for port, container in held.items():
+            labels = _labels(container)
+            if (
+                port not in running
+                and labels.get(LABEL_VERSION) == request.image.version
+                and _image_id(container) == request.located.image_id
+                and port in traffic.ports
+                and not port_taken(port)
+            ):
+                return port, container
+        newest = max(
+            held,
+            key=lambda p: str(held[p].attrs.get("Created", "")),
+            default=traffic.ports.first - 1,
+        )
+        ports = list(traffic.ports.numbers())
+        start = ports.index(newest) + 1 if newest in ports else 0
+        in_turn = ports[start:] + ports[:start]
+        taken_by_others = []
+
+        def preference(port: int) -> tuple[bool, str, int]:
+            created = str(held[port].attrs.get("Created", "")) if port in held else ""
+            return port in held, created, in_turn.index(port)
+
+        for port in sorted(in_turn, key=preference):
+            if port in running:
+                continue
+            if port_taken(port):
+                taken_by_others.append(port)
+                continue
+            if port in held:
+                self._discard(held[port])  # a kept version on the port we need: oldest first
+            return port, None
+        raise RolloutFailed(
+            f"no free port in traffic.ports {traffic.ports}: {len(running)} held by running "
+            f"versions, {len(taken_by_others)} taken by other processes"
+            + (f" ({', '.join(map(str, taken_by_others[:5]))})" if taken_by_others else ""),
+        )
+
+    def _create_beside(self, request: RolloutRequest, port: int) -> Container:
+        base = request.pipeline.container["name"]
+        version = request.image.version
+        name = f"{base}--{version}"
+        with contextlib.suppress(docker.errors.NotFound):
+            previous = self.client.containers.get(name)
+            if _labels(previous).get(LABEL_PIPELINE) != request.pipeline_name:
+                raise RolloutFailed(
+                    f"a container named `{name}` exists that immune did not create; "
+                    "remove or rename it, then deploy again"
+                )
+            if previous.status in ("running", "restarting"):
+                raise RolloutFailed(f"`{name}` is already running on another port")
+            previous.remove(force=True)
+        options = with_port(container_options(request.pipeline), port)
+        options.setdefault("network_mode", "host")
+        options["environment"] = _with_port_variable(options.get("environment"), port)
+        labels = dict(options.pop("labels", None) or {})
+        labels.update(
+            {
+                LABEL_PIPELINE: request.pipeline_name,
+                LABEL_VERSION: version,
+                LABEL_ROLLOUT: request.rollout_id,
+                LABEL_REFERENCE: request.image.reference,
+                LABEL_ROLE: "service",
+                LABEL_CONTAINER: base,
+                LABEL_PORT: str(port),
+            }
+        )
+        options["name"] = name
+        try:
+            container = self.client.containers.create(
+                request.located.image_id, labels=labels, detach=True, **options
+            )
+        except (docker.errors.APIError, TypeError) as exc:
+            raise RolloutFailed(f"the engine refused to create the container: {exc}") from exc
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            logs = _logs_tail(container)
+            self._discard(container)
+            raise RolloutFailed(
+                f"the container did not start: {exc.explanation}", logs_tail=logs
+            ) from exc
+        return container
+
+    def stop_version(
+        self, pipeline_name: str, pipeline: Pipeline, port: int, *, keep: bool = True
+    ) -> None:
+        for container in self._containers(pipeline_name, pipeline.container["name"]):
+            if _labels(container).get(LABEL_PORT) != str(port):
+                continue
+            if not keep:
+                self._discard(container)
+            elif container.status in ("running", "restarting"):
+                container.stop(timeout=STOP_TIMEOUT_SECONDS)
+        self._prune(pipeline_name, pipeline.container["name"], pipeline.keep_versions)
+
+    def check_health(self, pipeline_name: str, pipeline: Pipeline, port: int) -> None:
+        for container in self._running(pipeline_name, pipeline.container["name"]):
+            if _labels(container).get(LABEL_PORT) == str(port):
+                url = pipeline.health.url.replace("{port}", str(port))
+                self._wait_healthy(container, pipeline, url)
+                return
+        raise RolloutFailed(f"no version of `{pipeline_name}` runs on port {port}")
 
     # Recovery after a crash --------------------------------------------------------------
 

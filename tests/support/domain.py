@@ -47,6 +47,9 @@ class RecordingNotifier(SilentNotifier):
     def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
         self.posts.append((channel, texts.pipeline_resumed(pipeline, by, force_reason)))
 
+    def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
+        self.posts.append((channel, mrkdwn(text)))
+
     def incident_opened(self, incident: Incident) -> str | None:
         self.opened.append(incident)
         return f"{START + 1000 + len(self.opened):.6f}"

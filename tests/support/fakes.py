@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.domain.config import ConfigProblem, Pipeline, problems_of
+from bot.domain.config import ConfigProblem, Pipeline, Traffic, problems_of
 from bot.domain.errors import ImageNotFound
 from bot.domain.images import ImageRef
 from bot.domain.kpis import Reading
@@ -23,8 +24,10 @@ from bot.ports import (
     Progress,
     RolloutFailed,
     RolloutRequest,
+    RunningVersion,
     SwapResult,
     TestResult,
+    TrafficError,
 )
 
 MEMORY = "memory"  # the fake target's name and its section's key
@@ -122,3 +125,96 @@ class ScriptedSource:
         self, query: str, start: float, end: float, step: float, timeout: float
     ) -> list[tuple[float, float]]:
         return []
+
+
+@dataclass
+class SideBySideMemoryTarget(MemoryTarget):
+    """Runs versions side by side, each on a port of `traffic.ports` (bot.ports.SideBySideTarget).
+
+    `unhealthy` versions start but fail their health check; `stopped` lists (port, kept).
+    """
+
+    unhealthy: set[str] = field(default_factory=set)
+    by_port: dict[int, RunningVersion] = field(default_factory=dict)
+    stopped: list[tuple[int, bool]] = field(default_factory=list)
+    started: int = 0
+
+    def versions(self, pipeline_name: str, pipeline: Pipeline) -> list[RunningVersion]:
+        with self.lock:
+            return sorted(self.by_port.values(), key=lambda v: v.started_at)
+
+    def start_beside(self, request: RolloutRequest, progress: Progress) -> RunningVersion:
+        traffic = request.pipeline.traffic
+        assert traffic is not None
+        version = request.image.version
+        with self.lock:
+            free = [p for p in traffic.ports.numbers() if p not in self.by_port]
+        if not free:
+            raise RolloutFailed(f"no free port in traffic.ports {traffic.ports}")
+        with progress.step("start", detail=f"{version} on port {free[0]}"), self.lock:
+            self.started += 1
+            running = RunningVersion(
+                version,
+                request.rollout_id,
+                free[0],
+                request.located.image_id,
+                started_at=f"{self.started:06d}",
+            )
+            self.by_port[free[0]] = running
+            self.calls.append(("start", version))
+        with progress.step("health check", detail=version):
+            if version in self.unhealthy or version in self.failing:
+                self.stop_version(request.pipeline_name, request.pipeline, free[0], keep=False)
+                raise RolloutFailed(f"{version} did not become healthy", restored=True)
+        return running
+
+    def stop_version(
+        self, pipeline_name: str, pipeline: Pipeline, port: int, *, keep: bool = True
+    ) -> None:
+        with self.lock:
+            self.by_port.pop(port, None)
+            self.stopped.append((port, keep))
+
+    def check_health(self, pipeline_name: str, pipeline: Pipeline, port: int) -> None:
+        with self.lock:
+            running = self.by_port.get(port)
+        if running is None or running.version in self.unhealthy:
+            raise RolloutFailed(f"nothing healthy on port {port}")
+
+
+@dataclass
+class MemoryRouter:
+    """A proxy's runtime state in a dict, per backend; `down` refuses every command, `refuse`
+    refuses route() only; restart() forgets everything, as HAProxy does."""
+
+    weights: dict[str, dict[int, int]] = field(default_factory=dict)
+    drained: list[int] = field(default_factory=list)
+    routed: list[dict[int, int]] = field(default_factory=list)
+    down: bool = False
+    refuse: bool = False
+
+    def health(self) -> dict[str, object]:
+        return {"ok": not self.down}
+
+    def _check(self) -> None:
+        if self.down:
+            raise TrafficError("connection refused")
+
+    def route(self, traffic: Traffic, weights: Mapping[int, int]) -> None:
+        self._check()
+        if self.refuse:
+            raise TrafficError("No such server.")
+        self.weights[traffic.backend] = dict(weights)
+        self.routed.append(dict(weights))
+
+    def drain(self, traffic: Traffic, port: int) -> None:
+        self._check()
+        self.drained.append(port)
+        self.weights.get(traffic.backend, {}).pop(port, None)
+
+    def routes(self, traffic: Traffic) -> dict[int, int]:
+        self._check()
+        return dict(self.weights.get(traffic.backend, {}))
+
+    def restart(self) -> None:
+        self.weights.clear()

@@ -1,0 +1,385 @@
+"""Traffic behind a proxy: start-first swaps, blue/green and canary splits, and the proxy's
+routes put back after it restarts (DESIGN.md, "Traffic").
+
+`BehindProxy` is the Target a pipeline with `traffic:` is deployed through: it starts the new
+version beside the one serving (the side-by-side target does the containers) and moves the
+requests with the proxy (the Router does the runtime API). Every split is recorded on the
+rollout before the proxy is told, so Redis always says what the proxy must serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+from bot.domain.config import Pipeline, Traffic
+from bot.domain.images import ImageRef
+from bot.domain.models import Rollout, TrafficSplit
+from bot.domain.text import say
+from bot.ports import (
+    LiveVersion,
+    LocatedImage,
+    Progress,
+    RolloutFailed,
+    RolloutRequest,
+    Router,
+    RunningVersion,
+    SideBySideTarget,
+    SwapResult,
+    TestResult,
+    TrafficError,
+)
+from bot.services.context import Context
+from bot.store.keys import Once
+
+logger = logging.getLogger(__name__)
+
+
+class Routers:
+    """One Router per proxy runtime API, made on first use (the composition root says how)."""
+
+    def __init__(self, make: Callable[[str], Router]) -> None:
+        self._make = make
+        self._made: dict[str, Router] = {}
+        self._lock = threading.Lock()
+
+    def for_traffic(self, traffic: Traffic) -> Router:
+        with self._lock:
+            if traffic.runtime_api not in self._made:
+                self._made[traffic.runtime_api] = self._make(traffic.runtime_api)
+            return self._made[traffic.runtime_api]
+
+
+def watch_seconds(pipeline: Pipeline, rollout: Rollout) -> float:
+    """How long a deploy is watched: every canary step before 100%, then `watch.duration`.
+
+    A first deploy has no baseline to share the traffic with: it takes it all at once.
+    """
+    traffic, split = pipeline.traffic, rollout.traffic
+    if traffic is None or split is None or split.baseline_port is None:
+        return pipeline.watch.duration
+    return (len(traffic.plan) - 1) * traffic.step_duration + pipeline.watch.duration
+
+
+def describe(split: TrafficSplit, version: str) -> str:
+    if split.baseline_port is None or split.baseline_retired:
+        return f"100% to {version} (port {split.port})"
+    return (
+        f"{split.percent}% to {version} (port {split.port}), "
+        f"{100 - split.percent}% to {split.baseline_version} (port {split.baseline_port})"
+    )
+
+
+def _serving(
+    running: list[RunningVersion], routes: dict[int, int], besides: RunningVersion | None = None
+) -> RunningVersion | None:
+    """The running version with the most traffic (the newest when the proxy knows none)."""
+    others = [v for v in running if besides is None or v.port != besides.port]
+    if not others:
+        return None
+    return max(others, key=lambda v: (routes.get(v.port, -1), v.started_at))
+
+
+class BehindProxy:
+    """The Target of a pipeline with `traffic:`: versions side by side, requests moved by the
+    proxy; nothing is stopped before its replacement is healthy and holds the traffic."""
+
+    def __init__(
+        self,
+        target: SideBySideTarget,
+        routers: Routers,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.target = target
+        self.routers = routers
+        self.sleep = sleep
+
+    def health(self) -> dict[str, object]:
+        return self.target.health()
+
+    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+        return self.target.locate(pipeline_name, pipeline, image)
+
+    def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
+        return self.target.run_tests(pipeline, located, rollout_id)
+
+    def router(self, pipeline: Pipeline) -> Router:
+        assert pipeline.traffic is not None
+        return self.routers.for_traffic(pipeline.traffic)
+
+    def live(self, pipeline_name: str, pipeline: Pipeline) -> LiveVersion | None:
+        running = self.target.versions(pipeline_name, pipeline)
+        try:
+            routes = self.router(pipeline).routes(_traffic(pipeline))
+        except TrafficError:
+            routes = {}
+        serving = _serving(running, routes)
+        if serving is None:
+            return None
+        return LiveVersion(version=serving.version, rollout_id=serving.rollout_id)
+
+    def _routes_before_any_change(self, pipeline: Pipeline, progress: Progress) -> dict[int, int]:
+        traffic = _traffic(pipeline)
+        with progress.step("proxy", detail=f"{traffic.proxy} at {traffic.runtime_api}"):
+            try:
+                return self.router(pipeline).routes(traffic)
+            except TrafficError as exc:
+                raise RolloutFailed(
+                    f"{traffic.proxy} runtime API {traffic.runtime_api}: {exc.reason}; "
+                    "nothing was started and no traffic moved",
+                    restored=True,
+                ) from exc
+
+    def roll_out(self, request: RolloutRequest, progress: Progress) -> SwapResult:
+        pipeline, name = request.pipeline, request.pipeline_name
+        traffic = _traffic(pipeline)
+        routes = self._routes_before_any_change(pipeline, progress)
+        running = self.target.versions(name, pipeline)
+        same = [
+            v
+            for v in running
+            if v.version == request.image.version and v.image_id == request.located.image_id
+        ]
+        started = not same
+        if same:
+            # A rollback during the watch: the old version still runs; only traffic moves.
+            new = max(same, key=lambda v: (routes.get(v.port, -1), v.started_at))
+        else:
+            progress.check_cancelled()
+            new = self.target.start_beside(request, progress)
+        baseline = _serving(running, routes, besides=new)
+        final = request.rollback or not pipeline.kpis
+        percent = 100 if final or baseline is None else traffic.plan[0]
+        split = TrafficSplit(
+            port=new.port,
+            baseline_port=baseline.port if baseline else None,
+            baseline_version=baseline.version if baseline else "",
+            percent=percent,
+        )
+        progress.traffic(split)
+        with progress.step("move traffic", detail=describe(split, request.image.version)):
+            try:
+                self.router(pipeline).route(traffic, split.weights())
+            except TrafficError as exc:
+                if started:
+                    self.target.stop_version(name, pipeline, new.port, keep=False)
+                keeps = f"; {baseline.version} keeps its traffic" if baseline else ""
+                raise RolloutFailed(
+                    f"{traffic.proxy} refused to move traffic: {exc.reason}{keeps}", restored=True
+                ) from exc
+        for stray in running:
+            if stray.port not in (new.port, split.baseline_port):
+                self.target.stop_version(name, pipeline, stray.port)
+        notes = []
+        if final and baseline is not None:
+            self.retire(name, pipeline, split, progress)
+        elif baseline is not None:
+            notes.append(
+                f"{baseline.version} keeps running on port {baseline.port} until the watch ends"
+            )
+        return SwapResult(gap_seconds=None, notes=notes)
+
+    def retire(
+        self, name: str, pipeline: Pipeline, split: TrafficSplit, progress: Progress | None
+    ) -> None:
+        """Drain the baseline (requests in flight finish), then stop and keep it."""
+        if split.baseline_port is None or split.baseline_retired:
+            return
+        traffic = _traffic(pipeline)
+        retired = split.model_copy(update={"baseline_retired": True})
+        if progress is not None:
+            progress.traffic(retired)
+        detail = f"{split.baseline_version} on port {split.baseline_port} for {traffic.drain:g}s"
+        with progress.step("drain", detail=detail) if progress is not None else nullcontext():
+            try:
+                self.router(pipeline).drain(traffic, split.baseline_port)
+            except TrafficError as exc:
+                # Its weight is 0 already: no new requests reach it either way.
+                logger.warning("%s: could not drain port %s: %s", name, split.baseline_port, exc)
+            self.sleep(traffic.drain)
+            self.target.stop_version(name, pipeline, split.baseline_port)
+
+    def recover(self, request: RolloutRequest, progress: Progress) -> bool:
+        """A rollout whose bot died: finish it if its version runs and is healthy, else send
+        everything back to what served before and stop it."""
+        pipeline, name = request.pipeline, request.pipeline_name
+        traffic = _traffic(pipeline)
+        routes = self._routes_before_any_change(pipeline, progress)
+        running = self.target.versions(name, pipeline)
+        mine = [v for v in running if v.rollout_id == request.rollout_id]
+        new = mine[0] if mine else None
+        if new is not None:
+            try:
+                with progress.step("health check", detail="after bot restart"):
+                    self.target.check_health(name, pipeline, new.port)
+            except RolloutFailed:
+                new = None
+        baseline = (
+            _serving(running, routes, besides=new)
+            if new
+            else _serving([v for v in running if v not in mine], routes)
+        )
+        if new is not None:
+            final = request.rollback or not pipeline.kpis
+            split = TrafficSplit(
+                port=new.port,
+                baseline_port=baseline.port if baseline else None,
+                baseline_version=baseline.version if baseline else "",
+                percent=100 if final or baseline is None else traffic.plan[0],
+            )
+            progress.traffic(split)
+            with progress.step("move traffic", detail=describe(split, new.version)):
+                self._route(pipeline, split)
+            if final and baseline is not None:
+                self.retire(name, pipeline, split, progress)
+            return True
+        if baseline is not None:
+            with progress.step("restore", detail=f"all traffic to {baseline.version}"):
+                self._route(pipeline, TrafficSplit(port=baseline.port))
+        for version in mine:
+            self.target.stop_version(name, pipeline, version.port, keep=False)
+        return False
+
+    def _route(self, pipeline: Pipeline, split: TrafficSplit) -> None:
+        try:
+            self.router(pipeline).route(_traffic(pipeline), split.weights())
+        except TrafficError as exc:
+            raise RolloutFailed(
+                f"the proxy refused the routes: {exc.reason}", restored=False
+            ) from exc
+
+
+def _traffic(pipeline: Pipeline) -> Traffic:
+    assert pipeline.traffic is not None, "only pipelines with traffic: are behind a proxy"
+    return pipeline.traffic
+
+
+def served(ctx: Context, pipeline: Pipeline) -> BehindProxy:
+    target = ctx.target(pipeline)
+    assert isinstance(target, BehindProxy), "a pipeline with traffic: deploys through BehindProxy"
+    return target
+
+
+# During the watch ---------------------------------------------------------------------------
+
+
+def advance(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSplit | None:
+    """A canary's next step once its time has come (no breach so far); returns the new split."""
+    split = rollout.traffic
+    traffic = pipeline.traffic
+    if split is None or traffic is None or rollout.live_at is None:
+        return None
+    if split.baseline_port is None or split.baseline_retired:
+        return None
+    plan = traffic.plan
+    due = min(
+        len(plan) - 1, math.floor((ctx.clock.now() - rollout.live_at) / traffic.step_duration)
+    )
+    if due <= split.step:
+        return None
+    moved = split.model_copy(update={"step": due, "percent": plan[due]})
+
+    def record(r: Rollout) -> None:
+        r.traffic = moved
+
+    ctx.runner.change(rollout.id, record)
+    try:
+        served(ctx, pipeline).router(pipeline).route(traffic, moved.weights())
+    except TrafficError as exc:
+        # Recorded already: the next routes check puts it in place once the proxy answers.
+        logger.error("%s: canary step %d not applied: %s", rollout.pipeline, due + 1, exc.reason)
+    ctx.audit(
+        actor="immune",
+        action="canary.step",
+        pipeline=rollout.pipeline,
+        rollout=rollout.id,
+        detail=f"step {due + 1}/{len(plan)}: " + describe(moved, rollout.version),
+    )
+    return moved
+
+
+def send_back(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSplit | None:
+    """On a breach: every request to the baseline at once (it still runs), before anything
+    else happens; returns the split that went out, or None when there is no baseline."""
+    split = rollout.traffic
+    if split is None or pipeline.traffic is None:
+        return None
+    if split.baseline_port is None or split.baseline_retired:
+        return None
+    back = split.model_copy(update={"percent": 0})
+
+    def record(r: Rollout) -> None:
+        r.traffic = back
+
+    ctx.runner.change(rollout.id, record, wait=False)
+    try:
+        served(ctx, pipeline).router(pipeline).route(pipeline.traffic, back.weights())
+    except TrafficError as exc:
+        logger.error("%s: could not send traffic back: %s", rollout.pipeline, exc.reason)
+        return None
+    return back
+
+
+def retire_baseline(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
+    """The watch ended well: drain and stop the baseline, off the scheduler's thread."""
+    split = rollout.traffic
+    if split is None or split.baseline_port is None or split.baseline_retired:
+        return
+    retired = split.model_copy(update={"baseline_retired": True})
+
+    def record(r: Rollout) -> None:
+        r.traffic = retired
+
+    ctx.runner.change(rollout.id, record, wait=False)
+
+    def drain() -> None:
+        try:
+            served(ctx, pipeline).retire(rollout.pipeline, pipeline, split, None)
+        except Exception:
+            logger.exception("%s: could not retire %s", rollout.pipeline, split.baseline_version)
+
+    threading.Thread(target=drain, name=f"drain-{rollout.id}", daemon=True).start()
+
+
+def restore_routes(ctx: Context, names: list[str] | None = None) -> list[str]:
+    """Put the recorded routes back where the proxy lost them (it restarted); returns the
+    pipelines whose routes were restored. Pipelines with a rollout in flight are left to it."""
+    restored = []
+    for name in names if names is not None else sorted(ctx.config.pipelines):
+        pipeline = ctx.config.pipelines[name]
+        if pipeline.traffic is None:
+            continue
+        state = ctx.store.pipeline(name)
+        if state.inflight_rollout or not state.live_rollout:
+            continue
+        rollout = ctx.store.rollout(state.live_rollout)
+        if rollout is None or rollout.traffic is None:
+            continue
+        router = served(ctx, pipeline).router(pipeline)
+        wanted = rollout.traffic.weights()
+        try:
+            if router.routes(pipeline.traffic) == wanted:
+                continue
+            router.route(pipeline.traffic, wanted)
+        except TrafficError as exc:
+            logger.warning("%s: the proxy's routes could not be checked: %s", name, exc.reason)
+            continue
+        restored.append(name)
+        detail = describe(rollout.traffic, rollout.version)
+        logger.warning("%s: the proxy had lost its routes; restored %s", name, detail)
+        if ctx.store.claim_once(Once.routes_restored, name):
+            ctx.audit(actor="immune", action="traffic.restore", pipeline=name, detail=detail)
+            ctx.notifier.routes_restored(
+                pipeline.channel,
+                name,
+                say(
+                    "{} had lost its routes (restarted?); put back: {}",
+                    pipeline.traffic.proxy,
+                    detail,
+                ),
+            )
+    return restored

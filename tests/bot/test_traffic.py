@@ -1,0 +1,434 @@
+"""Traffic behind a proxy, on a side-by-side memory target and a memory router: start-first
+swaps, blue/green, canary steps, a breach at a step, rollbacks that move only traffic, a proxy
+that refuses or restarts, and the config rules (issue 11). The real HAProxy and Docker are in
+tests/scenarios/test_traffic.py."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot.domain.clock import FrozenClock
+from bot.domain.errors import ConfigError
+from bot.domain.kpis import kpi_query
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_pipelines
+from bot.services import deploys, traffic
+from bot.services.context import Context, Limits
+from bot.services.requests import CommandRequest
+from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.services.traffic import Routers
+from bot.services.watch import Watcher
+from bot.slack.render import mrkdwn
+from bot.store.keys import Keys
+from bot.store.store import Store
+from tests.support.domain import CHANNEL, START, RecordingNotifier
+from tests.support.fakes import (
+    MEMORY,
+    MemoryRouter,
+    ScriptedSource,
+    SideBySideMemoryTarget,
+    check_memory_pipeline,
+    memory_config,
+)
+
+QUERY = "error_ratio{{version}}"
+REGISTRY = (
+    default_registry()
+    .add_target(
+        TargetPlugin(
+            name=MEMORY,
+            build=lambda shared: SideBySideMemoryTarget(),
+            check=check_memory_pipeline,
+            side_by_side=True,
+        )
+    )
+    .add_source(KpiSourcePlugin(name="scripted", build=lambda shared: ScriptedSource()))
+)
+PORTS = (18100, 18103)
+
+
+def traffic_block(**fields: Any) -> dict[str, Any]:
+    return {
+        "listen": "127.0.0.1:18080",
+        "runtime_api": "/run/immune-test/haproxy.sock",  # never dialled: the router is memory
+        "backend": "web",
+        "ports": f"{PORTS[0]}-{PORTS[1]}",
+        "drain": "0s",
+        **fields,
+    }
+
+
+def traffic_pipeline(*, kpis: bool = True, **fields: Any) -> dict[str, Any]:
+    return memory_config(
+        health={"url": "http://127.0.0.1:{port}/healthz"},
+        traffic=traffic_block(**fields),
+        watch={"interval": "1s", "duration": "2s", "warmup": 0},
+        kpis=(
+            [{"name": "error_ratio", "query": QUERY, "source": "scripted", "max": 0.1}]
+            if kpis
+            else []
+        ),
+    )
+
+
+class Rig:
+    def __init__(self, client: redis.Redis, raw: dict[str, Any]) -> None:
+        self.clock = FrozenClock(START)
+        self.store = Store(client, Keys(f"immune-unit-{secrets.token_hex(3)}"), self.clock)
+        self.notifier = RecordingNotifier()
+        self.target = SideBySideMemoryTarget(images={"1", "2", "3"})
+        self.router = MemoryRouter()
+        self.source = ScriptedSource()
+        self.config = parse_pipelines(raw, registry=REGISTRY)
+        self.runner = RolloutRunner(
+            store=self.store,
+            config=self.config,
+            targets={MEMORY: self.target},
+            notifier=self.notifier,
+            clock=self.clock,
+            instance_id="unit",
+            settings=RolloutSettings(lock_ttl_seconds=3),
+            routers=Routers(lambda runtime_api: self.router),
+        )
+        self.ctx = Context(
+            limits=Limits(lock_ttl_seconds=3),
+            config=self.config,
+            store=self.store,
+            runner=self.runner,
+            notifier=self.notifier,
+            clock=self.clock,
+            instance_id="unit",
+        )
+        self.watcher = Watcher(self.ctx, BackgroundScheduler(), {"scripted": self.source})
+        self.runner.on_live = self.watcher.begin
+
+    def command(self, command: str, text: str) -> str:
+        request = CommandRequest(command, text, "U0ADMIN", CHANNEL)
+        operation = {"/deploy": deploys.deploy, "/rollback": deploys.rollback}
+        return mrkdwn(operation[command](self.ctx, request).text)
+
+    def newest(self) -> Rollout:
+        [rollout] = self.store.recent_rollouts("web", 1)
+        return rollout
+
+    def settled(self, rollout_id: str, done: Callable[[Rollout], bool]) -> Rollout:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rollout = self.store.rollout(rollout_id)
+            if rollout is not None and done(rollout):
+                return rollout
+            time.sleep(0.01)
+        raise AssertionError(f"{rollout_id} did not settle: {self.store.rollout(rollout_id)}")
+
+    def deploy(self, version: str, until: RolloutStatus) -> Rollout:
+        self.clock.advance(1)  # the newest rollout is the one created last
+        self.command("/deploy", f"web {version}")
+        return self.settled(self.newest().id, lambda r: r.status is until)
+
+    def poll(self, rollout: Rollout, value: float, polls: int = 1) -> None:
+        for _ in range(polls):
+            query = kpi_query(self.config.pipelines["web"].kpis[0], self.traffic, rollout.traffic)
+            assert query is not None
+            self.source.values[query] = [value]
+            self.clock.advance(1.0)
+            self.watcher.poll(rollout.id)
+
+    @property
+    def traffic(self) -> Any:
+        return self.config.pipelines["web"].traffic
+
+    def weights(self) -> dict[int, int]:
+        return self.router.weights.get("web", {})
+
+    def port_of(self, version: str) -> int:
+        [port] = [p for p, v in self.target.by_port.items() if v.version == version]
+        return port
+
+    def wait_for(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def make(redis_client: redis.Redis) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make_rig(**fields: Any) -> Rig:
+        rig = Rig(redis_client, traffic_pipeline(**fields))
+        rigs.append(rig)
+        return rig
+
+    yield make_rig
+    for rig in rigs:
+        rig.runner.shutdown(wait=True)
+
+
+def good_first(rig: Rig, version: str = "1") -> Rollout:
+    live = rig.deploy(version, RolloutStatus.live)
+    rig.poll(live, 0.0, polls=2)
+    return rig.settled(live.id, lambda r: r.status is RolloutStatus.good)
+
+
+# Blue/green ---------------------------------------------------------------------------------
+
+
+def test_blue_green_starts_the_new_version_beside_the_old_then_moves_all_traffic(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    first = good_first(rig)
+    assert first.traffic is not None and first.traffic.weights() == {PORTS[0]: 100}
+    assert rig.weights() == {PORTS[0]: 100}
+
+    second = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    assert old != new, "each version its own port"
+    assert rig.weights() == {new: 100, old: 0}, "all traffic at once; the old one waits at 0"
+    assert set(rig.target.by_port) == {old, new}, "the old version keeps running for the watch"
+    assert [s.name for s in second.steps] == [
+        "locate image",
+        "proxy",
+        "start",
+        "health check",
+        "move traffic",
+    ]
+    assert second.traffic is not None and second.traffic.baseline_version == "1"
+
+    rig.poll(second, 0.0, polls=2)
+    rig.settled(second.id, lambda r: r.status is RolloutStatus.good)
+    rig.wait_for(lambda: old not in rig.target.by_port, "the old version drained and stopped")
+    assert rig.router.drained == [old]
+    assert (old, True) in rig.target.stopped, "stopped and kept, as without a proxy"
+    assert rig.weights() == {new: 100}
+
+
+def test_a_breach_sends_every_request_back_with_one_route_and_starts_nothing(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    bad = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    routes_before = len(rig.router.routed)
+    rig.poll(bad, 0.5)
+    assert rig.store.rollout(bad.id).status is RolloutStatus.rolled_back  # type: ignore[union-attr]
+    assert rig.router.routed[routes_before] == {old: 100, new: 0}, "traffic back first"
+    [restore] = [
+        r for r in rig.store.recent_rollouts("web", 3) if r.kind is RolloutKind.auto_rollback
+    ]
+    restore = rig.settled(restore.id, lambda r: r.status is RolloutStatus.good)
+    assert [c for c in rig.target.calls if c[0] == "start"] == [("start", "1"), ("start", "2")], (
+        "the rollback started no container"
+    )
+    assert "start" not in [s.name for s in restore.steps]
+    rig.wait_for(lambda: new not in rig.target.by_port, "the bad version drained and stopped")
+    assert rig.weights() == {old: 100}
+    [incident] = rig.notifier.opened
+    assert any(
+        "sent all traffic back to `1`" in a and "100% of requests" in a for a in incident.actions
+    ), incident.actions
+
+
+def test_a_rollback_after_the_watch_starts_the_old_version_on_a_free_port_first(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    second = rig.deploy("2", RolloutStatus.live)
+    rig.poll(second, 0.0, polls=2)
+    rig.settled(second.id, lambda r: r.status is RolloutStatus.good)
+    rig.wait_for(lambda: len(rig.target.by_port) == 1, "the baseline retired")
+    new = rig.port_of("2")
+    rig.clock.advance(1)
+    rig.command("/rollback", "web 1")
+    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    assert back.status is RolloutStatus.good, back.error
+    old = rig.port_of("1")
+    assert old != new
+    assert rig.weights() == {old: 100}
+    assert new not in rig.target.by_port, "the replaced version drained and stopped"
+
+
+def test_an_unhealthy_version_never_gets_traffic_and_the_old_one_keeps_it(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    good_first(rig)
+    rig.target.unhealthy.add("2")
+    routes_before = list(rig.router.routed)
+    failed = rig.deploy("2", RolloutStatus.failed)
+    assert failed.error == "2 did not become healthy"
+    assert rig.router.routed == routes_before, "no traffic moved"
+    assert set(rig.target.by_port) == {PORTS[0]}
+
+
+def test_a_proxy_that_does_not_answer_fails_the_deploy_before_anything_starts(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    good_first(rig)
+    rig.router.down = True
+    failed = rig.deploy("2", RolloutStatus.failed)
+    assert "runtime API /run/immune-test/haproxy.sock: connection refused" in failed.error
+    assert "nothing was started and no traffic moved" in failed.error
+    assert [c for c in rig.target.calls if c[0] == "start"] == [("start", "1")]
+
+
+def test_a_proxy_that_refuses_the_move_fails_the_deploy_and_removes_the_new_version(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    good_first(rig)
+    rig.router.refuse = True
+    failed = rig.deploy("2", RolloutStatus.failed)
+    assert failed.error == "haproxy refused to move traffic: No such server.; 1 keeps its traffic"
+    assert set(rig.target.by_port) == {PORTS[0]}
+    assert rig.target.stopped[-1][1] is False, "the new version was removed, not kept"
+    assert rig.store.pipeline("web").live_version == "1"
+
+
+# Canary ---------------------------------------------------------------------------------------
+
+
+def test_a_canary_moves_step_by_step_and_each_step_is_recorded_before_the_proxy_is_told(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="canary", steps=[5, 50, 100], step_duration="2s")
+    good_first(rig)
+    canary = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    assert rig.weights() == {new: 5, old: 95}
+    watch = rig.store.watch(canary.id)
+    assert watch is not None and watch.duration == 2 * 2 + 2, "two steps before 100%, then 2s"
+    seen = []
+    for _ in range(6):
+        current = rig.store.rollout(canary.id)
+        assert current is not None
+        rig.poll(current, 0.0)
+        seen.append(dict(rig.weights()))
+    assert {new: 50, old: 50} in seen and {new: 100, old: 0} in seen
+    assert seen.index({new: 50, old: 50}) < seen.index({new: 100, old: 0})
+    done = rig.settled(canary.id, lambda r: r.status is RolloutStatus.good)
+    assert done.traffic is not None and done.traffic.percent == 100
+    rig.wait_for(lambda: rig.weights() == {new: 100}, "the baseline retired")
+    steps = [
+        e.detail
+        for e in rig.store.audit_entries(pipeline="web", limit=30)
+        if e.action == "canary.step"
+    ]
+    assert sorted(steps) == sorted(
+        [
+            f"step 2/3: 50% to 2 (port {new}), 50% to 1 (port {old})",
+            f"step 3/3: 100% to 2 (port {new}), 0% to 1 (port {old})",
+        ]
+    )
+
+
+def test_a_breach_at_the_first_canary_step_says_what_share_the_bad_version_had(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="canary", steps=[5, 25, 100], step_duration="10s")
+    good_first(rig)
+    bad = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    rig.poll(bad, 0.9)
+    assert rig.weights()[old] == 100
+    [incident] = rig.notifier.opened
+    assert "sent all traffic back to `1`; `2` had 5% of requests (step 1 of 3)" in incident.actions
+    assert f'server="v{new}"' in incident.query, "the alert names the version's own series"
+
+
+def test_kpis_read_the_new_version_and_the_baseline_separately(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="canary", steps=[5, 100])
+    pipeline = rig.config.pipelines["web"]
+    kpi = pipeline.kpis[0].model_copy(update={"query": "a{{version}} / b{{baseline}}"})
+    live = rig.deploy("1", RolloutStatus.live)
+    assert kpi_query(kpi, pipeline.traffic, live.traffic) is None, "no baseline on a first deploy"
+    rig.poll(live, 0.0, polls=2)
+    rig.settled(live.id, lambda r: r.status is RolloutStatus.good)
+    second = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    assert kpi_query(kpi, pipeline.traffic, second.traffic) == (
+        f'a{{proxy="web",server="v{new}"}} / b{{proxy="web",server="v{old}"}}'
+    )
+
+
+# The proxy restarts ------------------------------------------------------------------------
+
+
+def test_routes_lost_by_a_proxy_restart_are_put_back_from_redis_and_the_channel_told(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="canary", steps=[5, 100], step_duration="10s")
+    good_first(rig)
+    canary = rig.deploy("2", RolloutStatus.live)
+    before = dict(rig.weights())
+    rig.router.restart()
+    assert rig.weights() == {}
+    rig.poll(canary, 0.0)  # one poll notices
+    assert rig.weights() == before
+    assert any(
+        "had lost its routes" in text and "5% to 2" in text for _, text in rig.notifier.posts
+    ), rig.notifier.posts
+    rig.router.restart()
+    assert traffic.restore_routes(rig.ctx) == ["web"], "the recovery job does it too"
+    told = [t for _, t in rig.notifier.posts if "had lost its routes" in t]
+    assert len(told) == 1, "told once, not at every check"
+
+
+# Config rules -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"ports": "18100-18100"}, "give at least two ports"),
+        ({"listen": "127.0.0.1:18101"}, "traffic.listen port 18101 is inside traffic.ports"),
+        ({"steps": [5, 50]}, "traffic.steps must end at 100"),
+        ({"steps": [50, 5, 100]}, "traffic.steps must grow"),
+        ({"strategy": "rolling"}, "Input should be 'blue_green' or 'canary'"),
+        ({"runtime_api": "haproxy"}, "traffic.runtime_api 'haproxy': use host:port"),
+        ({"runtime_api": "127.0.0.1:18102"}, "collides with traffic.listen or traffic.ports"),
+    ],
+)
+def test_traffic_blocks_that_cannot_work_are_refused_at_load(
+    change: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_pipelines(traffic_pipeline(**change), registry=REGISTRY)
+    assert expected in str(refused.value)
+
+
+def test_health_url_without_port_and_proxy_kpis_without_traffic_are_refused() -> None:
+    raw = traffic_pipeline()
+    raw["pipelines"]["web"]["health"] = {"url": "http://127.0.0.1:8080/healthz"}
+    with pytest.raises(ConfigError, match=r"health.url must contain \{port\}"):
+        parse_pipelines(raw, registry=REGISTRY)
+    plain = memory_config(kpis=[{"name": "e", "builtin": "error_rate", "max": 0.1}])
+    with pytest.raises(ConfigError, match="the pipeline needs a traffic block"):
+        parse_pipelines(plain, registry=REGISTRY)
+
+
+def test_two_pipelines_may_not_share_ports_and_swarm_cannot_sit_behind_the_proxy() -> None:
+    raw = traffic_pipeline()
+    other = dict(raw["pipelines"]["web"])
+    other["container"] = {"name": "api-x"}
+    other["traffic"] = traffic_block(listen="127.0.0.1:18081", ports="18103-18110")
+    raw["pipelines"]["api"] = other
+    with pytest.raises(ConfigError, match=r"traffic\.ports 18103-18110 and 18100-18103 overlap"):
+        parse_pipelines(raw, registry=REGISTRY)
+    swarm = traffic_pipeline()
+    swarm["pipelines"]["web"]["target"] = "swarm"
+    with pytest.raises(ConfigError, match="cannot sit behind the bot's proxy"):
+        parse_pipelines(swarm, registry=REGISTRY)
