@@ -16,6 +16,7 @@ from bot.reports import audit_export
 from bot.services import incidents
 from bot.services.context import Context
 from bot.services.requests import CommandRequest, Reply, help_reply
+from bot.store.store import PipelineSnapshot
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,25 @@ def pipeline_command(ctx: Context, request: CommandRequest) -> PipelineAnswer:
         assert args.subject is not None
         return Document(incidents.export_markdown(ctx, args.subject), verbatim=False)
     names = [args.subject] if args.subject else sorted(ctx.config.pipelines)
-    return StatusReport([status_of(ctx, name, ask_engine=bool(args.subject)) for name in names])
+    return StatusReport(statuses(ctx, names, ask_engine=bool(args.subject)))
 
 
-def status_of(ctx: Context, name: str, *, ask_engine: bool) -> PipelineStatus:
-    pipeline = ctx.pipeline(name)
-    state = ctx.store.pipeline(name)
-    inflight = ctx.store.rollout(state.inflight_rollout) if state.inflight_rollout else None
-    watching = ctx.store.rollout(state.live_rollout) if state.live_rollout else None
+def statuses(ctx: Context, names: list[str], *, ask_engine: bool) -> list[PipelineStatus]:
+    """Each pipeline's status; Redis is read once for all of them."""
+    pipelines = {name: ctx.pipeline(name) for name in names}
+    snapshots = ctx.store.pipeline_snapshots(names)
+    return [
+        status_from(ctx, name, pipelines[name], snapshots[name], ask_engine=ask_engine)
+        for name in names
+    ]
+
+
+def status_from(
+    ctx: Context, name: str, pipeline: Pipeline, snapshot: PipelineSnapshot, *, ask_engine: bool
+) -> PipelineStatus:
+    state = snapshot.state
     engine = ctx.target(pipeline).live(name, pipeline) if ask_engine else None
-    return PipelineStatus(name, pipeline, state, inflight, watching, engine)
+    return PipelineStatus(name, pipeline, state, snapshot.inflight, snapshot.live, engine)
 
 
 def export_audit(ctx: Context, name: str) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import redis
@@ -72,11 +73,44 @@ end
 return redis.call('XADD', KEYS[1], 'MINID', ARGV[1], id .. '-*', unpack(ARGV, 3))
 """
 
+# Each pipeline's record with the records of its in-flight and live rollouts: what /pipeline
+# shows, read in one round trip however many pipelines are asked for. The rollout keys are
+# built from ARGV[1] (the rollout key prefix), not passed in KEYS: fine on one server or a
+# Sentinel set, not on Redis Cluster.
+_PIPELINE_SNAPSHOTS = """
+local snapshots = {}
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HGETALL', key)
+  local inflight, live = false, false
+  for j = 1, #state, 2 do
+    local field, value = state[j], state[j + 1]
+    if value ~= '' then
+      if field == 'inflight_rollout' then
+        inflight = redis.call('GET', ARGV[1] .. value)
+      elseif field == 'live_rollout' then
+        live = redis.call('GET', ARGV[1] .. value)
+      end
+    end
+  end
+  snapshots[i] = {state, inflight, live}
+end
+return snapshots
+"""
+
 # A delivery already seen: "1" while the first is being handled, then its answer.
 _PENDING = "1"
 _STREAK = "streak:"  # field prefix in a watch's hash
 MAX_SAMPLES_PER_ROLLOUT = 2000
 SAMPLES_KEPT_SECONDS = 30 * 86400
+
+
+@dataclass(frozen=True)
+class PipelineSnapshot:
+    """A pipeline's state and the rollouts it names, as read together at one moment."""
+
+    state: PipelineState
+    inflight: Rollout | None
+    live: Rollout | None
 
 
 class Store:
@@ -95,6 +129,7 @@ class Store:
         self._release = client.register_script(_RELEASE_ROLLOUT)
         self._delete_if_holder = client.register_script(_DELETE_IF_HOLDER)
         self._audit_append = client.register_script(_AUDIT_APPEND)
+        self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -104,6 +139,26 @@ class Store:
     def pipeline(self, name: str) -> PipelineState:
         data = cast(dict[str, str], self.redis.hgetall(self.keys.pipeline(name)))
         return PipelineState.from_hash(name, data)
+
+    def pipeline_snapshots(self, names: Sequence[str]) -> dict[str, PipelineSnapshot]:
+        """Each pipeline's state with its in-flight and live rollouts, in one round trip."""
+        if not names:
+            return {}
+        answers = cast(
+            list[list[Any]],
+            self._pipeline_snapshots(
+                keys=[self.keys.pipeline(name) for name in names], args=[self.keys.rollout("")]
+            ),
+        )
+        snapshots = {}
+        for name, (flat, inflight, live) in zip(names, answers, strict=True):
+            data = dict(zip(flat[::2], flat[1::2], strict=True))
+            snapshots[name] = PipelineSnapshot(
+                PipelineState.from_hash(name, data),
+                Rollout.model_validate_json(inflight) if inflight else None,
+                Rollout.model_validate_json(live) if live else None,
+            )
+        return snapshots
 
     def update_pipeline(self, name: str, **fields: str | float | None) -> None:
         mapping: dict[Any, Any] = {k: "" if v is None else str(v) for k, v in fields.items()}

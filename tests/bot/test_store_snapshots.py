@@ -1,0 +1,78 @@
+"""Store.pipeline_snapshots on a real Redis: each pipeline's state with the rollouts it names,
+for any number of pipelines, in one round trip."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import redis
+
+from bot.domain.clock import FrozenClock
+from bot.domain.models import PipelineStatus, Rollout, RolloutKind
+from bot.store.keys import Keys
+from bot.store.store import Store
+from tests.support.domain import CHANNEL, START
+from tests.support.round_trips import count_round_trips
+
+
+def rollout(rollout_id: str, pipeline: str, version: str) -> Rollout:
+    return Rollout(
+        id=rollout_id,
+        pipeline=pipeline,
+        kind=RolloutKind.deploy,
+        version=version,
+        reference=f"example/{pipeline}:{version}",
+        image_tag=version,
+        requested_by="U0DEV1",
+        created_at=START,
+        channel=CHANNEL,
+    )
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client, Keys(f"immune-unit-{secrets.token_hex(3)}"), FrozenClock(START))
+
+
+def test_every_pipeline_with_its_rollouts_in_one_round_trip(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, inflight = rollout("r-live", "web", "1"), rollout("r-next", "web", "2")
+    store.create_rollout(live)
+    store.create_rollout(inflight)
+    store.update_pipeline("web", live_version="1", live_rollout=live.id, last_good_version="1")
+    assert store.claim_rollout("web", inflight.id, 3) is None
+    store.update_pipeline("api", live_rollout="r-gone")  # a record that has expired
+    store.halt("db", by="U0ADMIN", reason="maintenance")
+    store.pipeline_snapshots(["web"])  # the script is loaded once per server
+
+    sent = count_round_trips(monkeypatch)
+    snapshots = store.pipeline_snapshots(["web", "api", "db", "new"])
+    assert len(sent) == 1
+
+    web = snapshots["web"]
+    assert web.state == store.pipeline("web")
+    assert web.state.live_version == "1" and web.state.inflight_rollout == inflight.id
+    assert web.live == live and web.inflight == inflight
+    assert snapshots["api"].live is None and snapshots["api"].state.live_rollout == "r-gone"
+    db = snapshots["db"].state
+    assert db.status is PipelineStatus.halted and db.halted_at == START
+    assert db.halted_reason == "maintenance"
+    new = snapshots["new"]
+    assert new.state == store.pipeline("new") and new.live is None and new.inflight is None
+
+
+def test_no_pipelines_no_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = count_round_trips(monkeypatch)
+    assert store.pipeline_snapshots([]) == {}
+    assert sent == []
+
+
+def test_the_script_is_loaded_again_after_the_server_forgot_it(
+    store: Store, redis_client: redis.Redis
+) -> None:
+    store.update_pipeline("web", live_version="1")
+    store.pipeline_snapshots(["web"])
+    redis_client.script_flush()
+    assert store.pipeline_snapshots(["web"])["web"].state.live_version == "1"
