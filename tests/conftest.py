@@ -1,14 +1,15 @@
-"""Fixtures for real services: Redis, Prometheus, the Docker engine and the demo images.
+"""Fixtures for real services: Redis, Prometheus, HAProxy, the Docker engine and the demo images.
 
 Everything listens on 127.0.0.1 on ports the OS picks. A missing program or an engine that does
 not answer skips the tests that need it, except under CI (`CI` set), where it fails them.
-Tests that use Docker or Prometheus fixtures are marked `docker` / `prometheus` here even
-when their module forgets, so `-m "not docker"` really leaves them out.
+Tests that use Docker, Prometheus or HAProxy fixtures are marked `docker` / `prometheus` /
+`haproxy` here even when their module forgets, so `-m "not docker"` really leaves them out.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from docker import DockerClient
 
 from tests.support.services import (
     DemoImages,
+    HAProxyServer,
     PrometheusServer,
     PytestRun,
     RedisServer,
@@ -36,6 +38,7 @@ from tests.support.services import (
 
 DOCKER_FIXTURES = frozenset({"docker_client", "demo_images"})
 PROMETHEUS_FIXTURES = frozenset({"prometheus_server"})
+HAPROXY_FIXTURES = frozenset({"haproxy_server"})
 
 Server = TypeVar("Server", bound=ServerProcess)
 
@@ -62,6 +65,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.docker)
         if fixtures & PROMETHEUS_FIXTURES and item.get_closest_marker("prometheus") is None:
             item.add_marker(pytest.mark.prometheus)
+        if fixtures & HAPROXY_FIXTURES and item.get_closest_marker("haproxy") is None:
+            item.add_marker(pytest.mark.haproxy)
 
 
 def _serve(server: Server) -> Iterator[Server]:
@@ -209,3 +214,21 @@ def prometheus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom
     """
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
     yield from _serve(server)
+
+
+@pytest.fixture
+def haproxy_server(tmp_path: Path) -> Iterator[HAProxyServer]:
+    """An HAProxy of this test's own, not started yet; `.port` is its Prometheus exporter.
+
+    `block = haproxy_server.traffic_block("web")` makes a pipelines-file traffic block on free
+    loopback ports with its runtime API; `haproxy_server.serve({"web": block})` writes the config
+    (`python -m bot proxy-config`'s) and starts it; `.restart()` loses the runtime state. It is
+    stopped, and its socket removed, after the test.
+    """
+    if shutil.which("haproxy") is None:
+        unavailable("haproxy not found on PATH (run scripts/setup.sh)")
+    server = HAProxyServer(tmp_path / "haproxy")
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,4 +1,4 @@
-"""Real services for the tests: Redis, Prometheus and the Docker engine, all on 127.0.0.1.
+"""Real services for the tests: Redis, Prometheus, HAProxy and the Docker engine, on 127.0.0.1.
 
 Each server runs from this machine's own binaries on a free port with its files in a temporary
 directory, and dies with the test process. Docker objects made by tests carry names and labels
@@ -33,6 +33,11 @@ import docker
 import docker.errors
 import requests
 from docker import DockerClient
+
+from bot.domain.config import Traffic
+from bot.ports import TrafficError
+from bot.traffic.haproxy import RuntimeApi
+from bot.traffic.haproxy_config import render
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_DEMO_IMAGE = REPO_ROOT / "scripts" / "build-demo-image.sh"
@@ -360,6 +365,141 @@ class PrometheusServer(ServerProcess):
                     f"targets {health}"
                 )
             time.sleep(0.25)
+
+
+def free_port_range(count: int, low: int = 20000, high: int = 60000) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that were free a moment ago."""
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        first = rng.randrange(low, high - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return first
+    raise ServiceError(f"no {count} consecutive free ports on 127.0.0.1 in {low}-{high}")
+
+
+class HAProxyServer(ServerProcess):
+    """HAProxy on 127.0.0.1, run with the config `python -m bot proxy-config` prints.
+
+    Its runtime API is a unix socket (`.runtime_api`) in a short temporary directory of its own
+    (socket paths are limited to 107 bytes); `.port` is its Prometheus exporter. Make the
+    pipelines' traffic blocks with `.traffic_block()`, then `.serve({name: block})` writes the
+    config and starts it; `.restart()` (stop, start) loses what the runtime API changed.
+    """
+
+    program = "haproxy"
+    startup_timeout = 10.0
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+        self.config_path = workdir / "haproxy.cfg"
+        self.pid_path = workdir / "haproxy.pid"
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="immune-hx-"))
+        self.runtime_api = str(self._socket_dir / "api.sock")
+        self.traffics: dict[str, Traffic] = {}
+
+    @property
+    def exporter(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.exporter}/metrics"
+
+    def traffic_block(self, backend: str = "web", ports: int = 4, **extra: Any) -> dict[str, Any]:
+        """A pipelines-file `traffic:` block for this HAProxy: its runtime API, a free listen
+        port and `ports` free consecutive ports for the versions."""
+        first = free_port_range(ports)
+        return {
+            "listen": f"127.0.0.1:{free_port()}",
+            "runtime_api": self.runtime_api,
+            "backend": backend,
+            "ports": f"{first}-{first + ports - 1}",
+            **extra,
+        }
+
+    def serve(self, blocks: Mapping[str, Mapping[str, Any] | Traffic]) -> dict[str, Traffic]:
+        """Write the config for these pipelines (name -> traffic block) and (re)start."""
+        self.traffics = {
+            name: block if isinstance(block, Traffic) else Traffic.model_validate(dict(block))
+            for name, block in blocks.items()
+        }
+        self.config_path.write_text(render(self.traffics, exporter=self.exporter))
+        self.restart()
+        return self.traffics
+
+    def arguments(self) -> list[str]:
+        # -db: in the foreground, so it is our child and dies with us.
+        return ["-db", "-f", str(self.config_path)]
+
+    def start(self) -> None:
+        if not self.config_path.exists():
+            raise ServiceError("HAProxyServer: call serve() first: it has no config yet")
+        _kill_leftover(self.pid_path, self.program)
+        super().start()
+        if self.pid is not None:
+            self.pid_path.write_text(f"{self.pid}\n")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
+        self.pid_path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        super().kill()
+        self.pid_path.unlink(missing_ok=True)
+
+    def answers(self) -> bool:
+        where = next(iter(self.traffics.values())).runtime_api if self.traffics else ""
+        try:
+            return "Name: HAProxy" in RuntimeApi(where, timeout=0.5).ask("show info")
+        except TrafficError:
+            return False
+
+    def check_config(self, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """`haproxy -c -f <config>`: exit code 0 and "Configuration file is valid" if valid."""
+        binary = shutil.which(self.program)
+        if binary is None:
+            raise ServiceUnavailable("haproxy not found on PATH (run scripts/setup.sh)")
+        return subprocess.run(
+            [binary, "-c", "-f", str(path or self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def metrics(self) -> str:
+        response = requests.get(self.metrics_url, timeout=5)
+        response.raise_for_status()
+        return response.text
+
+    def close(self) -> None:
+        """Stop, and remove the socket's directory."""
+        self.stop()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+def _kill_leftover(pid_path: Path, program: str) -> None:
+    """A server a killed session left running from this pid file (only if it is `program`)."""
+    try:
+        pid = int(pid_path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() == program:
+            os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    pid_path.unlink(missing_ok=True)
 
 
 def sample_value(series: Mapping[str, Any]) -> float:
