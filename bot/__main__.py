@@ -1,21 +1,69 @@
-"""`python -m bot`: run the bot (HTTP mode, or Socket Mode when SLACK_APP_TOKEN is set)."""
+"""`python -m bot`: run the bot (HTTP mode, or Socket Mode when SLACK_APP_TOKEN is set).
+
+`python -m bot proxy-config [pipeline]` prints the haproxy.cfg the pipelines behind a proxy need.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from types import FrameType
 
 from bot.app import build
-from bot.domain.errors import ConfigError, SettingsError
+from bot.domain.errors import ConfigError, ImmuneError, SettingsError
+from bot.plugins import load_pipelines
 from bot.server import HttpServer, start_socket_mode
 from bot.settings import configure_logging, load_settings
+from bot.traffic.haproxy_config import DEFAULT_EXPORTER, render, traffic_group
 
 logger = logging.getLogger("bot")
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", description="Run the immune bot, or one of its tools."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    proxy = commands.add_parser(
+        "proxy-config",
+        help="print the haproxy.cfg for the pipelines behind a proxy",
+        description="Print a complete haproxy.cfg for the pipelines that share one HAProxy: "
+        "all pipelines with a traffic: block, or those sharing PIPELINE's runtime API.",
+    )
+    proxy.add_argument("pipeline", nargs="?", help="print the config of this pipeline's HAProxy")
+    proxy.add_argument(
+        "--exporter",
+        default=DEFAULT_EXPORTER,
+        metavar="HOST:PORT",
+        help=f"where HAProxy's Prometheus exporter listens (default {DEFAULT_EXPORTER})",
+    )
+    proxy.add_argument(
+        "--pipelines-file",
+        metavar="PATH",
+        help="the pipelines file (default: PIPELINES_FILE, as the bot reads it)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "proxy-config":
+        return proxy_config(args.pipeline, args.exporter, args.pipelines_file)
+    return serve()
+
+
+def proxy_config(pipeline: str | None, exporter: str, pipelines_file: str | None) -> int:
+    """Print the haproxy.cfg; one line on stderr and exit code 2 when there is none to print."""
+    try:
+        config = load_pipelines(pipelines_file or load_settings().pipelines_file)
+        text = render(traffic_group(config, pipeline), exporter)
+    except ImmuneError as exc:
+        print(f"immune: proxy-config: {exc.message}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def serve() -> int:
     try:
         settings = load_settings()
         configure_logging(settings.log_level)
