@@ -7,6 +7,9 @@ it deploys the demo service on the real Docker engine, watched by the real Prome
     scripts/demo.sh              the scripted story: deploy, upgrade, a bad version caught and
                                  rolled back, halt, five whys, resume
     scripts/demo.sh --console    type the slash commands yourself
+
+The pipelines file is written to var/demo/pipelines.yml, where scripts/services.sh also reads
+it (`demo.py --write-pipelines`) to start the demo's HAProxy when a pipeline has `traffic:`.
 """
 
 from __future__ import annotations
@@ -259,7 +262,18 @@ def main() -> int:
     parser.add_argument("--image", default="demo/web", help="the demo image repository")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
+    parser.add_argument(
+        "--write-pipelines",
+        metavar="PATH",
+        help="only write the demo's pipelines file to PATH (scripts/services.sh starts the "
+        "demo's HAProxy from it) and exit",
+    )
     args = parser.parse_args()
+    if args.write_pipelines:
+        path = Path(args.write_pipelines)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pipelines(path, demo_config(args.image))
+        return 0
 
     r = redis.Redis.from_url(args.redis_url, decode_responses=True)
     for key in r.scan_iter(f"{PREFIX}:*"):  # every run starts from a clean slate

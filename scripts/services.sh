@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Local services for development and the demo, on loopback only, state under var/.
 #
-#   scripts/services.sh start          dockerd (if the engine does not answer), Redis, Prometheus
+#   scripts/services.sh start          dockerd (if the engine does not answer), Redis, Prometheus,
+#                                      HAProxy (when the demo's pipelines have a traffic: block)
 #   scripts/services.sh start-docker   only dockerd (what CI needs: tests start their own rest)
 #   scripts/services.sh stop           stops what this script started (never a dockerd it found)
 #   scripts/services.sh stop-docker    stops dockerd, if this script started it
 #   scripts/services.sh status         one line per service
 #
 # Redis: 127.0.0.1:6379, append-only file in var/redis.  Prometheus: 127.0.0.1:9090, scraping
-# every 1s: job "web" from var/prometheus/targets/*.json (file_sd) and job "immune", the bot's
-# /metrics on 127.0.0.1:3000.  Logs in var/log, pid files in var/run.
+# every 1s: job "web" from var/prometheus/targets/*.json (file_sd), job "immune", the bot's
+# /metrics on 127.0.0.1:3000, and job "haproxy", HAProxy's exporter on 127.0.0.1:8405.
+# HAProxy: the config `python -m bot proxy-config` prints for PIPELINES_FILE (default: the
+# demo's, var/demo/pipelines.yml, written by scripts/demo.py), in var/haproxy; its frontends
+# and runtime API are where that file's traffic: blocks say.  Logs in var/log, pid files in
+# var/run.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,6 +27,8 @@ readonly REDIS_PORT=6379
 readonly PROMETHEUS_PORT=9090
 readonly BOT_METRICS=127.0.0.1:3000
 readonly DEMO_TARGET=127.0.0.1:18080
+readonly HAPROXY_EXPORTER=127.0.0.1:8405
+python=${VENV:-$root/.venv}/bin/python
 
 die() {
     echo "services: $*" >&2
@@ -107,6 +114,7 @@ redis_answers() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)
 prometheus_answers() {
     curl -fsS --max-time 2 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null 2>&1
 }
+haproxy_answers() { curl -fsS --max-time 2 "http://$HAPROXY_EXPORTER/metrics" >/dev/null 2>&1; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start_docker() {
@@ -172,6 +180,10 @@ scrape_configs:
     metrics_path: /metrics
     static_configs:
       - targets: ["$BOT_METRICS"]
+  - job_name: haproxy
+    metrics_path: /metrics
+    static_configs:
+      - targets: ["$HAPROXY_EXPORTER"]
 EOF
     # The demo's default target (pipelines.yml's web on port 18080), unless targets are set.
     if ! compgen -G "$dir/targets/*.json" >/dev/null; then
@@ -200,6 +212,46 @@ start_prometheus() {
     echo "prometheus: started on http://127.0.0.1:$PROMETHEUS_PORT (pid $(<"$pidfile"), targets $dir/targets/*.json)"
 }
 
+start_haproxy() {
+    need haproxy
+    need curl
+    [[ -x $python ]] || die "haproxy: $python not found: run scripts/setup.sh"
+    local pidfile=$run/haproxy.pid dir=$var/haproxy pipelines=${PIPELINES_FILE:-$var/demo/pipelines.yml}
+    if pid_alive "$pidfile"; then
+        echo "haproxy: already running (pid $(<"$pidfile"), config $dir/haproxy.cfg)"
+        return 0
+    fi
+    mkdir -p "$run" "$logs" "$dir"
+    if [[ -z ${PIPELINES_FILE:-} ]]; then
+        # The demo's own pipelines, as scripts/demo.py will run them.
+        "$python" "$here/demo.py" --write-pipelines "$pipelines" >>"$logs/haproxy.log" 2>&1 ||
+            die "haproxy: scripts/demo.py could not write $pipelines (log $logs/haproxy.log)"
+    fi
+    if ! "$python" -m bot proxy-config --pipelines-file "$pipelines" --exporter "$HAPROXY_EXPORTER" \
+        >"$dir/haproxy.cfg.new" 2>"$dir/proxy-config.err"; then
+        rm -f "$dir/haproxy.cfg.new"
+        if grep -q "no pipeline has a traffic: block" "$dir/proxy-config.err"; then
+            echo "haproxy: not started: no pipeline in $pipelines has a traffic: block"
+            return 0
+        fi
+        cat "$dir/proxy-config.err" >&2
+        die "haproxy: python -m bot proxy-config failed for $pipelines"
+    fi
+    mv "$dir/haproxy.cfg.new" "$dir/haproxy.cfg"
+    port_in_use "${HAPROXY_EXPORTER##*:}" &&
+        die "haproxy: $HAPROXY_EXPORTER (its exporter) is taken by something this script did not start"
+    echo "--- $(date -Is) services.sh: starting haproxy" >>"$logs/haproxy.log"
+    if ! haproxy -c -q -f "$dir/haproxy.cfg" >>"$logs/haproxy.log" 2>&1; then
+        log_tail "$logs/haproxy.log"
+        die "haproxy: $dir/haproxy.cfg does not pass haproxy -c"
+    fi
+    # -db: in the foreground (no daemon of its own), so the pid file names it.
+    setsid nohup haproxy -db -f "$dir/haproxy.cfg" >>"$logs/haproxy.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    wait_ready haproxy "$pidfile" "$logs/haproxy.log" 10 haproxy_answers
+    echo "haproxy: started (pid $(<"$pidfile"), config $dir/haproxy.cfg, exporter http://$HAPROXY_EXPORTER/metrics)"
+}
+
 status() {
     local pidfile
     if docker_answers; then
@@ -222,6 +274,13 @@ status() {
     else
         echo "prometheus: not answering on 127.0.0.1:$PROMETHEUS_PORT"
     fi
+    if pid_alive "$run/haproxy.pid"; then
+        echo "haproxy: running (pid $(<"$run/haproxy.pid"), config $var/haproxy/haproxy.cfg)$(haproxy_answers || echo ", exporter not answering on $HAPROXY_EXPORTER")"
+    elif haproxy_answers; then
+        echo "haproxy: an exporter answers on $HAPROXY_EXPORTER (not started by this script)"
+    else
+        echo "haproxy: not running"
+    fi
 }
 
 case ${1:-} in
@@ -229,9 +288,11 @@ case ${1:-} in
         start_docker
         start_redis
         start_prometheus
+        start_haproxy
         ;;
     start-docker) start_docker ;;
     stop)
+        stop_pid haproxy "$run/haproxy.pid" haproxy_answers
         stop_pid prometheus "$run/prometheus.pid" prometheus_answers
         stop_pid redis "$run/redis.pid" redis_answers
         stop_pid docker "$run/dockerd.pid" docker_answers
@@ -239,7 +300,7 @@ case ${1:-} in
     stop-docker) stop_pid docker "$run/dockerd.pid" docker_answers ;;
     status) status ;;
     *)
-        sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+        sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
         exit 2
         ;;
 esac

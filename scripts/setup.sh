@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install what immune needs on Debian 12, as root: safe to run again (it skips what is there).
 #
-#   - Debian packages: docker.io, redis-server, busybox-static, prometheus (and curl, make)
-#   - Debian's own redis-server and prometheus services stopped and disabled: scripts/services.sh
-#     and the test fixtures run their own, on loopback
+#   - Debian packages: docker.io, redis-server, busybox-static, prometheus, haproxy (and curl,
+#     make)
+#   - Debian's own redis-server, prometheus and haproxy services stopped and disabled:
+#     scripts/services.sh and the test fixtures run their own, on loopback
 #   - .venv with Python >= 3.11 and `pip install -e '.[dev]'`
 #
 # Environment: PYTHON (default python3), VENV (default .venv in the repository).
@@ -66,7 +67,9 @@ if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     esac
 fi
 slim_packages=()
-installed prometheus || slim_packages+=(prometheus)
+for package in prometheus haproxy; do
+    installed "$package" || slim_packages+=("$package")
+done
 
 if ((${#packages[@]} + ${#slim_packages[@]} > 0)); then
     [[ $(id -u) -eq 0 ]] ||
@@ -98,13 +101,14 @@ else
     say "Debian packages: all present"
 fi
 
-for command in docker dockerd redis-server redis-cli prometheus curl; do
+for command in docker dockerd redis-server redis-cli prometheus haproxy curl; do
     command -v "$command" >/dev/null || die "$command not found after installing the packages"
 done
 [[ -x /bin/busybox ]] || die "/bin/busybox not found after installing busybox-static"
 
-# --- Debian's redis-server and prometheus services would squat ports 6379 and 9090.
-for service in redis-server prometheus; do
+# --- Debian's redis-server, prometheus and haproxy services would squat ports 6379, 9090 and
+# (haproxy's default config) hold a stats socket of their own.
+for service in redis-server prometheus haproxy; do
     if [[ -d /run/systemd/system ]]; then
         if systemctl is-active --quiet "$service" || systemctl is-enabled --quiet "$service" 2>/dev/null; then
             [[ $(id -u) -eq 0 ]] || die "Debian's $service service is enabled: run as root to disable it"
