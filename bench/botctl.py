@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from collections.abc import Collection
 from typing import Any
@@ -25,6 +26,7 @@ DEPLOYER = "U0DEV1"
 OTHER_REPLICA_USER = "U0OTHER"
 LOCK_TTL_SECONDS = 15.0
 """The production default (bot/settings.py); the tests' harness shortens it to 3 s."""
+REQUEST_THREAD_PREFIX = "waitress-"  # the threads bot.server.HttpServer answers requests on
 SETTLED = frozenset(
     {
         RolloutStatus.good,
@@ -157,7 +159,8 @@ def hold_in_flight(store: Store, pipeline_name: str, image: str, version: str) -
 
 
 class EngineCalls:
-    """Counts the Docker Engine API calls the bot makes (its docker client's requests)."""
+    """Counts the Docker Engine API calls the bot makes while it answers requests (on the HTTP
+    server's threads); the background jobs' calls (the engine view, recovery) are not counted."""
 
     def __init__(self, bot: InProcessBot) -> None:
         self.count = 0
@@ -166,7 +169,8 @@ class EngineCalls:
         original = api.send
 
         def send(request: Any, **options: Any) -> Any:
-            self.count += 1
+            if threading.current_thread().name.startswith(REQUEST_THREAD_PREFIX):
+                self.count += 1
             return original(request, **options)
 
         api.send = send

@@ -24,6 +24,7 @@ from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
 from bot.services.recovery import reconcile_live_versions, recover_orphans
 from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.services.status import refresh_engine_view
 from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier, build_progress_client, build_web_client
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECOVERY_INTERVAL_SECONDS = 2.0
+ENGINE_VIEW_INTERVAL_SECONDS = 2.0  # what /pipeline <name> shows of the engine is this old
 
 
 def instance_name() -> str:
@@ -80,6 +82,15 @@ class Immune:
             misfire_grace_time=None,
         )
         self.scheduler.add_job(
+            refresh_engine_view,
+            "interval",
+            args=[self.ctx],
+            seconds=ENGINE_VIEW_INTERVAL_SECONDS,
+            id="refresh-engine-view",
+            coalesce=True,
+            max_instances=1,
+        )
+        self.scheduler.add_job(
             self.watcher.sync,
             "interval",
             seconds=SYNC_INTERVAL_SECONDS,
@@ -92,6 +103,7 @@ class Immune:
         self.scheduler.start()
         self.watcher.sync()
         recover_orphans(self.ctx)
+        refresh_engine_view(self.ctx)
 
     def stop(self, wait: bool = False) -> None:
         for stop in self.extra_stops:

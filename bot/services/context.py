@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from bot.domain.clock import Clock
@@ -13,6 +13,7 @@ from bot.domain.errors import UnknownPipeline
 from bot.domain.models import Rollout
 from bot.domain.text import say
 from bot.ports import Notifier, Target
+from bot.services.engine_view import EngineView
 from bot.store.store import Store
 
 
@@ -49,6 +50,8 @@ class Context:
     notifier: Notifier
     clock: Clock
     instance_id: str
+    # What the engine runs, read in the background for /pipeline <name> (services/status.py).
+    engine_view: EngineView = field(default_factory=EngineView)
 
     def pipeline(self, name: str) -> Pipeline:
         try:

@@ -1,11 +1,13 @@
 """/pipeline: what each pipeline is doing, its history, and its exports.
 
 The use case gathers what is true (Redis, and the engine for one named pipeline); the chat
-layer lays it out (bot/slack/messages.py).
+layer lays it out (bot/slack/messages.py). What the engine runs comes from the engine view
+(services/engine_view.py), refreshed in the background, while it still describes the state.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from bot.domain.config import Pipeline
@@ -15,8 +17,11 @@ from bot.ports import LiveVersion
 from bot.reports import audit_export
 from bot.services import incidents
 from bot.services.context import Context
+from bot.services.engine_view import EngineReading
 from bot.services.requests import CommandRequest, Reply, help_reply
 from bot.store.store import PipelineSnapshot
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,51 @@ def status_from(
     ctx: Context, name: str, pipeline: Pipeline, snapshot: PipelineSnapshot, *, ask_engine: bool
 ) -> PipelineStatus:
     state = snapshot.state
-    engine = ctx.target(pipeline).live(name, pipeline) if ask_engine else None
+    engine = engine_of(ctx, name, pipeline, state) if ask_engine else None
     return PipelineStatus(name, pipeline, state, snapshot.inflight, snapshot.live, engine)
+
+
+def engine_of(
+    ctx: Context, name: str, pipeline: Pipeline, state: PipelineState
+) -> LiveVersion | None:
+    """What the engine runs: the view's reading when it is young, still about `state`, and
+    agrees with it; otherwise the engine is asked. So a disagreement, the only thing the
+    reply shows of the engine, is always what the engine says now."""
+    reading = ctx.engine_view.usable(name, state, ctx.clock.now())
+    if reading is not None and _agrees(reading.live, state):
+        return reading.live
+    return ctx.target(pipeline).live(name, pipeline)
+
+
+def _agrees(live: LiveVersion | None, state: PipelineState) -> bool:
+    return (live.version if live is not None else "") == state.live_version
+
+
+def refresh_engine_view(ctx: Context) -> None:
+    """Every couple of seconds: read what the engine runs for every pipeline, into the view.
+
+    The state is read first, so a rollout that goes live while the engine is asked makes the
+    reading about an older state, never used for the newer one.
+    """
+    names = sorted(ctx.config.pipelines)
+    snapshots = ctx.store.pipeline_snapshots(names)
+    for name in names:
+        state = snapshots[name].state
+        if state.inflight_rollout:
+            ctx.engine_view.forget(name)  # never used while a rollout runs: the engine is asked
+            continue
+        pipeline = ctx.pipeline(name)
+        read_at = ctx.clock.now()
+        try:
+            live = ctx.target(pipeline).live(name, pipeline)
+        except Exception:
+            # Without a reading, /pipeline <name> asks the engine itself, as it always did.
+            if ctx.engine_view.forget(name):
+                logger.warning("could not read what the engine runs for %s", name, exc_info=True)
+            continue
+        ctx.engine_view.put(
+            name, EngineReading(live, read_at, state.live_version, state.live_rollout)
+        )
 
 
 def export_audit(ctx: Context, name: str) -> str:
