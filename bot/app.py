@@ -22,9 +22,14 @@ from bot.domain.config import PipelinesConfig
 from bot.plugins import Registry, Shared, default_registry, load_pipelines
 from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
-from bot.services.recovery import reconcile_live_versions, recover_orphans
+from bot.services.recovery import (
+    reconcile_live_versions,
+    recover_orphans,
+    restore_proxy_routes,
+)
 from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.status import refresh_engine_view
+from bot.services.traffic import Routers
 from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier, build_progress_client, build_web_client
@@ -32,6 +37,7 @@ from bot.store.connection import connect
 from bot.store.durability import ReplicationBarrier, durable
 from bot.store.keys import Keys
 from bot.store.store import Store
+from bot.traffic.haproxy import HAProxyRouter
 from handlers import actions, commands, errors, events, views
 
 if TYPE_CHECKING:
@@ -99,6 +105,17 @@ class Immune:
             max_instances=1,
             misfire_grace_time=None,
         )
+        if any(p.traffic is not None for p in self.ctx.config.pipelines.values()):
+            self.scheduler.add_job(
+                restore_proxy_routes,
+                "interval",
+                args=[self.ctx],
+                seconds=RECOVERY_INTERVAL_SECONDS,
+                id="restore-proxy-routes",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=None,
+            )
         self.runner.start()
         self.scheduler.start()
         self.watcher.sync()
@@ -126,6 +143,7 @@ def build(
     notifier: Notifier | None = None,
     instance_id: str | None = None,
     registry: Registry | None = None,
+    routers: Routers | None = None,
 ) -> Immune:
     """Build every part from settings; nothing starts until Immune.start().
 
@@ -154,6 +172,13 @@ def build(
         probes.setdefault(
             source_plugin.health_key or source_plugin.name, sources[source_plugin.name].health
         )
+    routers = routers or Routers(lambda runtime_api: HAProxyRouter([runtime_api]))
+    for pipeline in config.pipelines.values():
+        if pipeline.traffic is not None:
+            probes.setdefault(
+                f"{pipeline.traffic.proxy} {pipeline.traffic.runtime_api}",
+                routers.for_traffic(pipeline.traffic).health,
+            )
     web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
     notifier = notifier or SlackNotifier(
         web_client, build_progress_client(settings.slack_bot_token, settings.slack_api_url)
@@ -178,6 +203,7 @@ def build(
         settings=RolloutSettings(
             lock_ttl_seconds=settings.lock_ttl_seconds, workers=settings.rollout_workers
         ),
+        routers=routers,
     )
     ctx = Context(
         limits=Limits(

@@ -133,6 +133,8 @@ class Rig:
         return self.settled(self.newest().id, lambda r: r.status is until)
 
     def poll(self, rollout: Rollout, value: float, polls: int = 1) -> None:
+        # The watch is recorded just after the rollout shows `live` (the runner's on_live).
+        self.wait_for(lambda: self.store.watch(rollout.id) is not None, "the watch recorded")
         for _ in range(polls):
             query = kpi_query(self.config.pipelines["web"].kpis[0], self.traffic, rollout.traffic)
             assert query is not None

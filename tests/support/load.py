@@ -88,6 +88,7 @@ class SteadyLoad:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
         self._thread: threading.Thread | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -95,6 +96,8 @@ class SteadyLoad:
         if connection is None:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
         return connection
 
     def _one(self, sent_at: float) -> None:
@@ -140,6 +143,8 @@ class SteadyLoad:
             self._thread.join(timeout=self.max_seconds + 10)
         with self._lock:
             self.record.responses.sort(key=lambda r: r.sent_at)
+            for connection in self._connections:
+                connection.close()
         return self.record
 
 

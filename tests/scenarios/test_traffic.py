@@ -1,0 +1,218 @@
+"""Deploys nobody notices, on the real stack: dockerd, HAProxy (driven by its runtime API),
+Prometheus scraping HAProxy's exporter, Redis and the emulated Slack, each under a steady,
+bounded loopback load through `traffic.listen` that records every response (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from tests.scenarios.test_deploy_loop import deploy
+from tests.support.bot_harness import CHANNEL, wait_until
+from tests.support.load import LoadRecord, steady_load
+from tests.support.services import HAProxyServer
+
+pytestmark = [pytest.mark.docker, pytest.mark.prometheus, pytest.mark.slow]
+
+RATE = 100.0  # requests/s through the proxy during each scenario
+
+
+@pytest.fixture
+def served_web(
+    demo_images: Any, unique_name: str, prometheus_server: Any, haproxy_server: HAProxyServer
+) -> Callable[..., dict[str, Any]]:
+    """A pipeline `web` behind a real HAProxy that Prometheus scrapes; returns its config."""
+
+    def make(**traffic: Any) -> dict[str, Any]:
+        backend = unique_name.replace("-", "_")  # unique: the session's Prometheus is shared
+        block = haproxy_server.traffic_block(backend, ports=6, drain="1s", **traffic)
+        haproxy_server.serve({"web": block})
+        prometheus_server.set_targets({"pipeline": unique_name}, [haproxy_server.exporter])
+        prometheus_server.wait_for_series(
+            f'haproxy_server_http_responses_total{{proxy="{backend}"}}', timeout=20
+        )
+        return {
+            "channel": CHANNEL,
+            "target": "docker",
+            "image": demo_images.repo,
+            "container": {"name": unique_name, "network_mode": "host"},
+            "health": {
+                "url": "http://127.0.0.1:{port}/healthz",
+                "timeout": "10s",
+                "interval": "100ms",
+            },
+            "traffic": block,
+            "watch": {"interval": "1s", "duration": "4s", "warmup": 1},
+            "kpis": [
+                {
+                    "name": "errors",
+                    "builtin": "error_rate",
+                    "window": "3s",
+                    "max": 0.2,
+                    "no_data": "ignore",  # no requests between scenarios: nothing to judge
+                }
+            ],
+        }
+
+    return make
+
+
+def start_served_bot(start_bot: Any, web: dict[str, Any], prometheus_server: Any) -> Any:
+    return start_bot({"pipelines": {"web": web}}, prometheus_url=prometheus_server.url)
+
+
+def listen_port(web: dict[str, Any]) -> int:
+    return int(web["traffic"]["listen"].rsplit(":", 1)[1])
+
+
+def rollout_of(
+    bot: Any, version: str, done: Callable[[Rollout], bool], timeout: float = 40
+) -> Rollout:
+    def find() -> Rollout | None:
+        rollouts: list[Rollout] = bot.ctx.store.recent_rollouts("web", 5)
+        for rollout in rollouts:
+            if rollout.version == version and done(rollout):
+                return rollout
+        return None
+
+    try:
+        result: Rollout = wait_until(find, timeout, what=f"a rollout of {version}")
+    except AssertionError as exc:
+        seen = [
+            (
+                r.version,
+                r.status.value,
+                r.error,
+                [(s.name, s.status.value, s.detail) for s in r.steps],
+            )
+            for r in bot.ctx.store.recent_rollouts("web", 5)
+        ]
+        raise AssertionError(f"{exc}; rollouts: {seen}") from None
+    return result
+
+
+def is_(status: RolloutStatus) -> Callable[[Rollout], bool]:
+    return lambda r: r.status is status
+
+
+def first_good(bot: Any, timeout: float = 40) -> Rollout:
+    deploy(bot, "web 1")
+    return rollout_of(bot, "1", is_(RolloutStatus.good), timeout=timeout)
+
+
+def posted(bot: Any, words: str, timeout: float = 15) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        # In the text or the blocks (the alert's timeline is a block).
+        return next((m for m in bot.emulator.messages(CHANNEL) if words in json.dumps(m)), None)
+
+    result: dict[str, Any] = wait_until(find, timeout, what=f"a message saying {words!r}")
+    return result
+
+
+def assert_nothing_lost(record: LoadRecord) -> None:
+    lost = record.transport_failures()
+    assert not lost, f"{record.summary()}; first lost: {lost[:3]}"
+
+
+def test_blue_green_deploy_and_a_rollback_during_the_watch_lose_no_request(
+    start_bot: Any, served_web: Any, prometheus_server: Any
+) -> None:
+    web = served_web(strategy="blue_green")
+    web["watch"]["duration"] = "20s"  # long enough to roll back during it
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot, timeout=60)
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load:
+        time.sleep(1)
+        deploy(bot, "web 2")
+        live = rollout_of(bot, "2", is_(RolloutStatus.live))
+        time.sleep(1.5)
+        switched = time.monotonic()
+        answer = bot.slack.command("/rollback", "web 1")
+        assert answer.status == 200, answer.text
+        back = rollout_of(bot, "1", lambda r: r.kind is RolloutKind.rollback and r.status.finished)
+        time.sleep(1.5)
+    record = load.record
+    assert back.status is RolloutStatus.good, back.error
+    assert_nothing_lost(record)
+    assert not record.failures(), record.summary()
+    assert "start" not in [s.name for s in back.steps], "the rollback only moved traffic"
+    late = [r for r in record.responses if r.sent_at > switched + 0.5]
+    assert late and all(r.version == "1" for r in late), record.summary()
+    assert live.traffic is not None
+    print(f"blue/green deploy + rollback: {record.summary()}")
+
+
+def test_a_canary_goes_to_100_percent_step_by_step_with_the_shares_it_promised(
+    start_bot: Any, served_web: Any, prometheus_server: Any
+) -> None:
+    web = served_web(strategy="canary", steps=[10, 50, 100], step_duration="4s")
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot)
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load:
+        time.sleep(1)
+        deploy(bot, "web 2")
+        canary = rollout_of(bot, "2", is_(RolloutStatus.live))
+        assert canary.traffic is not None and canary.traffic.percent == 10
+        good = rollout_of(bot, "2", is_(RolloutStatus.good), timeout=40)
+        time.sleep(1)
+    record = load.record
+    assert_nothing_lost(record)
+    assert not record.failures(), record.summary()
+    assert good.live_at is not None
+    live_at = good.live_at - time.time() + time.monotonic()  # wall clock to the load's clock
+    for step, percent in enumerate([10, 50]):
+        # The middle of each step, away from the edges where the split changes.
+        window = record.between(live_at + step * 4 + 1, live_at + step * 4 + 3.5)
+        share = 100 * record.share("2", window)
+        assert abs(share - percent) <= 5, f"step {step + 1}: {share:.1f}% to 2, not {percent}%"
+    print(f"canary to 100%: {record.summary()}")
+
+
+def test_a_bad_version_caught_at_the_first_canary_step_hurt_only_its_share(
+    start_bot: Any, served_web: Any, prometheus_server: Any
+) -> None:
+    web = served_web(strategy="canary", steps=[5, 50, 100], step_duration="60s")
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot)
+    with steady_load("127.0.0.1", listen_port(web), rate=2 * RATE, max_seconds=40) as load:
+        time.sleep(1)
+        started = time.monotonic()
+        deploy(bot, "web 3")  # half its requests fail
+        breached = rollout_of(bot, "3", is_(RolloutStatus.rolled_back), timeout=40)
+        ended = time.monotonic()
+        rollout_of(bot, "1", lambda r: r.kind is RolloutKind.auto_rollback and r.status.finished)
+        time.sleep(1)
+    record = load.record
+    assert_nothing_lost(record)
+    bad_period = record.between(started, ended)
+    share = 100 * record.share("3", bad_period)
+    assert 0 < share <= 10, f"the bad version had {share:.1f}% of requests, not about 5%"
+    failed = record.failures()
+    assert all(r.version == "3" for r in failed), "only the bad version's own 5xx"
+    after = [r for r in record.responses if r.sent_at > ended + 0.5]
+    assert after and all(r.version == "1" for r in after)
+    assert wait_until(lambda: bot.ctx.store.rollout(breached.id).incident_id, 10)
+    posted(bot, "sent all traffic back to `1`; `3` had 5% of requests (step 1 of 3)")
+    print(
+        f"breach at 5%: {len(failed)} failed of {len(record.responses)}; "
+        f"bad version share {share:.1f}% over {ended - started:.1f}s; {record.summary()}"
+    )
+
+
+def test_routes_lost_in_an_haproxy_restart_are_put_back_and_the_channel_told(
+    start_bot: Any, served_web: Any, prometheus_server: Any, haproxy_server: HAProxyServer
+) -> None:
+    web = served_web(strategy="blue_green")
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot)
+    haproxy_server.restart()
+    posted(bot, "had lost its routes")
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=2) as load:
+        time.sleep(2)
+    assert_nothing_lost(load.record)
+    assert load.record.share("1") == 1.0
