@@ -87,6 +87,7 @@ class TrafficSplit(BaseModel):
     baseline_version: str = ""
     percent: int = 100  # of requests to this rollout's version; the baseline takes the rest
     step: int = 0  # index into the pipeline's plan (canary steps)
+    steps: int = 1  # how many steps the plan has (1: all traffic at once)
     baseline_retired: bool = False  # drained and stopped: only `port` serves
 
     def weights(self) -> dict[int, int]:

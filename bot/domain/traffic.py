@@ -6,7 +6,8 @@ Each port in `traffic.ports` has its own server slot in the proxy's backend (`v1
 
 from __future__ import annotations
 
-from bot.domain.config import Traffic
+from bot.domain.config import Pipeline, Traffic
+from bot.domain.models import Rollout
 
 SERVER_PREFIX = "v"
 
@@ -34,3 +35,14 @@ def split(new_port: int, old_port: int | None, percent: int) -> dict[int, int]:
             weights[old_port] = 0
         return weights
     return {new_port: percent, old_port: 100 - percent}
+
+
+def watch_seconds(pipeline: Pipeline, rollout: Rollout) -> float:
+    """How long a deploy is watched: every canary step before 100%, then `watch.duration`.
+
+    A first deploy has no baseline to share the traffic with: it takes it all at once.
+    """
+    traffic, split = pipeline.traffic, rollout.traffic
+    if traffic is None or split is None or split.baseline_port is None:
+        return pipeline.watch.duration
+    return (len(traffic.plan) - 1) * traffic.step_duration + pipeline.watch.duration

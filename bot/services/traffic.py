@@ -54,17 +54,6 @@ class Routers:
             return self._made[traffic.runtime_api]
 
 
-def watch_seconds(pipeline: Pipeline, rollout: Rollout) -> float:
-    """How long a deploy is watched: every canary step before 100%, then `watch.duration`.
-
-    A first deploy has no baseline to share the traffic with: it takes it all at once.
-    """
-    traffic, split = pipeline.traffic, rollout.traffic
-    if traffic is None or split is None or split.baseline_port is None:
-        return pipeline.watch.duration
-    return (len(traffic.plan) - 1) * traffic.step_duration + pipeline.watch.duration
-
-
 def describe(split: TrafficSplit, version: str) -> str:
     if split.baseline_port is None or split.baseline_retired:
         return f"100% to {version} (port {split.port})"
@@ -159,6 +148,7 @@ class BehindProxy:
             baseline_port=baseline.port if baseline else None,
             baseline_version=baseline.version if baseline else "",
             percent=percent,
+            steps=len(traffic.plan) if percent < 100 else 1,
         )
         progress.traffic(split)
         with progress.step("move traffic", detail=describe(split, request.image.version)):
@@ -230,6 +220,9 @@ class BehindProxy:
                 baseline_port=baseline.port if baseline else None,
                 baseline_version=baseline.version if baseline else "",
                 percent=100 if final or baseline is None else traffic.plan[0],
+            )
+            split = split.model_copy(
+                update={"steps": len(traffic.plan) if split.percent < 100 else 1}
             )
             progress.traffic(split)
             with progress.step("move traffic", detail=describe(split, new.version)):

@@ -27,6 +27,7 @@ from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.kpis import Reading, judge, kpi_query, next_streak
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
+from bot.domain.traffic import watch_seconds
 from bot.ports import KpiSource
 from bot.services import incidents, traffic
 from bot.services.context import Context
@@ -67,7 +68,7 @@ class Watcher:
             pipeline=rollout.pipeline,
             started_at=rollout.live_at or self.ctx.clock.now(),
             interval=pipeline.watch.interval,
-            duration=traffic.watch_seconds(pipeline, rollout),
+            duration=watch_seconds(pipeline, rollout),
             warmup=pipeline.watch.warmup,
         )
         self.ctx.store.start_watch(watch)

@@ -22,6 +22,7 @@ from bot.domain.models import (
     StepStatus,
 )
 from bot.domain.text import shorten
+from bot.domain.traffic import watch_seconds
 from bot.ports import LiveVersion
 from bot.slack.render import channel_link, mention, mrkdwn, slack_date
 
@@ -82,6 +83,23 @@ def rollout_text(rollout: Rollout) -> str:
     return f"{rollout_title(rollout)}: {STATUS_WORDS[rollout.status]}"
 
 
+def traffic_line(rollout: Rollout) -> str | None:
+    """Where the rollout's requests go behind the proxy: `5% to 2 · 95% to 1 (step 1 of 3)`."""
+    split = rollout.traffic
+    if split is None:
+        return None
+    line = f":twisted_rightwards_arrows: traffic: {split.weights().get(split.port, 100)}% to `{rollout.version}` (port {split.port})"
+    if split.baseline_port is not None and not split.baseline_retired:
+        line += (
+            f" · {100 - split.percent}% to `{split.baseline_version}` (port {split.baseline_port})"
+        )
+    if split.steps > 1:
+        line += f" · canary step {split.step + 1} of {split.steps}"
+    elif split.baseline_retired and split.baseline_version:
+        line += f" · `{split.baseline_version}` drained and stopped"
+    return line
+
+
 def build_rollout_message(rollout: Rollout) -> list[Block]:
     """The one channel message a rollout has, re-rendered at every step."""
     status = (
@@ -98,6 +116,9 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     ]
     if rollout.forced:
         lines.append(f":warning: forced outside the deploy window: {rollout.reason}")
+    traffic = traffic_line(rollout)
+    if traffic is not None:
+        lines.append(traffic)
     approved = [a for a in rollout.approvals if a.decision == "approved"]
     if approved and rollout.status is not RolloutStatus.awaiting_approval:
         lines.append(
@@ -178,11 +199,13 @@ def status_text(
             f"{STATUS_WORDS[inflight.status]} ({inflight.id})"
         )
     if watching is not None and watching.status is RolloutStatus.live and pipeline.kpis:
-        ends = (watching.live_at or watching.created_at) + pipeline.watch.duration
+        ends = (watching.live_at or watching.created_at) + watch_seconds(pipeline, watching)
         lines.append(
             f"watching `{watching.version}`: {len(pipeline.kpis)} KPI(s) every "
             f"{pipeline.watch.interval:g}s until {slack_date(ends, '{time_secs}')}"
         )
+    if watching is not None and (traffic := traffic_line(watching)) is not None:
+        lines.append(traffic)
     return "\n".join(lines)
 
 

@@ -105,10 +105,16 @@ class _SwarmPolicy(Strict):
     parallelism: int = Field(default=1, ge=0)
     delay: Delay = 1.0
     monitor: Duration = 5.0
-    # stop-first: with host networking on one node the new task cannot bind the old task's
-    # port while it runs, so start-first only suits services whose tasks get their own ports.
-    order: Literal["start-first", "stop-first"] = "stop-first"
+    # Unset: start-first (the new task is up before the old one stops) wherever the ports
+    # allow it; with host networking the new task cannot bind the port the old task holds on
+    # its node, so there it is stop-first.
+    order: Literal["start-first", "stop-first"] | None = None
     max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    def order_for(self, pipeline: Pipeline) -> Literal["start-first", "stop-first"]:
+        if self.order is not None:
+            return self.order
+        return "stop-first" if pipeline.container.get("network_mode") == "host" else "start-first"
 
 
 class SwarmUpdate(_SwarmPolicy):
@@ -201,7 +207,7 @@ def _nanoseconds(seconds: float) -> int:
     return round(seconds * NANOSECONDS)
 
 
-def update_config(policy: SwarmUpdate) -> UpdateConfig:
+def update_config(policy: SwarmUpdate, pipeline: Pipeline) -> UpdateConfig:
     """Every field set: the SDK's defaults (parallelism 0, `continue`) are not the engine's."""
     return UpdateConfig(
         parallelism=policy.parallelism,
@@ -209,18 +215,18 @@ def update_config(policy: SwarmUpdate) -> UpdateConfig:
         failure_action=policy.failure_action,
         monitor=_nanoseconds(policy.monitor),
         max_failure_ratio=policy.max_failure_ratio,
-        order=policy.order,
+        order=policy.order_for(pipeline),
     )
 
 
-def rollback_config(policy: SwarmRollback) -> RollbackConfig:
+def rollback_config(policy: SwarmRollback, pipeline: Pipeline) -> RollbackConfig:
     return RollbackConfig(
         parallelism=policy.parallelism,
         delay=_nanoseconds(policy.delay),
         failure_action=policy.failure_action,
         monitor=_nanoseconds(policy.monitor),
         max_failure_ratio=policy.max_failure_ratio,
-        order=policy.order,
+        order=policy.order_for(pipeline),
     )
 
 
@@ -437,7 +443,9 @@ class SwarmTarget:
         deadline = time.monotonic() + swarm_spec(pipeline).timeout
         previous_version = _spec_version(service.attrs["Spec"])
         policy = swarm_spec(pipeline).update
-        detail = f"0/{replicas} updated ({policy.order}, {policy.parallelism} at a time)"
+        detail = (
+            f"0/{replicas} updated ({policy.order_for(pipeline)}, {policy.parallelism} at a time)"
+        )
         try:
             with progress.step("update service", detail=detail):
                 # A refused update changed nothing: its RolloutFailed leaves as it is.
@@ -553,8 +561,8 @@ class SwarmTarget:
             "name": options["name"],
             "labels": immune_labels,
             "mode": ServiceMode("replicated", replicas=swarm_spec(pipeline).replicas),
-            "update_config": update_config(swarm_spec(pipeline).update),
-            "rollback_config": rollback_config(swarm_spec(pipeline).rollback),
+            "update_config": update_config(swarm_spec(pipeline).update, pipeline),
+            "rollback_config": rollback_config(swarm_spec(pipeline).rollback, pipeline),
             # Host networking has no virtual IP to balance; DNS round robin asks for none.
             "endpoint_spec": EndpointSpec(mode="dnsrr" if host_network else "vip"),
         }

@@ -102,6 +102,17 @@ def test_zero_delay_and_options_from_the_config() -> None:
     assert "CapabilityDrop" not in spec["task_template"]["ContainerSpec"]
 
 
+def test_updates_start_first_by_default_unless_host_networking_holds_the_port() -> None:
+    host = spec_for(pipeline())
+    assert host["update_config"]["Order"] == "stop-first", "a task's host port is taken"
+    routed = pipeline()
+    routed["container"] = {"name": "web", "environment": {"PORT": "8080"}}
+    spec = spec_for(routed)
+    assert spec["update_config"]["Order"] == "start-first"
+    assert spec["rollback_config"]["Order"] == "start-first"
+    assert spec["endpoint_spec"] == {"Mode": "vip"}
+
+
 def test_health_urls_name_each_slot() -> None:
     web = parse_pipelines({"pipelines": {"web": pipeline()}}).pipelines["web"]
     assert health_urls(web) == [f"http://127.0.0.1:808{slot}/healthz" for slot in (1, 2, 3)]

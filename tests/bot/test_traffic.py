@@ -25,6 +25,7 @@ from bot.services.requests import CommandRequest
 from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.traffic import Routers
 from bot.services.watch import Watcher
+from bot.slack.messages import traffic_line
 from bot.slack.render import mrkdwn
 from bot.store.keys import Keys
 from bot.store.store import Store
@@ -309,6 +310,11 @@ def test_a_canary_moves_step_by_step_and_each_step_is_recorded_before_the_proxy_
     canary = rig.deploy("2", RolloutStatus.live)
     old, new = rig.port_of("1"), rig.port_of("2")
     assert rig.weights() == {new: 5, old: 95}
+    assert traffic_line(canary) == (
+        f":twisted_rightwards_arrows: traffic: 5% to `2` (port {new}) · 95% to `1` "
+        f"(port {old}) · canary step 1 of 3"
+    ), "the rollout message shows the step and the split"
+    rig.wait_for(lambda: rig.store.watch(canary.id) is not None, "the watch recorded")
     watch = rig.store.watch(canary.id)
     assert watch is not None and watch.duration == 2 * 2 + 2, "two steps before 100%, then 2s"
     seen = []
@@ -321,6 +327,9 @@ def test_a_canary_moves_step_by_step_and_each_step_is_recorded_before_the_proxy_
     assert seen.index({new: 50, old: 50}) < seen.index({new: 100, old: 0})
     done = rig.settled(canary.id, lambda r: r.status is RolloutStatus.good)
     assert done.traffic is not None and done.traffic.percent == 100
+    assert traffic_line(done) == (
+        f":twisted_rightwards_arrows: traffic: 100% to `2` (port {new}) · canary step 3 of 3"
+    )
     rig.wait_for(lambda: rig.weights() == {new: 100}, "the baseline retired")
     steps = [
         e.detail
