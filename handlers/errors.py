@@ -19,17 +19,26 @@ def register(app: App) -> None:
     app.error(on_error)
 
 
-def user_text_for(error: Exception, logger: logging.Logger) -> str:
+def user_text_for(error: Exception, logger: logging.Logger, asked: str = "") -> str:
     if isinstance(error, ImmuneError):
-        logger.info("refused (%s): %s", error.code, error.message)
+        # A refusal's one log line (its audit entry, if it has one, is logged at DEBUG only).
+        logger.info("refused (%s) %s: %s", error.code, asked or "-", error.message)
         return error_text(error)
     error_id = secrets.token_hex(4)
     logger.error("unexpected error %s", error_id, exc_info=error)
     return f"Something went wrong on our side (error id `{error_id}`); nothing was changed. Tell the bot's operators."
 
 
+def asked_by(body: dict[str, Any]) -> str:
+    """Who asked what, for the log: `U123 /deploy web 1`, or `U123` for a button press."""
+    user = str(body.get("user_id") or (body.get("user") or {}).get("id") or "")
+    if "command" in body:
+        return f"{user} {body['command']} {body.get('text') or ''}".strip()
+    return user
+
+
 def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> BoltResponse:
-    text = user_text_for(error, logger)
+    text = user_text_for(error, logger, asked_by(body))
     code = error.code if isinstance(error, ImmuneError) else "internal"
     if "command" in body:
         metrics.COMMANDS.labels(command=body["command"], outcome=code).inc()

@@ -10,16 +10,16 @@ from bot.domain.errors import NotAllowed, RolloutInFlight
 from bot.domain.images import ImageRef
 from bot.domain.text import Channels, Moment, Text, User, Users, as_text, say
 from bot.services.context import Context
-from bot.services.requests import CommandRequest
+from bot.services.requests import CommandRequest, audit_refusal
 
 
 def refuse(ctx: Context, request: CommandRequest, pipeline: str, why: str) -> None:
     """Audit a refusal of `request` (the caller raises the error that explains it)."""
-    ctx.audit(
+    audit_refusal(
+        ctx,
         actor=request.user_id,
         action=request.action,
         pipeline=pipeline,
-        outcome="refused",
         detail=why,
         command=request.typed,
     )
@@ -114,11 +114,11 @@ def check_not_in_flight(
 def audit_in_flight(
     ctx: Context, name: str, actor: str, action: str, image: ImageRef, command: str
 ) -> None:
-    ctx.audit(
+    audit_refusal(
+        ctx,
         actor=actor,
         action=action,
         pipeline=name,
-        outcome="refused",
         detail=f"rollout_in_flight; {image.reference}",
         command=command,
     )

@@ -6,6 +6,7 @@ Answers are domain `Text`: the chat layer shows the people and times in them its
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from bot.domain.errors import Duplicate, ImmuneError
@@ -13,6 +14,11 @@ from bot.domain.parsing import USAGE
 from bot.domain.text import Text, as_text, say
 from bot.services.context import Context
 from bot.store.keys import Once
+from bot.store.store import AuditRecord
+
+# The refusals audited while answer_once handles a request on this thread: written with its
+# answer, in one round trip, instead of one each.
+_refusals: ContextVar[list[AuditRecord] | None] = ContextVar("refusals", default=None)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,23 @@ def help_reply(command: str) -> Reply:
     return Reply(as_text(USAGE[command]))
 
 
+def audit_refusal(ctx: Context, **fields: str) -> None:
+    """Audit a refusal; the caller raises the error that explains it, right after.
+
+    Inside answer_once the entry is written with the request's recorded answer (atomically, in
+    the same round trip); elsewhere at once.
+    """
+    pending = _refusals.get()
+    if pending is None:
+        ctx.audit(outcome="refused", **fields)
+        return
+    pending.append(
+        ctx.store.audit_record(
+            outcome="refused", max_age_days=ctx.limits.audit_max_age_days, **fields
+        )
+    )
+
+
 def answer_once(
     ctx: Context, kind: Once, request_id: str | None, what: str, handle: Callable[[], Reply]
 ) -> Reply:
@@ -54,7 +77,8 @@ def answer_once(
 
     The first delivery claims the request id (SET NX); a redelivery gets the first answer
     again, or, while the first is still being handled, says so. The answer is kept, refusals
-    included, so a retry never runs the checks (and the audit) a second time.
+    included, so a retry never runs the checks (and the audit) a second time. A refusal's
+    audit entry is written with the answer, before it: one round trip for both.
     """
     if not request_id:
         return handle()
@@ -66,14 +90,21 @@ def answer_once(
             say("Already answered {} (it arrived again); the answer was:\n", what)
             + Text.from_json(earlier)
         )
+    refusals: list[AuditRecord] = []
+    token = _refusals.set(refusals)
     try:
         reply = handle()
     except ImmuneError as exc:
-        ctx.store.record_answer(kind, request_id, exc.text().to_json())
+        ctx.store.record_answer(kind, request_id, exc.text().to_json(), audit=refusals)
         raise
     except Exception:
         # Nothing was answered: a redelivery may try again (the pipeline lock still holds).
+        # What was refused before the failure is audited, as it would have been at once.
+        for record in refusals:
+            ctx.store.append_audit(record)
         ctx.store.release_once(kind, request_id)
         raise
-    ctx.store.record_answer(kind, request_id, reply.text.to_json())
+    finally:
+        _refusals.reset(token)
+    ctx.store.record_answer(kind, request_id, reply.text.to_json(), audit=refusals)
     return reply

@@ -63,15 +63,38 @@ return 0
 # Audit entries are stamped with the bot's clock (so age and `since` mean the same time as
 # `at`), never below the stream's last id (replicas' clocks differ), and everything older than
 # the age cap is trimmed exactly: the stream is capped by age, never by count.
-_AUDIT_APPEND = """
-local id = ARGV[2]
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if last[1] then
-  local last_ms = string.match(last[1][1], '^(%d+)-')
-  if tonumber(last_ms) > tonumber(id) then id = last_ms end
+_APPEND_AUDIT_FUNCTION = """
+local function append(stream, min_id, at_ms, fields)
+  local id = at_ms
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if last[1] then
+    local last_ms = string.match(last[1][1], '^(%d+)-')
+    if tonumber(last_ms) > tonumber(id) then id = last_ms end
+  end
+  return redis.call('XADD', stream, 'MINID', min_id, id .. '-*', unpack(fields))
 end
-return redis.call('XADD', KEYS[1], 'MINID', ARGV[1], id .. '-*', unpack(ARGV, 3))
 """
+_AUDIT_APPEND = (
+    _APPEND_AUDIT_FUNCTION + "return append(KEYS[1], ARGV[1], ARGV[2], {unpack(ARGV, 3)})\n"
+)
+
+# An answer kept for the redeliveries of a request (as record_answer), with the audit entries
+# of what was refused, atomically and in one round trip: the entries first, so whoever finds
+# the answer finds them. ARGV[1]: the answer; ARGV[2]: how many entries; then each entry as
+# its length n and n strings (min id, at ms, field, value, ...).
+_ANSWER_WITH_AUDIT = (
+    _APPEND_AUDIT_FUNCTION
+    + """
+local at = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[at])
+  local entry = {unpack(ARGV, at + 1, at + n)}
+  append(KEYS[2], entry[1], entry[2], {unpack(entry, 3)})
+  at = at + n + 1
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'XX', 'KEEPTTL')
+"""
+)
 
 # Each pipeline's record with the records of its in-flight and live rollouts: what /pipeline
 # shows, read in one round trip however many pipelines are asked for. The rollout keys are
@@ -105,6 +128,21 @@ SAMPLES_KEPT_SECONDS = 30 * 86400
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    """An audit entry stamped when it happened, to append (with the age cap's trim point)."""
+
+    entry: AuditEntry
+    min_id: int
+
+    def args(self) -> list[str | int]:
+        """The append script's arguments: trim point, time (ms), then field, value, ..."""
+        fields: dict[str, Any] = self.entry.model_dump(exclude={"id"})
+        fields["at"] = repr(self.entry.at)
+        pairs = [str(part) for item in fields.items() for part in item]
+        return [self.min_id, int(self.entry.at * 1000), *pairs]
+
+
+@dataclass(frozen=True)
 class PipelineSnapshot:
     """A pipeline's state and the rollouts it names, as read together at one moment."""
 
@@ -129,6 +167,7 @@ class Store:
         self._release = client.register_script(_RELEASE_ROLLOUT)
         self._delete_if_holder = client.register_script(_DELETE_IF_HOLDER)
         self._audit_append = client.register_script(_AUDIT_APPEND)
+        self._answer_with_audit = client.register_script(_ANSWER_WITH_AUDIT)
         self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
 
     def ping(self) -> bool:
@@ -396,9 +435,22 @@ class Store:
         """The first claim broke before it was done: let a later one try again."""
         self.redis.delete(self.keys.seen(kind, subject))
 
-    def record_answer(self, kind: Once, request_id: str, answer: str) -> None:
-        """Keep what the first delivery was told, for the redeliveries of the same request."""
-        self.redis.set(self.keys.seen(kind, request_id), "=" + answer, xx=True, keepttl=True)
+    def record_answer(
+        self, kind: Once, request_id: str, answer: str, audit: Sequence[AuditRecord] = ()
+    ) -> None:
+        """Keep what the first delivery was told, for the redeliveries of the same request;
+        with `audit`, its entries are appended first, in the same round trip."""
+        key = self.keys.seen(kind, request_id)
+        if not audit:
+            self.redis.set(key, "=" + answer, xx=True, keepttl=True)
+            return
+        args: list[str | int] = ["=" + answer, len(audit)]
+        for record in audit:
+            entry = record.args()
+            args += [len(entry), *entry]
+        self._answer_with_audit(keys=[key, self.keys.audit()], args=args)
+        for record in audit:
+            self._log_audit(record)
 
     def first_answer(self, kind: Once, request_id: str) -> str | None:
         """The first delivery's answer; None while it is still being handled."""
@@ -406,6 +458,34 @@ class Store:
         return value[1:] if value and value.startswith("=") else None
 
     # Audit stream ------------------------------------------------------------------------
+
+    def audit_record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        pipeline: str = "",
+        outcome: str = "",
+        detail: str = "",
+        rollout: str = "",
+        command: str = "",
+        max_age_days: float | None = None,
+    ) -> AuditRecord:
+        """An audit entry stamped now, to append with `audit` or `record_answer`."""
+        now = self.clock.now()
+        if max_age_days is None:
+            max_age_days = self.audit_max_age_days
+        entry = AuditEntry(
+            at=now,
+            actor=actor,
+            action=action,
+            pipeline=pipeline,
+            outcome=outcome,
+            detail=detail[:2000],
+            rollout=rollout,
+            command=command[:500],
+        )
+        return AuditRecord(entry, min_id=max(int((now - max_age_days * 86400) * 1000), 0))
 
     def audit(
         self,
@@ -420,36 +500,37 @@ class Store:
         max_age_days: float | None = None,
     ) -> str:
         """Append to the audit stream; entries older than `max_age_days` are trimmed by age."""
-        now = self.clock.now()
-        if max_age_days is None:
-            max_age_days = self.audit_max_age_days
-        entry = AuditEntry(
-            at=now,
+        record = self.audit_record(
             actor=actor,
             action=action,
             pipeline=pipeline,
             outcome=outcome,
-            detail=detail[:2000],
+            detail=detail,
             rollout=rollout,
-            command=command[:500],
+            command=command,
+            max_age_days=max_age_days,
         )
-        fields: dict[str, Any] = entry.model_dump(exclude={"id"})
-        fields["at"] = repr(now)
-        min_id = max(int((now - max_age_days * 86400) * 1000), 0)
-        pairs = [str(part) for item in fields.items() for part in item]
-        entry_id = self._audit_append(
-            keys=[self.keys.audit()], args=[min_id, int(now * 1000), *pairs]
-        )
-        logger.info(
-            "audit actor=%s action=%s pipeline=%s outcome=%s rollout=%s detail=%s",
-            actor,
-            action,
-            pipeline,
-            outcome,
-            rollout,
-            detail,
-        )
+        return self.append_audit(record)
+
+    def append_audit(self, record: AuditRecord) -> str:
+        """Append one entry made by `audit_record`; returns its stream id."""
+        entry_id = self._audit_append(keys=[self.keys.audit()], args=record.args())
+        self._log_audit(record)
         return cast(str, entry_id)
+
+    def _log_audit(self, record: AuditRecord) -> None:
+        entry = record.entry
+        logger.log(
+            # A refusal is logged once, at INFO, where it is answered (handlers/errors.py).
+            logging.DEBUG if entry.outcome == "refused" else logging.INFO,
+            "audit actor=%s action=%s pipeline=%s outcome=%s rollout=%s detail=%s",
+            entry.actor,
+            entry.action,
+            entry.pipeline,
+            entry.outcome,
+            entry.rollout,
+            entry.detail,
+        )
 
     def audit_entries(
         self, *, pipeline: str | None = None, limit: int = 50, since: float | None = None
