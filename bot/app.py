@@ -14,8 +14,9 @@ import redis
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from slack_bolt import App, BoltContext
+from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.middleware import Middleware
 
 from bot.domain.clock import Clock, SystemClock
 from bot.domain.config import PipelinesConfig
@@ -246,17 +247,30 @@ def build_bolt_app(settings: Settings, ctx: Context, web_client: Any) -> App:
         request_verification_enabled=True,
     )
 
-    @bolt.middleware
-    def provide_context(context: BoltContext, next: Callable[[], None]) -> None:
-        context["immune"] = ctx
-        next()
-
+    bolt.use(ProvideContext(ctx))
     commands.register(bolt)
     actions.register(bolt)
     events.register(bolt)
     views.register(bolt)
     errors.register(bolt)
     return bolt
+
+
+class ProvideContext(Middleware):
+    """Hands every listener the bot's Context, as `context["immune"]`.
+
+    A Middleware class: bolt calls its `process` as is, where a function middleware costs an
+    argument injection on every request.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse | None:
+        req.context["immune"] = self.ctx
+        return next()
 
 
 # HTTP --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +17,24 @@ from bot.slack.replies import answer_text
 
 Operation = Callable[[Context, CommandRequest], PipelineAnswer]
 
+OPERATIONS: dict[str, Operation] = {
+    "/deploy": deploys.deploy,
+    "/rollback": deploys.rollback,
+    "/halt": halts.halt,
+    "/resume": halts.resume,
+    "/pipeline": status.pipeline_command,
+}
+
 
 def register(app: App) -> None:
-    app.command("/deploy")(deploy)
-    app.command("/rollback")(rollback)
-    app.command("/halt")(halt)
-    app.command("/resume")(resume)
-    app.command("/pipeline")(pipeline)
+    # One listener for every command: bolt tries its listeners one after another and each
+    # try builds its whole set of injectable arguments, so with one listener per command
+    # `/pipeline` (the fifth) paid for four tries before its own.
+    app.command(re.compile("^(?:" + "|".join(map(re.escape, OPERATIONS)) + ")$"))(slash_command)
+
+
+def slash_command(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
+    answer(ack, command, context, OPERATIONS[command["command"]])
 
 
 def request_from(command: dict[str, Any]) -> CommandRequest:
@@ -41,23 +53,3 @@ def answer(ack: Ack, command: dict[str, Any], context: BoltContext, operation: O
     reply = operation(context["immune"], request_from(command))
     ack(text=answer_text(reply), response_type="ephemeral")
     metrics.COMMANDS.labels(command=command["command"], outcome="ok").inc()
-
-
-def deploy(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, deploys.deploy)
-
-
-def rollback(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, deploys.rollback)
-
-
-def halt(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, halts.halt)
-
-
-def resume(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, halts.resume)
-
-
-def pipeline(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, status.pipeline_command)

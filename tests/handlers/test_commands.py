@@ -1,0 +1,95 @@
+"""The slash-command listener through bolt: each command reaches its use case with the bot's
+Context, its answer is the ephemeral ack, and an unknown command is left unhandled."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlencode
+
+import pytest
+import redis
+from slack_bolt import App, BoltRequest
+from slack_sdk import WebClient
+from slack_sdk.signature import SignatureVerifier
+
+from bot.app import build_bolt_app
+from bot.domain.text import as_text
+from bot.services.context import Context
+from bot.services.requests import CommandRequest, Reply
+from bot.settings import Settings
+from handlers import commands
+from tests.support.bot_harness import BOT_TOKEN
+from tests.support.domain import CHANNEL, domain_context, web_config
+from tests.support.slack_emulator import SlackEmulator
+
+SECRET = "test-signing-secret"
+
+
+@pytest.fixture
+def ctx(redis_client: redis.Redis) -> Iterator[Context]:
+    with domain_context(redis_client, web_config()) as made:
+        yield made
+
+
+@pytest.fixture
+def bolt(ctx: Context) -> Iterator[App]:
+    with SlackEmulator() as slack:  # bolt asks it auth.test once
+        settings = Settings(
+            redis_url="redis://127.0.0.1:9",  # unused: the Context is the test's
+            pipelines_file="unused.yml",
+            slack_api_url=slack.base_url,
+            slack_bot_token=BOT_TOKEN,
+            slack_signing_secret=SECRET,
+            slack_token_verification=False,
+        )
+        yield build_bolt_app(settings, ctx, WebClient(token=BOT_TOKEN, base_url=slack.base_url))
+
+
+def signed(command: str, text: str) -> BoltRequest:
+    body = urlencode(
+        {
+            "command": command,
+            "text": text,
+            "user_id": "U0DEV1",
+            "channel_id": CHANNEL,
+            "team_id": "T0TEAM",
+            "trigger_id": f"trigger-{time.monotonic_ns()}",
+            "response_url": "http://127.0.0.1:9/response",
+        }
+    )
+    timestamp = str(int(time.time()))
+    signature = SignatureVerifier(SECRET).generate_signature(timestamp=timestamp, body=body)
+    assert signature is not None
+    headers: dict[str, str | Sequence[str]] = {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-slack-request-timestamp": timestamp,
+        "x-slack-signature": signature,
+    }
+    return BoltRequest(body=body, headers=headers)
+
+
+@pytest.mark.parametrize("name", sorted(commands.OPERATIONS))
+def test_each_command_reaches_its_use_case_with_the_bots_context(
+    name: str, bolt: App, ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[Context, CommandRequest]] = []
+
+    def operation(given: Context, request: CommandRequest) -> Reply:
+        seen.append((given, request))
+        return Reply(as_text(f"answered {request.command}"))
+
+    monkeypatch.setitem(commands.OPERATIONS, name, operation)
+    response = bolt.dispatch(signed(name, "web 1"))
+    assert response.status == 200
+    assert json.loads(response.body) == {
+        "text": f"answered {name}",
+        "response_type": "ephemeral",
+    }
+    [(given, request)] = seen
+    assert given is ctx and request.command == name and request.text == "web 1"
+
+
+def test_an_unknown_command_is_not_handled(bolt: App) -> None:
+    assert bolt.dispatch(signed("/nope", "web 1")).status == 404
