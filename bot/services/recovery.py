@@ -38,7 +38,14 @@ def reconcile_live_versions(ctx: Context) -> None:
         state = ctx.store.pipeline(name)
         if state.inflight_rollout:
             continue  # recover_orphans settles it
-        live = ctx.target(pipeline).live(name, pipeline)
+        target = ctx.target(pipeline)
+        if isinstance(target, traffic.BehindProxy) and target.runs(
+            name, pipeline, state.live_rollout
+        ):
+            # Behind a proxy several versions run at once (a canary and its baseline): the
+            # live rollout's version running is all the engine must confirm.
+            continue
+        live = target.live(name, pipeline)
         engine_version = live.version if live else ""
         if engine_version == state.live_version:
             continue

@@ -111,6 +111,12 @@ class BehindProxy:
             return None
         return LiveVersion(version=serving.version, rollout_id=serving.rollout_id)
 
+    def runs(self, pipeline_name: str, pipeline: Pipeline, rollout_id: str) -> bool:
+        """Whether the rollout's version runs (it may share the traffic with another)."""
+        return bool(rollout_id) and any(
+            v.rollout_id == rollout_id for v in self.target.versions(pipeline_name, pipeline)
+        )
+
     def _routes_before_any_change(self, pipeline: Pipeline, progress: Progress) -> dict[int, int]:
         traffic = _traffic(pipeline)
         with progress.step("proxy", detail=f"{traffic.proxy} at {traffic.runtime_api}"):
@@ -200,7 +206,14 @@ class BehindProxy:
         traffic = _traffic(pipeline)
         routes = self._routes_before_any_change(pipeline, progress)
         running = self.target.versions(name, pipeline)
-        mine = [v for v in running if v.rollout_id == request.rollout_id]
+        # Its version: started by this rollout, or a kept container of the same image it
+        # started again (that one still carries the label of the rollout that created it).
+        mine = [
+            v
+            for v in running
+            if v.rollout_id == request.rollout_id
+            or (v.version == request.image.version and v.image_id == request.located.image_id)
+        ]
         new = mine[0] if mine else None
         if new is not None:
             try:

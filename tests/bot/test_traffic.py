@@ -19,7 +19,7 @@ from bot.domain.errors import ConfigError
 from bot.domain.kpis import kpi_query
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_pipelines
-from bot.services import deploys, traffic
+from bot.services import deploys, recovery, traffic
 from bot.services.context import Context, Limits
 from bot.services.requests import CommandRequest
 from bot.services.runner import RolloutRunner, RolloutSettings
@@ -443,3 +443,15 @@ def test_two_pipelines_may_not_share_ports_and_swarm_cannot_sit_behind_the_proxy
     swarm["pipelines"]["web"]["target"] = "swarm"
     with pytest.raises(ConfigError, match="cannot sit behind the bot's proxy"):
         parse_pipelines(swarm, registry=REGISTRY)
+
+
+def test_a_restarted_bot_believes_a_canary_that_runs_though_its_baseline_has_more_traffic(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="canary", steps=[5, 100], step_duration="10s")
+    good_first(rig)
+    canary = rig.deploy("2", RolloutStatus.live)
+    recovery.reconcile_live_versions(rig.ctx)
+    state = rig.store.pipeline("web")
+    assert (state.live_version, state.live_rollout) == ("2", canary.id)
+    assert traffic.restore_routes(rig.ctx) == [], "the recorded split is what the proxy serves"

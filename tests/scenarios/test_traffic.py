@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from tests.scenarios.test_deploy_loop import deploy
@@ -216,3 +218,124 @@ def test_routes_lost_in_an_haproxy_restart_are_put_back_and_the_channel_told(
         time.sleep(2)
     assert_nothing_lost(load.record)
     assert load.record.share("1") == 1.0
+
+
+def test_a_rollback_after_the_watch_starts_the_old_version_first_and_loses_nothing(
+    start_bot: Any, served_web: Any, prometheus_server: Any
+) -> None:
+    web = served_web(strategy="blue_green")
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot)
+    deploy(bot, "web 2")
+    second = rollout_of(bot, "2", is_(RolloutStatus.good))
+    wait_until(
+        lambda: bot.ctx.store.rollout(second.id).traffic.baseline_retired,
+        10,
+        what="version 1 drained and stopped",
+    )
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=30) as load:
+        time.sleep(1)
+        answer = bot.slack.command("/rollback", "web 1")
+        assert answer.status == 200, answer.text
+        back = rollout_of(bot, "1", lambda r: r.kind is RolloutKind.rollback and r.status.finished)
+        switched = time.monotonic()
+        time.sleep(1.5)
+    record = load.record
+    assert back.status is RolloutStatus.good, back.error
+    assert [s.name for s in back.steps][:4] == ["locate image", "proxy", "start", "health check"]
+    assert_nothing_lost(record)
+    assert not record.failures(), record.summary()
+    late = [r for r in record.responses if r.sent_at > switched]
+    assert late and all(r.version == "1" for r in late), record.summary()
+    print(f"rollback after the watch: {record.summary()}")
+
+
+def test_a_version_that_fails_its_health_check_never_gets_a_request(
+    start_bot: Any, served_web: Any, prometheus_server: Any
+) -> None:
+    web = served_web(strategy="blue_green")
+    web["health"]["timeout"] = "2s"
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot)
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=20) as load:
+        time.sleep(0.5)
+        deploy(bot, "web 4")  # /healthz answers 500
+        failed = rollout_of(bot, "4", lambda r: r.status.finished)
+        time.sleep(0.5)
+    record = load.record
+    assert failed.status is RolloutStatus.failed
+    assert "health check" in failed.error
+    assert_nothing_lost(record)
+    assert record.share("1") == 1.0, record.summary()
+    print(f"unhealthy version: {record.summary()}")
+
+
+def test_an_unreachable_runtime_api_fails_the_deploy_before_anything_starts(
+    start_bot: Any, served_web: Any, prometheus_server: Any, haproxy_server: HAProxyServer
+) -> None:
+    web = served_web(strategy="blue_green")
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first_good(bot)
+    # HAProxy keeps serving; only its runtime API socket is gone.
+    Path(haproxy_server.runtime_api).unlink()
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=20) as load:
+        time.sleep(0.5)
+        deploy(bot, "web 2")
+        failed = rollout_of(bot, "2", lambda r: r.status.finished)
+        time.sleep(0.5)
+    assert failed.status is RolloutStatus.failed
+    assert "nothing was started and no traffic moved" in failed.error, failed.error
+    assert [s.name for s in failed.steps] == ["locate image", "proxy"]
+    assert_nothing_lost(load.record)
+    assert load.record.share("1") == 1.0
+    health = requests.get(bot.url + "/healthz", timeout=5).json()
+    [proxy] = [value for key, value in health.items() if key.startswith("haproxy ")]
+    assert proxy["ok"] is False, proxy
+
+
+def stored_rollout(redis_client: Any, prefix: str, version: str) -> dict[str, Any] | None:
+    for rollout_id in redis_client.zrevrange(f"{prefix}:pipeline:web:rollouts", 0, 5):
+        rollout: dict[str, Any] = json.loads(redis_client.get(f"{prefix}:rollout:{rollout_id}"))
+        if rollout["version"] == version:
+            return rollout
+    return None
+
+
+def test_a_bot_killed_mid_canary_carries_on_from_redis_when_started_again(
+    start_bot_process: Any,
+    served_web: Any,
+    prometheus_server: Any,
+    redis_client: Any,
+    redis_prefix: str,
+) -> None:
+    web = served_web(strategy="canary", steps=[10, 50, 100], step_duration="3s")
+    bot = start_bot_process({"pipelines": {"web": web}}, prometheus_url=prometheus_server.url)
+
+    def status(version: str) -> str:
+        rollout = stored_rollout(redis_client, redis_prefix, version)
+        return rollout["status"] if rollout else ""
+
+    bot.slack.command("/deploy", "web 1")
+    wait_until(lambda: status("1") == "good", 40, what="version 1 good")
+    with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load:
+        time.sleep(0.5)
+        bot.slack.command("/deploy", "web 2")
+        wait_until(lambda: status("2") == "live", 30, what="the canary at its first step")
+        bot.kill()
+        time.sleep(2)  # no bot: the split stays as Redis recorded it
+        bot.start()
+        wait_until(lambda: status("2") == "good", 40, what="the canary to finish after restart")
+        wait_until(
+            lambda: stored_rollout(redis_client, redis_prefix, "2")["traffic"]["baseline_retired"],  # type: ignore[index]
+            10,
+            what=f"version 1 drained; bot log:\n{bot.log_tail(60)}",
+        )
+        ended = time.monotonic()
+        time.sleep(1)
+    record = load.record
+    assert_nothing_lost(record)
+    assert not record.failures(), record.summary()
+    late = [r for r in record.responses if r.sent_at > ended]
+    assert late and all(r.version == "2" for r in late), record.summary()
+    assert stored_rollout(redis_client, redis_prefix, "2")["traffic"]["percent"] == 100  # type: ignore[index]
+    print(f"bot killed mid-canary: {record.summary()}")
