@@ -7,6 +7,7 @@ What every pipeline has is checked here; what only one deploy target or KPI sour
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
 from dataclasses import dataclass
@@ -248,6 +249,15 @@ def parse_address(value: str, key: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class PortRange(BaseModel):
     """`18100-18119`: the loopback ports versions of one pipeline may take, both ends in."""
 
@@ -311,9 +321,30 @@ class Traffic(Strict):
     @field_validator("runtime_api")
     @classmethod
     def _runtime_api(cls, where: str) -> str:
-        if not where.startswith("/"):
-            parse_address(where, "traffic.runtime_api")
+        if where.startswith("/"):
+            # It is written into haproxy.cfg as it is: no character the config would read.
+            if not re.fullmatch(r"/[A-Za-z0-9_./+@:-]*", where):
+                raise ValueError(
+                    f"traffic.runtime_api {where!r}: use a socket path of letters, digits and "
+                    "_ . / + @ : - (no spaces, quotes or #)"
+                )
+            return where
+        host, _ = parse_address(where, "traffic.runtime_api")
+        if not is_loopback(host):
+            raise ValueError(
+                f"traffic.runtime_api {where!r}: HAProxy's admin socket must be on loopback "
+                "(127.0.0.1 or ::1) or a unix socket; it accepts every command unauthenticated"
+            )
         return where
+
+    @field_validator("backend")
+    @classmethod
+    def _not_the_exporter(cls, backend: str) -> str:
+        if backend == "prometheus":
+            raise ValueError(
+                "traffic.backend 'prometheus' is the exporter's frontend: pick another"
+            )
+        return backend
 
     @field_validator("steps")
     @classmethod
@@ -485,6 +516,11 @@ def _check_traffic_ports(pipelines: dict[str, Pipeline]) -> None:
                 raise ValueError(
                     f"pipelines {name!r} and {other_name!r}: traffic.ports "
                     f"{traffic.ports} and {other.ports} overlap"
+                )
+            if traffic.runtime_api == other.runtime_api and traffic.backend == other.backend:
+                raise ValueError(
+                    f"pipelines {name!r} and {other_name!r} both use backend "
+                    f"{traffic.backend!r} of the HAProxy at {traffic.runtime_api}"
                 )
             if traffic.listen_address == other.listen_address:
                 raise ValueError(

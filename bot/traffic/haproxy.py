@@ -10,14 +10,13 @@ sent only once every answer of the line before it was checked.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bot.domain.config import PipelinesConfig, Traffic, parse_address
+from bot.domain.config import PipelinesConfig, Traffic, is_loopback, parse_address
 from bot.domain.traffic import port_of, server_name
 from bot.ports import TrafficError
 
@@ -372,16 +371,6 @@ def _lines(commands: Sequence[str]) -> list[list[str]]:
         lines[-1].append(command)
         size += len(command) + 2
     return lines
-
-
-def is_loopback(host: str) -> bool:
-    """`localhost`, 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _first(line: str) -> str:

@@ -411,6 +411,9 @@ def test_routes_lost_by_a_proxy_restart_are_put_back_from_redis_and_the_channel_
         ({"strategy": "rolling"}, "Input should be 'blue_green' or 'canary'"),
         ({"runtime_api": "haproxy"}, "traffic.runtime_api 'haproxy': use host:port"),
         ({"runtime_api": "127.0.0.1:18102"}, "collides with traffic.listen or traffic.ports"),
+        ({"runtime_api": "10.0.0.5:9999"}, "must be on loopback"),
+        ({"runtime_api": "/run/my haproxy.sock"}, "(no spaces, quotes or #)"),
+        ({"backend": "prometheus"}, "is the exporter's frontend"),
     ],
 )
 def test_traffic_blocks_that_cannot_work_are_refused_at_load(
@@ -438,6 +441,9 @@ def test_two_pipelines_may_not_share_ports_and_swarm_cannot_sit_behind_the_proxy
     other["traffic"] = traffic_block(listen="127.0.0.1:18081", ports="18103-18110")
     raw["pipelines"]["api"] = other
     with pytest.raises(ConfigError, match=r"traffic\.ports 18103-18110 and 18100-18103 overlap"):
+        parse_pipelines(raw, registry=REGISTRY)
+    other["traffic"] = traffic_block(listen="127.0.0.1:18081", ports="18110-18119")
+    with pytest.raises(ConfigError, match="both use backend 'web' of the HAProxy at"):
         parse_pipelines(raw, registry=REGISTRY)
     swarm = traffic_pipeline()
     swarm["pipelines"]["web"]["target"] = "swarm"
