@@ -200,6 +200,24 @@ class Watch(Strict):
         return self
 
 
+def parse_fraction(value: object) -> float:
+    """`+50%`, `50%` or 0.5: a relative change, as a fraction."""
+    if isinstance(value, bool):
+        raise ValueError("a tolerance is a percentage like +50% or a fraction like 0.5")
+    if isinstance(value, int | float):
+        fraction = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\+?\d+(\.\d+)?\s*%\s*", value):
+        fraction = float(value.strip().lstrip("+").rstrip("%").strip()) / 100
+    else:
+        raise ValueError(f"invalid tolerance {value!r}: use a percentage like +50%")
+    if fraction <= 0:
+        raise ValueError(f"tolerance {value!r} must be greater than zero")
+    return fraction
+
+
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+
+
 class Kpi(Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
     query: str = ""  # PromQL; behind a proxy it may use {version} and {baseline}
@@ -210,6 +228,13 @@ class Kpi(Strict):
     min: float | None = None
     for_polls: int = Field(default=1, ge=1, alias="for")
     no_data: Literal["breach", "ignore"] = "breach"
+    # judge: compare (DESIGN.md "Judging"): the new version against the baseline.
+    judge: Literal["threshold", "compare"] = "threshold"
+    direction: Literal["increase", "decrease"] = "increase"  # which way is worse
+    tolerance: Fraction | None = None  # relative worsening that matters (+50%)
+    absolute: float | None = Field(default=None, gt=0)  # and/or an absolute difference
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    min_samples: int = Field(default=5, ge=3)
 
     @model_validator(mode="after")
     def _has_tolerance(self) -> Kpi:
@@ -218,13 +243,28 @@ class Kpi(Strict):
                 f"KPI {self.name!r} needs either a query or a builtin (error_rate, "
                 "latency_average), not both"
             )
-        if self.max is None and self.min is None:
+        if self.judge == "compare":
+            if self.tolerance is None and self.absolute is None:
+                raise ValueError(
+                    f"KPI {self.name!r} (judge: compare) needs a tolerance (like +50%) "
+                    "and/or an absolute difference"
+                )
+        elif self.tolerance is not None or self.absolute is not None:
+            raise ValueError(f"KPI {self.name!r}: tolerance and absolute are for judge: compare")
+        elif self.max is None and self.min is None:
             raise ValueError(f"KPI {self.name!r} needs max and/or min")
         if self.max is not None and self.min is not None and self.min > self.max:
             raise ValueError(f"KPI {self.name!r}: min is greater than max")
         return self
 
     def tolerance_text(self) -> str:
+        if self.max is None and self.min is None:
+            floors = [
+                f"{self.tolerance:+.0%}" if self.tolerance is not None else "",
+                f"+{self.absolute:g}" if self.absolute is not None else "",
+            ]
+            worse = "higher" if self.direction == "increase" else "lower"
+            return f"{self.name} no more than {' and '.join(f for f in floors if f)} {worse} than the baseline"
         if self.max is not None and self.min is not None:
             return f"{self.min:g} ≤ {self.name} ≤ {self.max:g}"
         if self.max is not None:
@@ -439,10 +479,15 @@ class Pipeline(Strict):
     @model_validator(mode="after")
     def _proxy_kpis(self) -> Pipeline:
         for kpi in self.kpis if self.traffic is None else []:
-            if kpi.builtin or "{version}" in kpi.query or "{baseline}" in kpi.query:
+            if (
+                kpi.builtin
+                or kpi.judge == "compare"
+                or "{version}" in kpi.query
+                or "{baseline}" in kpi.query
+            ):
                 raise ValueError(
-                    f"KPI {kpi.name!r} reads the proxy's per-version metrics "
-                    "(builtin, {version} or {baseline}): the pipeline needs a traffic block"
+                    f"KPI {kpi.name!r} reads the proxy's per-version metrics (builtin, "
+                    "judge: compare, {version} or {baseline}): the pipeline needs a traffic block"
                 )
         return self
 

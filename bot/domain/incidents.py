@@ -59,8 +59,10 @@ class KpiSample(BaseModel):
     slot: int
     kpi: str
     value: float | None  # None: no data (error, empty result, NaN)
-    verdict: str  # ok | breach | no_data | warmup | ignored
+    verdict: str  # ok | breach | no_data | warmup | ignored | not_enough_data
     detail: str = ""
+    baseline: float | None = None  # judge: compare: the baseline's value at the same poll
+    step: int = 0  # behind a proxy: the canary step (index) the poll was in
 
     @property
     def breaching(self) -> bool:
@@ -78,6 +80,7 @@ class Incident(BaseModel):
     kpi: str
     query: str
     tolerance: str
+    judgement: str = ""  # judge: compare: the decision, explained (medians, effect, p-value)
     kpi_max: float | None = None
     kpi_min: float | None = None
     for_polls: int = 1

@@ -26,7 +26,9 @@ BUILTIN_QUERIES = {
 }
 
 
-def kpi_query(kpi: Kpi, traffic: Traffic | None, split: TrafficSplit | None) -> str | None:
+def kpi_query(
+    kpi: Kpi, traffic: Traffic | None, split: TrafficSplit | None, *, baseline: bool = False
+) -> str | None:
     """The query to run for this poll: a builtin's, or the KPI's own, with `{version}` and
     `{baseline}` replaced by the two versions' label matchers. None when it names a baseline
     and none runs (a first deploy, or the baseline was retired)."""
@@ -35,6 +37,11 @@ def kpi_query(kpi: Kpi, traffic: Traffic | None, split: TrafficSplit | None) -> 
         query = BUILTIN_QUERIES[kpi.builtin].replace("{window}", f"{kpi.window:g}s")
     if traffic is None or split is None:
         return query
+    if baseline:
+        # The same KPI of the baseline: its series where the new version's would be.
+        if split.baseline_port is None or split.baseline_retired:
+            return None
+        query = query.replace("{version}", selector(traffic, split.baseline_port))
     query = query.replace("{version}", selector(traffic, split.port))
     if "{baseline}" in query:
         if split.baseline_port is None or split.baseline_retired:
@@ -58,6 +65,7 @@ class Verdict(StrEnum):
     no_data = "no_data"  # counted as breaching (policy: breach)
     ignored = "ignored"  # no data, skipped (policy: ignore)
     warmup = "warmup"
+    not_enough_data = "not_enough_data"  # judge: compare, too few samples yet: not counted
 
 
 def judge(kpi: Kpi, reading: Reading, slot: int, warmup_polls: int) -> Verdict:

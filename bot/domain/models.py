@@ -127,6 +127,10 @@ class Rollout(BaseModel):
     incident_id: str | None = None
     forced: bool = False
     traffic: TrafficSplit | None = None
+    # judge: compare, per KPI: the latest decision explained, and its verdict (shown in the
+    # rollout message; rewritten when the verdict changes, not at every poll).
+    judgements: dict[str, str] = Field(default_factory=dict)
+    judged: dict[str, str] = Field(default_factory=dict)
 
     def why(self) -> Text:
         """Why it ended, as people read it: `rejected by <someone>`."""

@@ -88,6 +88,18 @@ def kpi_chart(
                 label=label,
                 zorder=3,
             )
+    with_baseline = [s for s in with_data if s.baseline is not None]
+    if with_baseline:
+        # judge: compare: the baseline's series beside the new version's, same polls.
+        axes.plot(
+            [s.at for s in with_baseline],
+            [float(s.baseline or 0.0) for s in with_baseline],
+            color="#2e7d32",
+            linewidth=1.5,
+            linestyle="--",
+            label=f"{kpi}, baseline version",
+            zorder=2,
+        )
     if without_data:
         axes.scatter(
             [s.at for s in without_data],

@@ -273,8 +273,29 @@ def served(ctx: Context, pipeline: Pipeline) -> BehindProxy:
 # During the watch ---------------------------------------------------------------------------
 
 
-def advance(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSplit | None:
-    """A canary's next step once its time has come (no breach so far); returns the new split."""
+def held_short(rollout: Rollout, pipeline: Pipeline) -> bool:
+    """A canary that has not reached 100% (a step held for want of data)."""
+    split = rollout.traffic
+    return (
+        split is not None
+        and pipeline.traffic is not None
+        and split.baseline_port is not None
+        and not split.baseline_retired
+        and split.percent < 100
+    )
+
+
+def advance(
+    ctx: Context,
+    rollout: Rollout,
+    pipeline: Pipeline,
+    *,
+    ready: bool,
+    to_the_end: bool = False,
+) -> TrafficSplit | None:
+    """A canary's next step once its time has come, no breach so far, and every compare KPI
+    judged (`ready`): a step with not enough data holds, never promotes by itself. Steps are
+    taken one at a time; `to_the_end` goes to 100% (the watch ended with every KPI judged)."""
     split = rollout.traffic
     traffic = pipeline.traffic
     if split is None or traffic is None or rollout.live_at is None:
@@ -285,8 +306,11 @@ def advance(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSplit 
     due = min(
         len(plan) - 1, math.floor((ctx.clock.now() - rollout.live_at) / traffic.step_duration)
     )
-    if due <= split.step:
+    if to_the_end:
+        due = len(plan) - 1
+    if due <= split.step or not ready:
         return None
+    due = len(plan) - 1 if to_the_end else split.step + 1
     moved = split.model_copy(update={"step": due, "percent": plan[due]})
 
     def record(r: Rollout) -> None:

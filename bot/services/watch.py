@@ -25,7 +25,8 @@ from bot.domain.config import Kpi, Pipeline
 from bot.domain.errors import ImmuneError
 from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
-from bot.domain.kpis import Reading, judge, kpi_query, next_streak
+from bot.domain.judging import Decision, compare
+from bot.domain.kpis import Reading, Verdict, judge, kpi_query, next_streak
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
 from bot.domain.traffic import watch_seconds
 from bot.ports import KpiSource
@@ -157,12 +158,40 @@ class Watcher:
         if breached is not None:
             self.breach(rollout, pipeline, breached)
             return PollOutcome(slot, samples, breached, True)
+        self._show_judgements(rollout, pipeline, samples)
+        waiting = [s.kpi for s in samples if s.verdict == Verdict.not_enough_data.value]
         if slot >= watch.last_slot:
+            if traffic.held_short(rollout, pipeline):
+                if waiting:
+                    # The watch is over and a step could not be judged: `inconclusive`.
+                    kpi = next(k for k in pipeline.kpis if k.name == waiting[0])
+                    self.breach(rollout, pipeline, kpi, inconclusive=True)
+                    return PollOutcome(slot, samples, kpi, True)
+                traffic.advance(self.ctx, rollout, pipeline, ready=True, to_the_end=True)
             self.finish_good(rollout, watch)
             return PollOutcome(slot, samples, None, True)
         if pipeline.traffic is not None:
-            traffic.advance(self.ctx, rollout, pipeline)
+            traffic.advance(self.ctx, rollout, pipeline, ready=not waiting)
         return PollOutcome(slot, samples, None, False)
+
+    def _show_judgements(
+        self, rollout: Rollout, pipeline: Pipeline, samples: list[KpiSample]
+    ) -> None:
+        compared = {k.name for k in pipeline.kpis if k.judge == "compare"}
+        latest = {s.kpi: s for s in samples if s.kpi in compared and s.verdict != "warmup"}
+        # Rewritten when a verdict changes, or while samples are still being counted (a few
+        # polls at most), not at every poll: each rewrite is a Slack message update.
+        if all(
+            rollout.judged.get(name) == s.verdict and s.verdict != Verdict.not_enough_data.value
+            for name, s in latest.items()
+        ):
+            return
+
+        def record(r: Rollout) -> None:
+            r.judgements.update({name: s.detail for name, s in latest.items()})
+            r.judged.update({name: s.verdict for name, s in latest.items()})
+
+        self.ctx.runner.change(rollout.id, record, wait=False)
 
     def _poll_kpis(
         self, watch: WatchState, pipeline: Pipeline, slot: int, rollout: Rollout
@@ -173,6 +202,8 @@ class Watcher:
         streaks = store.streaks(watch.rollout_id)
         samples: list[KpiSample] = []
         breached: Kpi | None = None
+        step = rollout.traffic.step if rollout.traffic is not None else 0
+        earlier: list[KpiSample] | None = None  # this step's samples so far, read once
         for kpi in pipeline.kpis:
             started = time.perf_counter()
             query = kpi_query(kpi, pipeline.traffic, rollout.traffic)
@@ -185,6 +216,14 @@ class Watcher:
                 time.perf_counter() - started
             )
             verdict = judge(kpi, reading, slot, watch.warmup)
+            baseline_value: float | None = None
+            detail = reading.detail
+            if kpi.judge == "compare" and verdict is Verdict.ok:
+                if earlier is None:
+                    earlier = [s for s in store.samples(watch.rollout_id) if s.step == step]
+                verdict, baseline_value, detail = self._compare(
+                    kpi, pipeline, rollout, reading, earlier, timeout
+                )
             if reading.config_error:
                 logger.error("KPI %s of %s: %s", kpi.name, watch.pipeline, reading.detail)
             metrics.KPI_POLLS.labels(
@@ -197,7 +236,9 @@ class Watcher:
                     kpi=kpi.name,
                     value=reading.value,
                     verdict=verdict.value,
-                    detail=reading.detail,
+                    detail=detail,
+                    baseline=baseline_value,
+                    step=step,
                 )
             )
             streaks[kpi.name] = next_streak(streaks.get(kpi.name, 0), verdict)
@@ -207,6 +248,43 @@ class Watcher:
             watch.rollout_id, slot, {kpi.name: streaks[kpi.name] for kpi in pipeline.kpis}, samples
         )
         return samples, breached
+
+    def _compare(
+        self,
+        kpi: Kpi,
+        pipeline: Pipeline,
+        rollout: Rollout,
+        reading: Reading,
+        earlier: list[KpiSample],
+        timeout: float,
+    ) -> tuple[Verdict, float | None, str]:
+        """judge: compare: this poll's value and the baseline's, with the step's earlier ones."""
+        query = kpi_query(kpi, pipeline.traffic, rollout.traffic, baseline=True)
+        if query is None:
+            # A first deploy, or the baseline retired: nothing to compare with (not a breach).
+            return Verdict.not_enough_data, None, f"{kpi.name}: no baseline version runs"
+        base = self.sources[kpi.source].read(query, timeout)
+        if base.value is None:
+            verdict = Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
+            return verdict, None, f"{kpi.name}: the baseline has no data ({base.detail})"
+        assert reading.value is not None
+        pairs = [
+            (s.value, s.baseline)
+            for s in earlier
+            if s.kpi == kpi.name and s.value is not None and s.baseline is not None
+        ]
+        news = [value for value, _ in pairs if value is not None] + [reading.value]
+        bases = [value for _, value in pairs if value is not None] + [base.value]
+        comparison = compare(kpi, news, bases)
+        detail = comparison.explain(kpi)
+        if kpi.breaches(base.value):
+            detail += f"; the baseline itself is beyond {kpi.tolerance_text()} ({base.value:.4g})"
+        verdict = {
+            Decision.worse: Verdict.breach,
+            Decision.no_worse: Verdict.ok,
+            Decision.not_enough_data: Verdict.not_enough_data,
+        }[comparison.decision]
+        return verdict, base.value, detail
 
     def samples(self, rollout_id: str) -> list[KpiSample]:
         return self.ctx.store.samples(rollout_id)
@@ -258,7 +336,9 @@ class Watcher:
             detail=f"{updated.version} passed its watch; now the last good version",
         )
 
-    def breach(self, rollout: Rollout, pipeline: Pipeline, kpi: Kpi) -> Incident | None:
+    def breach(
+        self, rollout: Rollout, pipeline: Pipeline, kpi: Kpi, *, inconclusive: bool = False
+    ) -> Incident | None:
         """Roll back (or offer to), halt, record the incident, raise the alarm: once."""
         detected_at = self.ctx.clock.now()
         claimed = False
@@ -268,7 +348,12 @@ class Watcher:
             if r.status is RolloutStatus.live:
                 r.status = RolloutStatus.rolled_back
                 r.finished_at = detected_at
-                r.notes.append(f"KPI {kpi.name} breached: {kpi.tolerance_text()}")
+                r.notes.append(
+                    f"KPI {kpi.name} could not be judged (not enough data) by the watch's end: "
+                    "inconclusive, rolled back"
+                    if inconclusive
+                    else f"KPI {kpi.name} breached: {kpi.tolerance_text()}"
+                )
                 claimed = True
 
         # The status change is the claim: a second detection (another replica, a later poll)
@@ -303,6 +388,7 @@ class Watcher:
             kpi=kpi.name,
             query=kpi_query(kpi, pipeline.traffic, rollout.traffic) or kpi.query,
             tolerance=kpi.tolerance_text(),
+            judgement=self._judgement(rollout.id, kpi),
             kpi_max=kpi.max,
             kpi_min=kpi.min,
             for_polls=kpi.for_polls,
@@ -353,6 +439,12 @@ class Watcher:
             incident = incidents.record_alert(self.ctx.store, incident.id, alert_ts)
             self._post_chart_after_rollback(incident)
         return incident
+
+    def _judgement(self, rollout_id: str, kpi: Kpi) -> str:
+        if kpi.judge != "compare":
+            return ""
+        latest = [s for s in self.samples(rollout_id) if s.kpi == kpi.name]
+        return latest[-1].detail if latest else ""
 
     def _post_chart_after_rollback(self, incident: Incident) -> None:
         """Render the chart once the rollback is over: its CPU must not slow the rollback."""

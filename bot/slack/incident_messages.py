@@ -110,6 +110,8 @@ def build_breach_alert(incident: Incident) -> list[Block]:
         f"after `{incident.bad_version}` went live on `{incident.pipeline}`. {halted} "
         f"Incident `{incident.id}`."
     )
+    if incident.judgement:
+        summary += f"\n*Judged against the baseline:* {escape(incident.judgement)}"
     breached = incident.breaching_samples()[-MAX_SAMPLES_LISTED:]
     samples = (
         "\n".join(f"• {slack_date(s.at)}: `{_value(s)}` (poll {s.slot})" for s in breached)

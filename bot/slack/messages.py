@@ -24,7 +24,7 @@ from bot.domain.models import (
 from bot.domain.text import shorten
 from bot.domain.traffic import watch_seconds
 from bot.ports import LiveVersion
-from bot.slack.render import channel_link, mention, mrkdwn, slack_date
+from bot.slack.render import channel_link, escape, mention, mrkdwn, slack_date
 
 SECTION_TEXT_LIMIT = 3000
 
@@ -149,6 +149,7 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     if rollout.live_at is not None:
         facts.append(f"live after {_seconds(rollout.live_at - rollout.created_at)}")
     facts.extend(rollout.notes)
+    facts.extend(escape(text) for _, text in sorted(rollout.judgements.items()))
     if facts:
         blocks.append(
             ContextBlock(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
+from scipy.stats import mannwhitneyu
 
 from bot.domain.clock import FrozenClock
 from bot.domain.errors import ConfigError
@@ -461,3 +462,90 @@ def test_a_restarted_bot_believes_a_canary_that_runs_though_its_baseline_has_mor
     state = rig.store.pipeline("web")
     assert (state.live_version, state.live_rollout) == ("2", canary.id)
     assert traffic.restore_routes(rig.ctx) == [], "the recorded split is what the proxy serves"
+
+
+# judge: compare (issue 12) --------------------------------------------------------------------
+
+COMPARED = {
+    "name": "errors",
+    "query": "errors{{version}}",
+    "source": "scripted",
+    "judge": "compare",
+    "tolerance": "+50%",
+    "min_samples": 4,
+    "max": 0.5,  # a hard ceiling far above what the canary does
+}
+
+
+def compared_rig(make: Callable[..., Rig]) -> Rig:
+    rig = make(strategy="canary", steps=[10, 100], step_duration="30s")
+    kpi = dict(COMPARED)
+    config = traffic_pipeline(strategy="canary", steps=[10, 100], step_duration="30s")
+    config["pipelines"]["web"]["kpis"] = [kpi]
+    config["pipelines"]["web"]["watch"] = {"interval": "1s", "duration": "2s", "warmup": 0}
+    fresh = Rig(rig.store.redis, config)
+    rig.runner.shutdown(wait=True)
+    return fresh
+
+
+def poll_both(rig: Rig, rollout_id: str, new: float, baseline: float) -> None:
+    rig.wait_for(lambda: rig.store.watch(rollout_id) is not None, "the watch recorded")
+    rollout = rig.store.rollout(rollout_id)
+    assert rollout is not None and rollout.traffic is not None
+    pipeline = rig.config.pipelines["web"]
+    [compared] = pipeline.kpis
+    new_query = kpi_query(compared, pipeline.traffic, rollout.traffic)
+    base_query = kpi_query(compared, pipeline.traffic, rollout.traffic, baseline=True)
+    assert new_query is not None and new_query != base_query
+    rig.source.values[new_query] = [new]
+    if base_query is not None:  # None: a first deploy, no baseline runs
+        rig.source.values[base_query] = [baseline]
+    rig.clock.advance(1.0)
+    rig.watcher.poll(rollout_id)
+
+
+def test_compare_rolls_back_a_canary_three_times_worse_though_under_its_hard_max(
+    make: Callable[..., Rig],
+) -> None:
+    rig = compared_rig(make)
+    first = rig.deploy("1", RolloutStatus.live)
+    for _ in range(2):  # no baseline on a first deploy: not enough data, never a breach
+        poll_both(rig, first.id, 0.01, 0.0)
+    rig.settled(first.id, lambda r: r.status is RolloutStatus.good)
+    canary = rig.deploy("2", RolloutStatus.live)
+    for new, base in [(0.009, 0.003), (0.0091, 0.0031), (0.0089, 0.0029)]:
+        poll_both(rig, canary.id, new, base)
+        assert rig.store.rollout(canary.id).status is RolloutStatus.live  # type: ignore[union-attr]
+    waiting = rig.store.rollout(canary.id)
+    assert waiting is not None
+    assert waiting.judgements["errors"] == (
+        "errors: not enough data yet (3 of the 4 polls needed on both versions)"
+    )
+    poll_both(rig, canary.id, 0.0092, 0.003)
+    breached = rig.store.rollout(canary.id)
+    assert breached is not None and breached.status is RolloutStatus.rolled_back
+    [incident] = rig.notifier.opened
+    assert incident.judgement.startswith(
+        "errors: new version worse than the baseline (median 0.00905 vs 0.003"
+    ), incident.judgement
+    expected = mannwhitneyu(
+        [0.009, 0.0091, 0.0089, 0.0092], [0.003, 0.0031, 0.0029, 0.003], alternative="greater"
+    ).pvalue
+    assert f"p={expected:.3g}" in incident.judgement and "vs +50% tolerated" in incident.judgement
+    samples = [s for s in rig.store.samples(canary.id) if s.kpi == "errors"]
+    assert [s.baseline for s in samples] == [0.003, 0.0031, 0.0029, 0.003]
+
+
+def test_a_spike_shared_by_both_versions_rolls_back_neither(make: Callable[..., Rig]) -> None:
+    rig = compared_rig(make)
+    first = rig.deploy("1", RolloutStatus.live)
+    for _ in range(2):
+        poll_both(rig, first.id, 0.0, 0.0)
+    rig.settled(first.id, lambda r: r.status is RolloutStatus.good)
+    canary = rig.deploy("2", RolloutStatus.live)
+    for new, base in [(0.003, 0.003), (0.2, 0.21), (0.19, 0.2), (0.003, 0.0031), (0.0029, 0.003)]:
+        poll_both(rig, canary.id, new, base)
+    current = rig.store.rollout(canary.id)
+    assert current is not None and current.status is RolloutStatus.live
+    assert current.judgements["errors"].startswith("errors: new version no worse than the baseline")
+    assert rig.notifier.opened == []

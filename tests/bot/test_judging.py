@@ -1,0 +1,125 @@
+"""The compare judge on hand-made samples at the edges, and its properties (issue 12)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.domain.config import Kpi
+from bot.domain.judging import Decision, compare
+
+
+def kpi(**fields: Any) -> Kpi:
+    return Kpi.model_validate(
+        {
+            "name": "errors",
+            "builtin": "error_rate",
+            "judge": "compare",
+            "tolerance": "+50%",
+            **fields,
+        }
+    )
+
+
+def test_a_tripled_error_rate_is_worse_and_the_sentence_says_why() -> None:
+    baseline = [0.003, 0.0031, 0.0029, 0.0030, 0.0032, 0.0028, 0.0030]
+    new = [0.009, 0.0091, 0.0088, 0.0092, 0.0090, 0.0089, 0.0093]
+    result = compare(kpi(), new, baseline)
+    assert result.decision is Decision.worse
+    assert result.p_value is not None and result.p_value < 0.05
+    assert result.relative == pytest.approx(2.0, rel=0.05)
+    sentence = result.explain(kpi())
+    assert sentence.startswith("errors: new version worse than the baseline (median 0.009 vs 0.003")
+    assert "effect +20" in sentence and "p=" in sentence and "7 polls" in sentence
+    assert "vs +50% tolerated" in sentence
+
+
+def test_too_few_samples_is_not_enough_data_never_no_worse() -> None:
+    result = compare(kpi(min_samples=5), [0.5] * 4, [0.0] * 4)
+    assert result.decision is Decision.not_enough_data
+    assert result.explain(kpi()) == (
+        "errors: not enough data yet (4 of the 5 polls needed on both versions)"
+    )
+
+
+def test_a_baseline_with_zero_errors_and_a_version_with_some_is_worse() -> None:
+    # Kayenta's issue #377: a zero baseline must not hide a failing canary.
+    result = compare(kpi(), [0.01, 0.02, 0.01, 0.015, 0.01, 0.02], [0.0] * 6)
+    assert result.decision is Decision.worse
+    assert result.relative is not None and math.isinf(result.relative)
+    assert "from zero" in result.explain(kpi())
+
+
+def test_all_zeros_and_constant_series_are_no_worse() -> None:
+    assert compare(kpi(), [0.0] * 8, [0.0] * 8).decision is Decision.no_worse
+    assert compare(kpi(), [0.2] * 8, [0.2] * 8).decision is Decision.no_worse
+
+
+def test_a_shift_below_the_floor_is_no_worse() -> None:
+    baseline = [0.0100, 0.0101, 0.0099, 0.0100, 0.0102, 0.0098]
+    new = [0.0110, 0.0111, 0.0109, 0.0110, 0.0112, 0.0108]  # +10%: real, but tolerated
+    result = compare(kpi(), new, baseline)
+    assert result.decision is Decision.no_worse
+    assert "below the floor" in result.rule
+
+
+def test_one_scrape_spike_is_not_a_regression() -> None:
+    baseline = [0.01, 0.011, 0.009, 0.01, 0.012, 0.01, 0.011, 0.009]
+    new = [0.01, 0.011, 0.009, 0.5, 0.01, 0.011, 0.01, 0.009]  # one scrape far off
+    assert compare(kpi(), new, baseline).decision is Decision.no_worse
+
+
+def test_direction_decrease_and_an_absolute_floor() -> None:
+    throughput = kpi(direction="decrease", tolerance=None, absolute=10.0)
+    baseline = [100.0, 101.0, 99.0, 100.0, 102.0, 98.0]
+    assert compare(throughput, [60.0, 61.0, 59.0, 60.0, 62.0, 58.0], baseline).decision is (
+        Decision.worse
+    )
+    assert compare(throughput, [95.0, 96.0, 94.0, 95.0, 97.0, 93.0], baseline).decision is (
+        Decision.no_worse
+    ), "5 fewer is under the absolute floor of 10"
+    assert compare(throughput, [140.0] * 6, baseline).decision is Decision.no_worse
+
+
+def test_huge_values_and_ties() -> None:
+    big = [1e300, 2e300, 1e300, 3e300, 1e300]
+    assert compare(kpi(), big, big).decision is Decision.no_worse
+    assert compare(kpi(), [1.0, 1.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 2.0, 2.0]).decision is (
+        Decision.no_worse
+    )
+
+
+def test_the_config_rules_of_a_compare_kpi() -> None:
+    with pytest.raises(ValueError, match="needs a tolerance"):
+        Kpi.model_validate({"name": "e", "query": "q", "judge": "compare"})
+    with pytest.raises(ValueError, match="tolerance and absolute are for judge: compare"):
+        Kpi.model_validate({"name": "e", "query": "q", "max": 1, "tolerance": "+50%"})
+    with pytest.raises(ValueError, match="invalid tolerance"):
+        kpi(tolerance="fifty")
+    assert kpi(tolerance="+25%").tolerance == 0.25 and kpi(tolerance=0.5).tolerance == 0.5
+    hard = kpi(max=0.2)
+    assert hard.breaches(0.3), "a hard max still breaches at once"
+    assert kpi().tolerance_text() == "errors no more than +50% higher than the baseline"
+
+
+samples = st.lists(
+    st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=5, max_size=30
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, samples)
+def test_swapping_the_sides_never_makes_both_worse(a: list[float], b: list[float]) -> None:
+    one, other = compare(kpi(), a, b), compare(kpi(), b, a)
+    assert not (one.decision is Decision.worse and other.decision is Decision.worse)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, st.integers(min_value=0, max_value=10))
+def test_identical_samples_on_both_sides_never_breach(a: list[float], extra: int) -> None:
+    same = a + a[:extra]
+    assert compare(kpi(), same, list(same)).decision is not Decision.worse
