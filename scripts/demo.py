@@ -2,10 +2,13 @@
 
 The real bot (`python -m bot`) runs against a local emulator of Slack's Web API; the commands
 below reach it exactly as Slack sends them (signed HTTP requests to POST /slack/events), and
-it deploys the demo service on the real Docker engine, watched by the real Prometheus.
+it deploys the demo service on the real Docker engine behind the real HAProxy (driven through
+its runtime API), watched by the real Prometheus from HAProxy's own per-version metrics.
 
-    scripts/demo.sh              the scripted story: deploy, upgrade, a bad version caught and
-                                 rolled back, halt, five whys, resume
+    scripts/demo.sh              the scripted story: deploy, an upgrade by canary, a bad version
+                                 caught at its first canary step and rolled back, halt, five
+                                 whys, resume; a steady load through HAProxy all along, and
+                                 what it saw, phase by phase
     scripts/demo.sh --console    type the slash commands yourself
 
 The pipelines file is written to var/demo/pipelines.yml, where scripts/services.sh also reads
@@ -17,45 +20,85 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import socket
 import sys
+import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import redis
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bot.domain.models import Rollout, RolloutKind, TrafficSplit  # noqa: E402
 from tests.support.bot_harness import (  # noqa: E402
     BotProcess,
     bot_settings,
-    docker_pipeline,
-    wait_until,
     write_pipelines,
 )
+from tests.support.load import Response, SteadyLoad  # noqa: E402
 from tests.support.slack_emulator import SlackEmulator  # noqa: E402
 
 CHANNEL = "C0DEPLOY"
 USER = "U0DEV1"
 PREFIX = "immune-demo"
-DEMO_PORT = 18080
+CONTAINER = "immune-demo-web"
 BOT_PORT = 3000
+# HAProxy's frontend, where clients (and the demo's load) reach web; each version gets its
+# own port from VERSION_PORTS. The runtime socket lives with the other services' files in
+# var/run (scripts/services.sh starts HAProxy from `python -m bot proxy-config`).
+LISTEN_PORT = 18090
+VERSION_PORTS = "18091-18096"
+RUNTIME_API = REPO / "var" / "run" / "haproxy.sock"
+CANARY_STEPS = [10, 50, 100]
+STEP_SECONDS = 6
+WATCH_SECONDS = 6
+DRAIN_SECONDS = 1
+LOAD_RATE = 80.0  # requests/s, loopback only
+LOAD_MAX_SECONDS = 120.0  # the load stops by itself after this, whatever happens
+SHARE_TOLERANCE = 10  # percentage points a canary step's measured share may be off
+BAD_VERSION = "3"
 
 
 def demo_config(image: str) -> dict[str, Any]:
-    web = docker_pipeline(image=image, container_name="immune-demo-web", port=DEMO_PORT)
-    web["watch"] = {"interval": "2s", "duration": "12s", "warmup": 2}
-    web["kpis"] = [
-        {
-            "name": "error_rate",
-            "query": 'sum(rate(http_requests_total{job="web",code=~"5.."}[5s]))'
-            ' / sum(rate(http_requests_total{job="web"}[5s]))',
-            "max": 0.05,
-            "for": 2,
-        }
-    ]
+    web = {
+        "channel": CHANNEL,
+        "target": "docker",
+        "image": image,
+        "container": {"name": CONTAINER, "network_mode": "host"},
+        "health": {
+            "url": "http://127.0.0.1:{port}/healthz",
+            "timeout": "10s",
+            "interval": "100ms",
+        },
+        "traffic": {
+            "listen": f"127.0.0.1:{LISTEN_PORT}",
+            "runtime_api": str(RUNTIME_API),
+            "backend": "web",
+            "ports": VERSION_PORTS,
+            "strategy": "canary",
+            "steps": CANARY_STEPS,
+            "step_duration": f"{STEP_SECONDS}s",
+            "drain": f"{DRAIN_SECONDS}s",
+        },
+        "watch": {"interval": "1s", "duration": f"{WATCH_SECONDS}s", "warmup": 1},
+        "kpis": [
+            {
+                "name": "error_rate",
+                "builtin": "error_rate",  # 5xx / all, of the version under test, from HAProxy
+                "window": "3s",
+                "max": 0.05,
+                "for": 2,
+                "no_data": "ignore",  # a version that has served nothing yet is not judged
+            }
+        ],
+    }
     return {"timezone": "Europe/London", "admins": ["U0ADMIN"], "pipelines": {"web": web}}
 
 
@@ -126,51 +169,299 @@ def say_in_thread(bot: BotProcess, thread_ts: str, text: str, user: str = USER) 
     bot.slack.send_message(CHANNEL, user, text, thread_ts=thread_ts)
 
 
-def rollout_status(r: redis.Redis, version: str) -> str | None:
-    for rollout_id in r.zrevrange(f"{PREFIX}:pipeline:web:rollouts", 0, 4):
-        rollout = json.loads(r.get(f"{PREFIX}:rollout:{rollout_id}") or "{}")
-        if rollout.get("version") == version:
-            return str(rollout["status"])
+def recent_rollouts(r: redis.Redis, count: int = 5) -> list[Rollout]:
+    """The pipeline's newest rollouts as the bot stored them, newest first."""
+    rollouts = []
+    for rollout_id in r.zrevrange(f"{PREFIX}:pipeline:web:rollouts", 0, count - 1):
+        raw = r.get(f"{PREFIX}:rollout:{rollout_id}")
+        if raw:
+            rollouts.append(Rollout.model_validate_json(raw))
+    return rollouts
+
+
+def newest_rollout(r: redis.Redis, version: str, kind: RolloutKind | None = None) -> Rollout | None:
+    for rollout in recent_rollouts(r):
+        if rollout.version == version and kind in (None, rollout.kind):
+            return rollout
     return None
 
 
 def wait_for_status(
-    r: redis.Redis, transcript: Transcript, version: str, statuses: set[str], timeout: float
-) -> str:
+    r: redis.Redis,
+    transcript: Transcript,
+    version: str,
+    statuses: set[str],
+    timeout: float,
+    kind: RolloutKind | None = None,
+) -> Rollout:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         transcript.flush()
-        status = rollout_status(r, version)
-        if status in statuses:
+        rollout = newest_rollout(r, version, kind)
+        if rollout is not None and rollout.status.value in statuses:
             transcript.flush()
-            return status
-        time.sleep(0.5)
+            return rollout
+        time.sleep(0.25)
     raise SystemExit(f"demo: version {version} did not reach {statuses} in {timeout:g}s")
+
+
+# What the load saw -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitSeen:
+    """A rollout's traffic split as the bot recorded it in Redis, and when the demo saw it."""
+
+    at: float  # time.monotonic(), the load's clock
+    rollout_id: str
+    version: str
+    split: TrafficSplit
+
+
+class SplitLog:
+    """Every change of the rollouts' `traffic` in Redis, polled every 0.1 s on a thread.
+
+    The bot records each split before it tells HAProxy, so what is seen here leads the proxy
+    by a few milliseconds, and trails the record by up to one poll.
+    """
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.seen: list[SplitSeen] = []
+        self._last: dict[str, TrafficSplit | None] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="split-log", daemon=True)
+
+    def start(self) -> SplitLog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            for rollout in recent_rollouts(self.r):
+                if rollout.traffic is not None and self._last.get(rollout.id) != rollout.traffic:
+                    self._last[rollout.id] = rollout.traffic
+                    self.seen.append(SplitSeen(now, rollout.id, rollout.version, rollout.traffic))
+
+    def of(self, rollout_id: str) -> list[SplitSeen]:
+        return [s for s in self.seen if s.rollout_id == rollout_id]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    start: float  # time.monotonic()
+    end: float
+    rollout_id: str = ""  # the rollout whose canary steps happened in it
+
+
+def steps_in(phase: Phase, splits: SplitLog) -> list[tuple[SplitSeen, float]]:
+    """The splits the phase's rollout went through, each with when the next one came."""
+    seen = splits.of(phase.rollout_id) if phase.rollout_id else []
+    ends = [later.at for later in seen[1:]] + [phase.end]
+    return list(zip(seen, ends, strict=False))  # no splits seen: no steps
+
+
+def failure_kind(response: Response) -> str | None:
+    """Why a request failed, as a client sees it: no answer, the proxy's 502-504, or the
+    app's own 5xx; None when it did not fail."""
+    if response.status == 0:
+        return "no answer"
+    if response.status in (502, 503, 504):
+        return "502-504"
+    if response.status >= 500:
+        return "app 5xx"
+    return None
+
+
+def shares(responses: list[Response]) -> str:
+    counts = Counter(r.version or "?" for r in responses)
+    total = len(responses) or 1
+    return " · ".join(f"{v}: {100 * n / total:.1f}%" for v, n in sorted(counts.items()))
+
+
+def share_of(version: str, responses: list[Response]) -> float:
+    if not responses:
+        return 0.0
+    return 100 * sum(1 for r in responses if r.version == version) / len(responses)
+
+
+def between(responses: list[Response], start: float, end: float) -> list[Response]:
+    return [r for r in responses if start <= r.sent_at < end]
+
+
+ROW = "  {:<44} {:>8} {:>9} {:>8} {:>8}   {}"
+
+
+def report_row(name: str, responses: list[Response], with_failures: bool = True) -> None:
+    kinds = Counter(failure_kind(r) for r in responses)
+    cells = (
+        (kinds["no answer"], kinds["502-504"], kinds["app 5xx"]) if with_failures else ("", "", "")
+    )
+    print(ROW.format(name, len(responses), *cells, shares(responses)))
+
+
+def step_name(seen: SplitSeen, plan: list[int]) -> str:
+    split = seen.split
+    if split.baseline_port is None or split.baseline_retired:
+        return f"100% to {seen.version}" + (
+            f", {split.baseline_version} drained" if split.baseline_retired else ""
+        )
+    if split.percent == 0:
+        return f"sent back: 100% to {split.baseline_version}"
+    return f"step {split.step + 1}/{len(plan)}: {split.percent}% to {seen.version}"
+
+
+def print_load_report(responses: list[Response], phases: list[Phase], splits: SplitLog) -> None:
+    """What the load saw, phase by phase and, within a canary, split by split."""
+    print(
+        f"\n=== What the load saw: {len(responses)} requests at {LOAD_RATE:g}/s through HAProxy "
+        f"on 127.0.0.1:{LISTEN_PORT}"
+    )
+    header = ("requests", "no answer", "502-504", "app 5xx", "share per version")
+    print(ROW.format("phase (and the splits the bot recorded)", *header))
+    for phase in phases:
+        report_row(
+            f"{phase.name} ({phase.end - phase.start:.1f} s)",
+            between(responses, phase.start, phase.end),
+        )
+        for change, until in steps_in(phase, splits):
+            report_row(
+                f"  +{change.at - phase.start:.1f}s {step_name(change, CANARY_STEPS)} "
+                f"({until - change.at:.1f} s)",
+                between(responses, change.at, until),
+                with_failures=False,
+            )
+    back = [s for s in splits.seen if s.version == BAD_VERSION and s.split.percent == 0]
+    live = [s for s in splits.seen if s.version == BAD_VERSION and s.split.percent > 0]
+    if back and live:
+        failed = [r for r in responses if r.version == BAD_VERSION and failure_kind(r)]
+        print(
+            f"\n  {BAD_VERSION} had {live[0].split.percent}% of requests for "
+            f"{back[0].at - live[0].at:.1f} s, until the bot sent them all back to "
+            f"{back[0].split.baseline_version}: {len(failed)} requests failed, "
+            f"{sum(failure_kind(r) == 'app 5xx' for r in failed)} of them its own 5xx"
+        )
+
+
+def canary_problems(responses: list[Response], phases: list[Phase], splits: SplitLog) -> list[str]:
+    """How the canaries and the rollback broke their promises (none: all is well)."""
+    problems: list[str] = []
+    lost = [r for r in responses if failure_kind(r) in ("no answer", "502-504")]
+    if lost:
+        problems.append(
+            f"{len(lost)} requests got no answer or a 502-504 from the proxy "
+            f"(first: {lost[0].error or lost[0].status})"
+        )
+    others = [r for r in responses if failure_kind(r) == "app 5xx" and r.version != BAD_VERSION]
+    if others:
+        problems.append(f"{len(others)} 5xx from versions other than {BAD_VERSION}")
+    for phase in phases:
+        for change, until in steps_in(phase, splits):
+            split, version = change.split, change.version
+            if split.baseline_port is None or split.baseline_retired or split.percent == 0:
+                continue
+            if version == BAD_VERSION:
+                # The whole step: the bot records a split a moment before HAProxy gets it, so
+                # edges only lower the share measured here.
+                share = share_of(version, between(responses, change.at, until))
+                if split.step != 0:
+                    problems.append(f"{version} reached canary step {split.step + 1}")
+                if not 0 < share <= split.percent + SHARE_TOLERANCE / 2:
+                    problems.append(
+                        f"{version} had {share:.1f}% of requests at its {split.percent}% step"
+                    )
+                continue
+            # Away from the edges, where the split is changing.
+            window = between(responses, change.at + 0.5, until - 0.5)
+            share = share_of(version, window)
+            if len(window) >= 50 and abs(share - split.percent) > SHARE_TOLERANCE:
+                problems.append(
+                    f"{version} had {share:.1f}% of requests at its {split.percent}% step"
+                )
+    back = [s for s in splits.seen if s.version == BAD_VERSION and s.split.percent == 0]
+    if not back:
+        problems.append(f"the bot never recorded {BAD_VERSION}'s traffic sent back")
+    else:
+        late = [r for r in responses if r.version == BAD_VERSION and r.sent_at > back[0].at + 0.5]
+        if late:
+            problems.append(f"{len(late)} requests reached {BAD_VERSION} after it was sent back")
+    return problems
 
 
 def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
     print(
-        "\n=== 1. Deploy version 1; its KPIs are watched for 12 s, then it is the last good version"
+        f"\n=== 1. Deploy version 1: nothing serves yet, so it takes all of HAProxy's traffic at "
+        f"once; its KPI (HAProxy's own count of its 5xx) is watched for {WATCH_SECONDS} s"
     )
     command(bot, transcript, "/deploy web 1")
-    wait_for_status(r, transcript, "1", {"good", "failed", "rolled_back"}, 60)
-
-    print("\n=== 2. Upgrade to version 2")
-    command(bot, transcript, "/deploy web 2")
-    wait_for_status(r, transcript, "2", {"good", "failed", "rolled_back"}, 60)
-
-    print("\n=== 3. Version 3 fails half its requests: the bot rolls back by itself and halts")
-    started = time.monotonic()
-    command(bot, transcript, "/deploy web 3")
-    wait_for_status(r, transcript, "3", {"rolled_back", "failed", "good"}, 60)
-    wait_until(
-        lambda: r.hget(f"{PREFIX}:pipeline:web", "live_version") == "2", 30, what="version 2 back"
-    )
+    wait_for_status(r, transcript, "1", {"live", "good", "failed", "rolled_back"}, 60)
+    splits = SplitLog(r).start()
+    load = SteadyLoad("127.0.0.1", LISTEN_PORT, rate=LOAD_RATE, max_seconds=LOAD_MAX_SECONDS)
+    load.start()
+    loaded = time.monotonic()
     print(
-        f"\n  (version 3 was live and then replaced by 2 within {time.monotonic() - started:.1f}s)"
+        f"\n  (a steady load starts: {LOAD_RATE:g} requests/s to http://127.0.0.1:{LISTEN_PORT}/, "
+        "each answer's version and status recorded)"
     )
-    time.sleep(1)
-    transcript.flush()
+    phases: list[Phase] = []
+    try:
+        wait_for_status(r, transcript, "1", {"good", "failed", "rolled_back"}, 60)
+        time.sleep(1)
+        phases.append(Phase("1 alone", loaded, time.monotonic()))
+
+        print(
+            f"\n=== 2. Upgrade to version 2 by canary: {', '.join(f'{p}%' for p in CANARY_STEPS)} "
+            f"of requests, {STEP_SECONDS} s a step, then watched {WATCH_SECONDS} s at 100%; "
+            f"version 1 runs beside it until then, and is drained ({DRAIN_SECONDS} s) and stopped"
+        )
+        started = time.monotonic()
+        command(bot, transcript, "/deploy web 2")
+        good = wait_for_status(r, transcript, "2", {"good", "failed", "rolled_back"}, 90)
+        if good.status.value != "good":
+            raise SystemExit(f"demo: version 2's canary ended {good.status.value}: {good.error}")
+        time.sleep(DRAIN_SECONDS + 1)
+        transcript.flush()
+        phases.append(Phase("canary 1 -> 2", started, time.monotonic(), good.id))
+
+        print(
+            f"\n=== 3. Version 3 fails half its requests: caught at its first canary step "
+            f"({CANARY_STEPS[0]}%), all traffic goes back to 2 at once, the pipeline halts"
+        )
+        started = time.monotonic()
+        command(bot, transcript, "/deploy web 3")
+        bad = wait_for_status(r, transcript, "3", {"rolled_back", "failed", "good"}, 60)
+        back = wait_for_status(
+            r, transcript, "2", {"good", "failed"}, 30, kind=RolloutKind.auto_rollback
+        )
+        time.sleep(1)
+        transcript.flush()
+        phases.append(Phase("canary 2 -> 3, rolled back", started, time.monotonic(), bad.id))
+        if bad.status.value != "rolled_back" or back.status.value != "good":
+            raise SystemExit(
+                f"demo: version 3 ended {bad.status.value} and the rollback {back.status.value}"
+            )
+        time.sleep(2)
+        phases.append(Phase("2 alone again", phases[-1].end, time.monotonic()))
+    finally:
+        record = load.stop()
+        splits.stop()
+    print_load_report(record.responses, phases, splits)
+    problems = canary_problems(record.responses, phases, splits)
+    if problems:
+        raise SystemExit(
+            "demo: the canary or the rollback did not behave:\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+        )
+    print(
+        "  checked: no request went unanswered or got a 502-504, only the bad version's own 5xx, "
+        f"each canary step's share within {SHARE_TOLERANCE} points"
+    )
 
     print("\n=== 4. Nobody ships on top of a fire")
     command(bot, transcript, "/deploy web 2")
@@ -204,7 +495,8 @@ def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
     command(bot, transcript, "/pipeline web")
     command(bot, transcript, "/pipeline history web")
     print(
-        f"\n=== Done. Version 2 serves at http://127.0.0.1:{DEMO_PORT}/ ; the bot is at http://127.0.0.1:{BOT_PORT}/healthz"
+        f"\n=== Done. Version 2 serves through HAProxy at http://127.0.0.1:{LISTEN_PORT}/ ; "
+        f"the bot is at http://127.0.0.1:{BOT_PORT}/healthz"
     )
 
 
@@ -254,6 +546,36 @@ def console(bot: BotProcess, transcript: Transcript) -> None:
         transcript.flush()
 
 
+def check_haproxy() -> None:
+    """HAProxy must run with the demo's config before the bot deploys behind it."""
+    problem = ""
+    if not RUNTIME_API.is_socket():
+        problem = f"its runtime API {RUNTIME_API} is missing"
+    else:
+        try:
+            socket.create_connection(("127.0.0.1", LISTEN_PORT), timeout=1).close()
+        except OSError:
+            problem = f"nothing listens on 127.0.0.1:{LISTEN_PORT}, the demo's frontend"
+    if problem:
+        raise SystemExit(
+            f"demo: HAProxy is not ready: {problem}; run scripts/services.sh start "
+            "(it starts HAProxy from the config `python -m bot proxy-config` prints)"
+        )
+
+
+def remove_earlier_containers() -> list[str]:
+    """The demo's containers left by an earlier run (Redis is cleared too): version 1 is then
+    a first deploy again, not a canary from whatever the last run left serving."""
+    client = docker.from_env()
+    removed = []
+    for container in client.containers.list(all=True, filters={"name": CONTAINER}):
+        if container.name == CONTAINER or container.name.startswith(f"{CONTAINER}--"):
+            container.remove(force=True)
+            removed.append(container.name)
+    client.close()
+    return sorted(removed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,6 +609,10 @@ def main() -> int:
         raise SystemExit(f"demo: something already listens on 127.0.0.1:{BOT_PORT}; stop it first")
     except requests.ConnectionError:
         pass
+    check_haproxy()
+    removed = remove_earlier_containers()
+    if removed:
+        print(f"Removed the demo's containers of an earlier run: {', '.join(removed)}")
 
     with SlackEmulator() as emulator:
         emulator.add_channel(CHANNEL, "deploys")
