@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 
 from bot import metrics
+from bot.domain.errors import ImmuneError
 from bot.services import deploys, halts, status
 from bot.services.context import Context
 from bot.services.requests import CommandRequest
 from bot.services.status import PipelineAnswer
 from bot.slack.replies import answer_text
+from handlers.errors import command_refusal
 
 Operation = Callable[[Context, CommandRequest], PipelineAnswer]
 
@@ -33,8 +36,10 @@ def register(app: App) -> None:
     app.command(re.compile("^(?:" + "|".join(map(re.escape, OPERATIONS)) + ")$"))(slash_command)
 
 
-def slash_command(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
-    answer(ack, command, context, OPERATIONS[command["command"]])
+def slash_command(
+    ack: Ack, command: dict[str, Any], context: BoltContext, logger: logging.Logger
+) -> None:
+    answer(ack, command, context, OPERATIONS[command["command"]], logger)
 
 
 def request_from(command: dict[str, Any]) -> CommandRequest:
@@ -48,8 +53,20 @@ def request_from(command: dict[str, Any]) -> CommandRequest:
     )
 
 
-def answer(ack: Ack, command: dict[str, Any], context: BoltContext, operation: Operation) -> None:
+def answer(
+    ack: Ack,
+    command: dict[str, Any],
+    context: BoltContext,
+    operation: Operation,
+    logger: logging.Logger,
+) -> None:
     """Every answer is ephemeral: only the person who typed the command sees it."""
-    reply = operation(context["immune"], request_from(command))
+    try:
+        reply = operation(context["immune"], request_from(command))
+    except ImmuneError as error:
+        # A refusal is the listener's own answer: raised on to bolt's error handler, it would
+        # cost bolt another round of argument building. The words are handlers/errors' still.
+        ack(text=command_refusal(error, command, logger), response_type="ephemeral")
+        return
     ack(text=answer_text(reply), response_type="ephemeral")
     metrics.COMMANDS.labels(command=command["command"], outcome="ok").inc()

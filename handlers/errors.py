@@ -37,6 +37,13 @@ def asked_by(body: dict[str, Any]) -> str:
     return user
 
 
+def command_refusal(error: ImmuneError, command: dict[str, Any], logger: logging.Logger) -> str:
+    """A slash command's refusal, answered by its listener's own ack: logged, counted, worded."""
+    text = user_text_for(error, logger, asked_by(command))
+    metrics.COMMANDS.labels(command=command["command"], outcome=error.code).inc()
+    return text
+
+
 def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> BoltResponse:
     text = user_text_for(error, logger, asked_by(body))
     code = error.code if isinstance(error, ImmuneError) else "internal"

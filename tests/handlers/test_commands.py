@@ -4,17 +4,20 @@ Context, its answer is the ephemeral ack, and an unknown command is left unhandl
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlencode
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from slack_bolt import App, BoltRequest
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
 from bot.app import build_bolt_app
+from bot.domain.errors import NotAllowed
 from bot.domain.text import as_text
 from bot.services.context import Context
 from bot.services.requests import CommandRequest, Reply
@@ -34,7 +37,10 @@ def ctx(redis_client: redis.Redis) -> Iterator[Context]:
 
 
 @pytest.fixture
-def bolt(ctx: Context) -> Iterator[App]:
+def bolt(ctx: Context, caplog: pytest.LogCaptureFixture) -> Iterator[App]:
+    # Bolt gives each listener a logger with the root logger's level at the time the app is
+    # built: INFO, as `python -m bot` sets it by default.
+    caplog.set_level(logging.INFO)
     with SlackEmulator() as slack:  # bolt asks it auth.test once
         settings = Settings(
             redis_url="redis://127.0.0.1:9",  # unused: the Context is the test's
@@ -93,3 +99,27 @@ def test_each_command_reaches_its_use_case_with_the_bots_context(
 
 def test_an_unknown_command_is_not_handled(bolt: App) -> None:
     assert bolt.dispatch(signed("/nope", "web 1")).status == 404
+
+
+def test_a_refusal_is_the_listeners_ephemeral_answer_logged_once_and_counted(
+    bolt: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.clear()
+
+    def refuse(given: Context, request: CommandRequest) -> Reply:
+        raise NotAllowed("You are not a deployer of `web`.", hint="Ask an admin.")
+
+    monkeypatch.setitem(commands.OPERATIONS, "/deploy", refuse)
+    labels = {"command": "/deploy", "outcome": "not_allowed"}
+    before = REGISTRY.get_sample_value("immune_commands_total", labels) or 0.0
+    response = bolt.dispatch(signed("/deploy", "web 1"))
+    assert response.status == 200
+    assert json.loads(response.body) == {
+        "text": "You are not a deployer of `web`.\nAsk an admin.",
+        "response_type": "ephemeral",
+    }
+    assert REGISTRY.get_sample_value("immune_commands_total", labels) == before + 1
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert refusals == [
+        "refused (not_allowed) U0DEV1 /deploy web 1: You are not a deployer of `web`."
+    ]
