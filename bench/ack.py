@@ -3,16 +3,22 @@
 Both are served by `bot.server.HttpServer` (waitress, the bot's thread count) in this
 process; the load comes from another process (`bench.load`) over keep-alive connections.
 The floor is a bolt app with one trivial command (`ack("ok")`), in each of bolt's modes.
+A second floor does the Redis work a command cannot do without: the same bolt app whose
+command first makes as many Redis round trips (GETs, the bot's client options) as the bot's
+ack of that request does, counted before the load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import redis.connection
 from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
@@ -24,6 +30,7 @@ from bench.stats import ratio, summarize
 from bot.app import Immune
 from bot.server import HttpServer
 from bot.settings import Settings
+from bot.store.connection import connect
 from tests.support.bot_harness import BOT_TOKEN, SIGNING_SECRET, InProcessBot
 
 if TYPE_CHECKING:
@@ -52,9 +59,16 @@ QUICK = AckProfile(
 
 
 class BareBolt:
-    """A bolt app with one trivial command behind the bot's HttpServer (same WSGI routing)."""
+    """A bolt app with one trivial command behind the bot's HttpServer (same WSGI routing);
+    with `round_trips`, the command first makes that many Redis round trips (GETs)."""
 
-    def __init__(self, api_url: str, process_before_response: bool) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        process_before_response: bool,
+        redis_url: str | None = None,
+        round_trips: int = 0,
+    ) -> None:
         app = App(
             signing_secret=SIGNING_SECRET,
             client=WebClient(token=BOT_TOKEN, base_url=api_url, timeout=10),
@@ -63,7 +77,13 @@ class BareBolt:
             request_verification_enabled=True,
         )
 
+        self.redis = connect(redis_url) if redis_url and round_trips else None
+        store = self.redis
+
         def deploy(ack: Ack) -> None:
+            if store is not None:
+                for _ in range(round_trips):
+                    store.get("immune-bench:floor")
             ack("ok")
 
         app.command("/deploy")(deploy)
@@ -92,6 +112,8 @@ class BareBolt:
 
     def close(self) -> None:
         self.server.close()
+        if self.redis is not None:
+            self.redis.close()
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,10 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         for mode, pbr in BARE_MODES.items():
             bares[mode] = BareBolt(rig.emulator.base_url, pbr)
         under_test = _start_bot(rig)
+        trips = {t.label: _round_trips(driver, t) for t in under_test.targets}
+        assert rig.redis is not None
+        for k in sorted(set(round(n) for n in trips.values()) - {0}):
+            bares[f"redis:{k}"] = BareBolt(rig.emulator.base_url, True, rig.redis.url, k)
         trivial = [{"command": "/deploy", "text": "web 2", "expect": "ok"}]
         targets = [Target(f"bare:{mode}", b.url, trivial) for mode, b in bares.items()]
         targets += under_test.targets
@@ -156,6 +182,11 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         mode: {str(c): pooled[f"bare:{mode}"][c] for c in profile.concurrencies}
         for mode in BARE_MODES
     }
+    same_work = {
+        int(mode.split(":")[1]): {str(c): pooled[f"bare:{mode}"][c] for c in profile.concurrencies}
+        for mode in bares
+        if mode.startswith("redis:")
+    }
     loads = {
         label: {str(c): figures for c, figures in by_c.items()}
         for label, by_c in pooled.items()
@@ -165,7 +196,40 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         calls, sent = engine_calls[label]
         for figures in by_c.values():
             figures["engine_calls_per_request"] = calls / sent if sent else math.nan
-    return _compare(bare, {"loads": loads, "accepted": accepted}, profile)
+            figures["redis_round_trips_per_request"] = trips[label]
+    return _compare(bare, same_work, {"loads": loads, "accepted": accepted}, profile)
+
+
+@contextlib.contextmanager
+def _counting_round_trips() -> Iterator[list[int]]:
+    """Redis round trips made on the HTTP server's threads (a pipeline's commands are one)."""
+    count = [0]
+    original: Callable[[Any, Any, bool], None] = (
+        redis.connection.AbstractConnection.send_packed_command
+    )
+
+    def send(self: Any, command: Any, check_health: bool = True) -> None:
+        if threading.current_thread().name.startswith(botctl.REQUEST_THREAD_PREFIX):
+            count[0] += 1
+        original(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign,assignment]
+
+
+def _round_trips(driver: LoadDriver, target: Target, samples: int = 10) -> float:
+    """The Redis round trips of one ack of `target`'s request, one request at a time."""
+    case = target.cases[0]
+    driver.one(target.url, case["command"], case["text"])  # scripts loaded, connections made
+    with _counting_round_trips() as count:
+        for _ in range(samples):
+            answer = driver.one(target.url, case["command"], case["text"])
+            if case["expect"] not in answer["text"]:
+                raise AssertionError(f"{target.label}: unexpected answer {answer}")
+    return count[0] / samples
 
 
 def _pool(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -248,7 +312,10 @@ def _accepted_deploys(under_test: BotUnderTest, driver: LoadDriver, count: int) 
 
 
 def _compare(
-    bare: dict[str, dict[str, Any]], bot: dict[str, Any], profile: AckProfile
+    bare: dict[str, dict[str, Any]],
+    same_work: dict[int, dict[str, Any]],
+    bot: dict[str, Any],
+    profile: AckProfile,
 ) -> dict[str, Any]:
     floors: dict[str, dict[str, Any]] = {}
     for c in map(str, profile.concurrencies):
@@ -257,6 +324,8 @@ def _compare(
     rows = []
     for label, by_c in bot["loads"].items():
         for c, figures in by_c.items():
+            trips = figures["redis_round_trips_per_request"]
+            work = same_work.get(round(trips), {}).get(c)
             rows.append(
                 {
                     "endpoint": label,
@@ -264,6 +333,9 @@ def _compare(
                     **{k: figures[k] for k in ("n", "p50", "p99", "max", "throughput", "errors")},
                     "error_samples": figures["error_samples"],
                     "engine_calls_per_request": figures["engine_calls_per_request"],
+                    "redis_round_trips_per_request": trips,
+                    "same_work_p99": work["p99"] if work else None,
+                    "ratio_p99_same_work": ratio(figures["p99"], work["p99"]) if work else None,
                     "floor_mode": floors[c]["mode"],
                     "floor_p50": floors[c]["p50"],
                     "floor_p99": floors[c]["p99"],
@@ -298,6 +370,7 @@ def _compare(
             "bot.server.HttpServer (waitress, same thread count) in the bench process"
         ),
         "bare": bare,
+        "same_work": {str(k): by_c for k, by_c in same_work.items()},
         "floor": floors,
         "rows": rows,
         "target": {

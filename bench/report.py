@@ -53,11 +53,14 @@ def ack_table(ack: JsonDict) -> list[str]:
         "",
         ack["method"] + ".",
         f"Floor: a bare slack-bolt app with one trivial command; ratio = bot p99 / p99 of the "
-        f"faster bare mode at the same concurrency. Target ≤ {limit:g}x.",
+        f"faster bare mode at the same concurrency. Target ≤ {limit:g}x. Same work: the bare "
+        "app (process before response) making first as many Redis round trips as the bot's "
+        "ack of that request; its ratio is what is left beyond that Redis work.",
         "",
         "| request | clients | n | p50 | p99 | max | req/s | floor p99 | ratio p99 | ≤ target "
-        "| engine calls per ack |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|--:|",
+        "| engine calls per ack | Redis round trips per ack | same work p99 | ratio to same "
+        "work |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|--:|--:|--:|--:|",
     ]
     for mode, by_c in ack["bare"].items():
         for c, figures in by_c.items():
@@ -65,7 +68,15 @@ def ack_table(ack: JsonDict) -> list[str]:
                 f"| bare bolt, {mode.replace('_', ' ')} | {c} | {figures['n']} | "
                 f"{_num(figures['p50'], 1000, 2)} | {_num(figures['p99'], 1000, 2)} | "
                 f"{_num(figures['max'], 1000, 2)} | {_num(figures['throughput'], digits=0)} | "
-                "| | | |"
+                "| | | | | | |"
+            )
+    for trips, by_c in ack.get("same_work", {}).items():
+        for c, figures in by_c.items():
+            lines.append(
+                f"| bare bolt + {trips} Redis round trip(s) | {c} | {figures['n']} | "
+                f"{_num(figures['p50'], 1000, 2)} | {_num(figures['p99'], 1000, 2)} | "
+                f"{_num(figures['max'], 1000, 2)} | {_num(figures['throughput'], digits=0)} | "
+                f"| | | | {trips} | | |"
             )
     for row in ack["rows"]:
         errors = f" ({row['errors']} unexpected answers)" if row.get("errors") else ""
@@ -75,7 +86,9 @@ def ack_table(ack: JsonDict) -> list[str]:
             f"{_num(row['max'], 1000, 2)} | {_num(row['throughput'], digits=0)} | "
             f"{_num(row['floor_p99'], 1000, 2)} ({row['floor_mode'].replace('_', ' ')}) | "
             f"{_ratio(row['ratio_p99'])} | {_verdict(_le(row['ratio_p99'], limit))} | "
-            f"{_num(row.get('engine_calls_per_request'), digits=1)} |"
+            f"{_num(row.get('engine_calls_per_request'), digits=1)} | "
+            f"{_num(row.get('redis_round_trips_per_request'), digits=1)} | "
+            f"{_num(row.get('same_work_p99'), 1000, 2)} | {_ratio(row.get('ratio_p99_same_work'))} |"
         )
     lines.append("")
     return lines
