@@ -7,9 +7,10 @@ relative `tolerance` and/or the `absolute` difference). The rank test ignores a 
 spike and a shift both sides share; the floor ignores differences too small to matter. Too few
 samples is *not enough data*, never *no worse*.
 
-The effect is measured on means: error ratios are mostly zeros at low traffic, where both
-medians are 0 while one side does fail. A baseline at 0 and a version above it is an infinite
-relative worsening (Kayenta's issue #377 is this case judged "no worse").
+The effect is measured on medians, which one bad scrape does not move; where the medians tie
+(error ratios at low traffic are mostly zeros, so both medians are 0 while one side does
+fail) it is measured on means. A baseline at 0 and a version above it is an infinite relative
+worsening (Kayenta's issue #377 is this case judged "no worse").
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Comparison:
     baseline_median: float | None = None
     new_mean: float | None = None
     baseline_mean: float | None = None
-    relative: float | None = None  # (new - baseline) / baseline of the means, the bad way
-    difference: float | None = None  # new - baseline of the means, the bad way
+    relative: float | None = None  # (new - baseline) / baseline, the bad way (see above)
+    difference: float | None = None  # new - baseline, the bad way
     p_value: float | None = None
     rule: str = ""  # what decided, in words
 
@@ -82,16 +83,21 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
             rule=f"{pairs} of the {kpi.min_samples} polls needed on both versions",
         )
     new_mean, base_mean = fmean(new), fmean(baseline)
-    difference = _bad_way(kpi, new_mean, base_mean)
-    if base_mean != 0:
-        relative = difference / abs(base_mean)
+    new_median, base_median = median(new), median(baseline)
+    if new_median != base_median:
+        new_level, base_level = new_median, base_median
+    else:
+        new_level, base_level = new_mean, base_mean
+    difference = _bad_way(kpi, new_level, base_level)
+    if base_level != 0:
+        relative = difference / abs(base_level)
     else:
         relative = math.inf if difference > 0 else 0.0
     comparison = Comparison(
         Decision.no_worse,
         pairs,
-        new_median=median(new),
-        baseline_median=median(baseline),
+        new_median=new_median,
+        baseline_median=base_median,
         new_mean=new_mean,
         baseline_mean=base_mean,
         relative=relative,

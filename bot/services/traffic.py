@@ -197,6 +197,14 @@ class BehindProxy:
                 # Its weight is 0 already: no new requests reach it either way.
                 logger.warning("%s: could not drain port %s: %s", name, split.baseline_port, exc)
             self.sleep(traffic.drain)
+            try:
+                taken_back = self.router(pipeline).routes(traffic).get(split.baseline_port, 0) > 0
+            except TrafficError:
+                taken_back = False
+            if taken_back:
+                # A rollback gave it the traffic again while it drained: it serves now.
+                logger.info("%s: %s serves again; not stopped", name, split.baseline_version)
+                return
             self.target.stop_version(name, pipeline, split.baseline_port)
 
     def recover(self, request: RolloutRequest, progress: Progress) -> bool:

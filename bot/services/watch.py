@@ -155,10 +155,10 @@ class Watcher:
             # A proxy that restarted lost its routes: put them back before judging.
             traffic.restore_routes(self.ctx, [watch.pipeline])
         samples, breached = self._poll_kpis(watch, pipeline, slot, rollout)
+        self._show_judgements(rollout, pipeline, samples)
         if breached is not None:
             self.breach(rollout, pipeline, breached)
             return PollOutcome(slot, samples, breached, True)
-        self._show_judgements(rollout, pipeline, samples)
         waiting = [s.kpi for s in samples if s.verdict == Verdict.not_enough_data.value]
         if slot >= watch.last_slot:
             if traffic.held_short(rollout, pipeline):

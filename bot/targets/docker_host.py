@@ -52,8 +52,13 @@ STOP_TIMEOUT_SECONDS = 10
 LOG_TAIL_LINES = 20
 
 
+# containers.run() also takes these, which it splits over the create call and the host config
+# (docker/models/containers.py, _create_container_args).
+RUN_SPLIT_KWARGS = frozenset({"ports", "volumes", "network", "networking_config"})
+
+
 def unknown_container_options(pipeline: Pipeline) -> list[str]:
-    known = set(RUN_CREATE_KWARGS) | set(RUN_HOST_CONFIG_KWARGS)
+    known = set(RUN_CREATE_KWARGS) | set(RUN_HOST_CONFIG_KWARGS) | RUN_SPLIT_KWARGS
     return sorted(set(pipeline.container) - known)
 
 

@@ -123,7 +123,7 @@ def test_health_urls_name_each_slot() -> None:
     [
         (
             {"container": {"name": "web", "ports": {"80/tcp": 80}}},
-            "unknown container option(s) ports",
+            "container option(s) ports cannot be used with target: swarm",
         ),
         (
             {"container": {"name": "web", "privileged": True}},

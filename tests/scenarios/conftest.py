@@ -18,6 +18,7 @@ from tests.support.bot_harness import (
     free_port,
     write_pipelines,
 )
+from tests.support.services import HAProxyServer
 from tests.support.slack_emulator import SlackEmulator
 
 
@@ -98,3 +99,45 @@ def start_bot_process(
     yield start
     for process in processes:
         process.kill()
+
+
+@pytest.fixture
+def served_web(
+    demo_images: Any, unique_name: str, prometheus_server: Any, haproxy_server: HAProxyServer
+) -> Callable[..., dict[str, Any]]:
+    """A pipeline `web` of the demo image behind a real HAProxy (the `haproxy_server` of the
+    test) that the session's Prometheus scrapes, judged by the built-in error rate; call it
+    with the traffic block's keys (`strategy=...`) and it returns the pipeline's config."""
+
+    def make(**traffic: Any) -> dict[str, Any]:
+        backend = unique_name.replace("-", "_")  # unique: the session's Prometheus is shared
+        block = haproxy_server.traffic_block(backend, ports=6, drain="1s", **traffic)
+        haproxy_server.serve({"web": block})
+        prometheus_server.set_targets({"pipeline": unique_name}, [haproxy_server.exporter])
+        prometheus_server.wait_for_series(
+            f'haproxy_server_http_responses_total{{proxy="{backend}"}}', timeout=20
+        )
+        return {
+            "channel": CHANNEL,
+            "target": "docker",
+            "image": demo_images.repo,
+            "container": {"name": unique_name, "network_mode": "host"},
+            "health": {
+                "url": "http://127.0.0.1:{port}/healthz",
+                "timeout": "10s",
+                "interval": "100ms",
+            },
+            "traffic": block,
+            "watch": {"interval": "1s", "duration": "4s", "warmup": 1},
+            "kpis": [
+                {
+                    "name": "errors",
+                    "builtin": "error_rate",
+                    "window": "3s",
+                    "max": 0.2,
+                    "no_data": "ignore",  # no requests between scenarios: nothing to judge
+                }
+            ],
+        }
+
+    return make

@@ -24,46 +24,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.prometheus, pytest.mark.slow]
 RATE = 100.0  # requests/s through the proxy during each scenario
 
 
-@pytest.fixture
-def served_web(
-    demo_images: Any, unique_name: str, prometheus_server: Any, haproxy_server: HAProxyServer
-) -> Callable[..., dict[str, Any]]:
-    """A pipeline `web` behind a real HAProxy that Prometheus scrapes; returns its config."""
-
-    def make(**traffic: Any) -> dict[str, Any]:
-        backend = unique_name.replace("-", "_")  # unique: the session's Prometheus is shared
-        block = haproxy_server.traffic_block(backend, ports=6, drain="1s", **traffic)
-        haproxy_server.serve({"web": block})
-        prometheus_server.set_targets({"pipeline": unique_name}, [haproxy_server.exporter])
-        prometheus_server.wait_for_series(
-            f'haproxy_server_http_responses_total{{proxy="{backend}"}}', timeout=20
-        )
-        return {
-            "channel": CHANNEL,
-            "target": "docker",
-            "image": demo_images.repo,
-            "container": {"name": unique_name, "network_mode": "host"},
-            "health": {
-                "url": "http://127.0.0.1:{port}/healthz",
-                "timeout": "10s",
-                "interval": "100ms",
-            },
-            "traffic": block,
-            "watch": {"interval": "1s", "duration": "4s", "warmup": 1},
-            "kpis": [
-                {
-                    "name": "errors",
-                    "builtin": "error_rate",
-                    "window": "3s",
-                    "max": 0.2,
-                    "no_data": "ignore",  # no requests between scenarios: nothing to judge
-                }
-            ],
-        }
-
-    return make
-
-
 def start_served_bot(start_bot: Any, web: dict[str, Any], prometheus_server: Any) -> Any:
     return start_bot({"pipelines": {"web": web}}, prometheus_url=prometheus_server.url)
 
@@ -90,7 +50,9 @@ def rollout_of(
                 r.version,
                 r.status.value,
                 r.error,
+                r.notes,
                 [(s.name, s.status.value, s.detail) for s in r.steps],
+                [(x.slot, x.value, x.baseline, x.verdict) for x in bot.ctx.store.samples(r.id)],
             )
             for r in bot.ctx.store.recent_rollouts("web", 5)
         ]
@@ -221,18 +183,22 @@ def test_routes_lost_in_an_haproxy_restart_are_put_back_and_the_channel_told(
 
 
 def test_a_rollback_after_the_watch_starts_the_old_version_first_and_loses_nothing(
-    start_bot: Any, served_web: Any, prometheus_server: Any
+    start_bot: Any, served_web: Any, prometheus_server: Any, docker_client: Any
 ) -> None:
     web = served_web(strategy="blue_green")
     bot = start_served_bot(start_bot, web, prometheus_server)
     first_good(bot)
     deploy(bot, "web 2")
     second = rollout_of(bot, "2", is_(RolloutStatus.good))
-    wait_until(
-        lambda: bot.ctx.store.rollout(second.id).traffic.baseline_retired,
-        10,
-        what="version 1 drained and stopped",
-    )
+    name = web["container"]["name"]
+
+    def version_1_stopped() -> bool:
+        running = docker_client.containers.list(
+            filters={"label": [f"immune.container={name}", "immune.version=1"]}
+        )
+        return bot.ctx.store.rollout(second.id).traffic.baseline_retired and not running
+
+    wait_until(version_1_stopped, 15, what="version 1 drained and stopped")
     with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=30) as load:
         time.sleep(1)
         answer = bot.slack.command("/rollback", "web 1")
