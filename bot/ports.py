@@ -264,6 +264,13 @@ class Notifier(Protocol):
         """The proxy had lost a pipeline's routes (it restarted) and the bot put them back."""
         ...
 
+    def canary_held(
+        self, rollout: Rollout, waiting: Sequence[str], decides_at: float, policy: str
+    ) -> str | None:
+        """A canary step could not be judged: ask whether to promote or abort (buttons), or
+        (`waiting` empty) show that it was decided; returns the message's ts."""
+        ...
+
     def incident_chart(self, incident: Incident) -> None:
         """The KPI's chart, in the alert's thread."""
         ...
@@ -308,6 +315,11 @@ class SilentNotifier:
 
     def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
         return None
+
+    def canary_held(
+        self, rollout: Rollout, waiting: Sequence[str], decides_at: float, policy: str
+    ) -> str | None:
+        return rollout.canary_prompt_ts
 
     def incident_chart(self, incident: Incident) -> None:
         return None

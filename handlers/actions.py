@@ -1,4 +1,5 @@
-"""Button listeners: approvals, the breach alert's rollback and five-whys buttons."""
+"""Button listeners: approvals, the breach alert's rollback and five-whys buttons, and a held
+canary's promote and abort."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot.services import approvals, incidents
+from bot.services import approvals, canary, incidents
 from bot.slack.ids import ActionId
 from bot.slack.incident_messages import build_five_whys_modal
 from bot.slack.replies import answer_text
@@ -18,6 +19,8 @@ def register(app: App) -> None:
     app.action(ActionId.deploy_reject.value)(reject)
     app.action(ActionId.rollback_confirm.value)(confirm_rollback)
     app.action(ActionId.five_whys_open.value)(open_five_whys)
+    app.action(ActionId.canary_promote.value)(promote_canary)
+    app.action(ActionId.canary_abort.value)(abort_canary)
 
 
 def _pressed(body: dict[str, Any]) -> tuple[str, str, str]:
@@ -47,6 +50,20 @@ def confirm_rollback(
     ack()
     user, incident_id, request_id = _pressed(body)
     reply = incidents.confirm_rollback(context["immune"], incident_id, user, request_id)
+    respond(text=answer_text(reply), response_type="ephemeral", replace_original=False)
+
+
+def promote_canary(ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond) -> None:
+    ack()
+    user, rollout_id, request_id = _pressed(body)
+    reply = canary.decide(context["immune"], rollout_id, user, canary.PROMOTE, request_id)
+    respond(text=answer_text(reply), response_type="ephemeral", replace_original=False)
+
+
+def abort_canary(ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond) -> None:
+    ack()
+    user, rollout_id, request_id = _pressed(body)
+    reply = canary.decide(context["immune"], rollout_id, user, canary.ABORT, request_id)
     respond(text=answer_text(reply), response_type="ephemeral", replace_original=False)
 
 

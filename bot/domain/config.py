@@ -351,6 +351,11 @@ class Traffic(Strict):
     steps: list[int] = [5, 25, 50, 100]
     step_duration: Duration = 60.0
     drain: Delay = 10.0
+    # A canary step that ended with a KPI it could not judge (not enough data) holds and asks
+    # the channel; `inconclusive` decides alone after `inconclusive_after` (default: two
+    # steps' length) if nobody answers.
+    inconclusive: Literal["rollback", "promote", "hold"] = "rollback"
+    inconclusive_after: Duration | None = None
 
     @field_validator("listen")
     @classmethod
@@ -421,6 +426,11 @@ class Traffic(Strict):
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_address(self.listen, "traffic.listen")
+
+    @property
+    def decides_after(self) -> float:
+        """Seconds a held canary step waits for a person before `inconclusive` decides."""
+        return self.inconclusive_after or 2 * self.step_duration
 
     @property
     def plan(self) -> list[int]:

@@ -89,6 +89,7 @@ class TrafficSplit(BaseModel):
     step: int = 0  # index into the pipeline's plan (canary steps)
     steps: int = 1  # how many steps the plan has (1: all traffic at once)
     baseline_retired: bool = False  # drained and stopped: only `port` serves
+    held_since: float | None = None  # the step is over but a KPI could not be judged yet
 
     def weights(self) -> dict[int, int]:
         if self.baseline_port is None or self.baseline_retired:
@@ -131,6 +132,7 @@ class Rollout(BaseModel):
     # rollout message; rewritten when the verdict changes, not at every poll).
     judgements: dict[str, str] = Field(default_factory=dict)
     judged: dict[str, str] = Field(default_factory=dict)
+    canary_prompt_ts: str | None = None  # the message asking whether to promote or abort
 
     def why(self) -> Text:
         """Why it ended, as people read it: `rejected by <someone>`."""

@@ -319,7 +319,7 @@ def advance(
     if due <= split.step or not ready:
         return None
     due = len(plan) - 1 if to_the_end else split.step + 1
-    moved = split.model_copy(update={"step": due, "percent": plan[due]})
+    moved = split.model_copy(update={"step": due, "percent": plan[due], "held_since": None})
 
     def record(r: Rollout) -> None:
         r.traffic = moved
@@ -330,6 +330,12 @@ def advance(
     except TrafficError as exc:
         # Recorded already: the next routes check puts it in place once the proxy answers.
         logger.error("%s: canary step %d not applied: %s", rollout.pipeline, due + 1, exc.reason)
+    if split.held_since is not None and rollout.canary_prompt_ts:
+        # The question a held step asked is answered: it loses its buttons.
+        try:
+            ctx.notifier.canary_held(rollout, [], 0.0, traffic.inconclusive)
+        except Exception:
+            logger.exception("could not update the canary question of %s", rollout.id)
     ctx.audit(
         actor="immune",
         action="canary.step",
@@ -338,6 +344,54 @@ def advance(
         detail=f"step {due + 1}/{len(plan)}: " + describe(moved, rollout.version),
     )
     return moved
+
+
+def step_over(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> bool:
+    """Whether the canary's current step has lasted its `step_duration`."""
+    split, traffic = rollout.traffic, pipeline.traffic
+    if (
+        split is None
+        or traffic is None
+        or rollout.live_at is None
+        or not held_short(rollout, pipeline)
+    ):
+        return False
+    return ctx.clock.now() - rollout.live_at >= (split.step + 1) * traffic.step_duration
+
+
+def hold(ctx: Context, rollout: Rollout, pipeline: Pipeline, waiting: list[str]) -> bool:
+    """The step is over but `waiting` KPIs could not be judged: the canary holds where it is
+    and the channel is asked, once. True once `inconclusive_after` has passed with nobody
+    answering: the pipeline's `inconclusive` policy decides."""
+    split, traffic = rollout.traffic, pipeline.traffic
+    assert split is not None and traffic is not None
+    now = ctx.clock.now()
+    if split.held_since is not None:
+        return now >= split.held_since + traffic.decides_after
+    held = split.model_copy(update={"held_since": now})
+
+    def record(r: Rollout) -> None:
+        r.traffic = held
+
+    current = ctx.runner.change(rollout.id, record, wait=False)
+    ctx.audit(
+        actor="immune",
+        action="canary.hold",
+        pipeline=rollout.pipeline,
+        rollout=rollout.id,
+        detail=f"step {split.step + 1}/{split.steps}: not enough data for {', '.join(waiting)}; "
+        f"{traffic.inconclusive} after {traffic.decides_after:g}s",
+    )
+    try:
+        ts = ctx.notifier.canary_held(
+            current, waiting, now + traffic.decides_after, traffic.inconclusive
+        )
+    except Exception:
+        logger.exception("could not ask about the held canary %s", rollout.id)
+        return False
+    if ts:
+        ctx.runner.change(rollout.id, lambda r: setattr(r, "canary_prompt_ts", ts), wait=False)
+    return False
 
 
 def send_back(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSplit | None:

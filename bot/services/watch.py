@@ -171,8 +171,27 @@ class Watcher:
             self.finish_good(rollout, watch)
             return PollOutcome(slot, samples, None, True)
         if pipeline.traffic is not None:
-            traffic.advance(self.ctx, rollout, pipeline, ready=not waiting)
+            if waiting and traffic.step_over(self.ctx, rollout, pipeline):
+                if traffic.hold(self.ctx, rollout, pipeline, waiting):
+                    decided = self._inconclusive(rollout, pipeline, waiting)
+                    if decided is not None:
+                        return PollOutcome(slot, samples, decided, True)
+            else:
+                traffic.advance(self.ctx, rollout, pipeline, ready=not waiting)
         return PollOutcome(slot, samples, None, False)
+
+    def _inconclusive(self, rollout: Rollout, pipeline: Pipeline, waiting: list[str]) -> Kpi | None:
+        """Nobody answered a held step in time: `traffic.inconclusive` decides."""
+        assert pipeline.traffic is not None
+        policy = pipeline.traffic.inconclusive
+        if policy == "rollback":
+            kpi = next(k for k in pipeline.kpis if k.name == waiting[0])
+            self.breach(rollout, pipeline, kpi, inconclusive=True)
+            return kpi
+        if policy == "promote":
+            current = self.ctx.store.rollout(rollout.id) or rollout
+            traffic.advance(self.ctx, current, pipeline, ready=True)
+        return None  # hold: it waits for a person, or for the watch's end
 
     def _show_judgements(
         self, rollout: Rollout, pipeline: Pipeline, samples: list[KpiSample]

@@ -10,6 +10,8 @@ class ActionId(StrEnum):
     deploy_reject = "deploy_reject"
     rollback_confirm = "rollback_confirm"
     five_whys_open = "five_whys_open"
+    canary_promote = "canary_promote"
+    canary_abort = "canary_abort"
 
 
 class CallbackId(StrEnum):
@@ -19,6 +21,7 @@ class CallbackId(StrEnum):
 class BlockId(StrEnum):
     approval_actions = "approval_actions"
     breach_actions = "breach_actions"
+    canary_actions = "canary_actions"
     five_whys_why = "five_whys_why_{n}"  # formatted with n = 1…5
     five_whys_root_cause = "five_whys_root_cause"
     five_whys_test = "five_whys_test"

@@ -5,8 +5,12 @@ Blocks are built with slack_sdk.models.blocks, which validates Slack's length li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from slack_sdk.models.blocks import (
+    ActionsBlock,
     Block,
+    ButtonElement,
     ContextBlock,
     MarkdownTextObject,
     SectionBlock,
@@ -24,6 +28,7 @@ from bot.domain.models import (
 from bot.domain.text import shorten
 from bot.domain.traffic import watch_seconds
 from bot.ports import LiveVersion
+from bot.slack.ids import ActionId, BlockId
 from bot.slack.render import channel_link, escape, mention, mrkdwn, slack_date
 
 SECTION_TEXT_LIMIT = 3000
@@ -239,3 +244,49 @@ def history_text(name: str, rollouts: list[Rollout], audit: list[AuditEntry]) ->
 def code_block(markdown: str) -> str:
     """Markdown in a code block, so Slack shows it as written and it copies cleanly."""
     return "```\n" + markdown.replace("```", "'''") + "\n```"
+
+
+def canary_held_text(rollout: Rollout, waiting: Sequence[str], policy: str) -> str:
+    step = ""
+    if rollout.traffic is not None:
+        step = f" at {rollout.traffic.percent}% (step {rollout.traffic.step + 1} of {rollout.traffic.steps})"
+    if not waiting:
+        return f"Canary of `{rollout.pipeline}` to `{rollout.version}`{step}: decided, no longer waiting"
+    return (
+        f"Canary of `{rollout.pipeline}` to `{rollout.version}` is holding{step}: not enough data "
+        f"to judge {', '.join(f'`{k}`' for k in waiting)}"
+    )
+
+
+def build_canary_held(
+    rollout: Rollout, waiting: Sequence[str], decides_at: float, policy: str
+) -> list[Block]:
+    """The question a held canary step asks the channel (deployers answer)."""
+    lines = [f":hourglass_flowing_sand: *{canary_held_text(rollout, waiting, policy)}*"]
+    if not waiting:
+        return [SectionBlock(text=MarkdownTextObject(text=lines[0]))]
+    lines.append(
+        f"Low traffic gives too few samples for a verdict. Promote to the next step, or abort "
+        f"(all traffic back to `{rollout.traffic.baseline_version if rollout.traffic else ''}`)"
+        f". If nobody answers, `{policy}` {slack_date(decides_at, '{time_secs}')}."
+    )
+    return [
+        SectionBlock(text=MarkdownTextObject(text=shorten("\n".join(lines), SECTION_TEXT_LIMIT))),
+        ActionsBlock(
+            block_id=BlockId.canary_actions.value,
+            elements=[
+                ButtonElement(
+                    text="Promote",
+                    action_id=ActionId.canary_promote.value,
+                    value=rollout.id,
+                    style="primary",
+                ),
+                ButtonElement(
+                    text="Abort",
+                    action_id=ActionId.canary_abort.value,
+                    value=rollout.id,
+                    style="danger",
+                ),
+            ],
+        ),
+    ]

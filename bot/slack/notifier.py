@@ -124,6 +124,17 @@ class SlackNotifier:
     def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
         self.post(channel, texts.pipeline_resumed(pipeline, by, force_reason))
 
+    def canary_held(
+        self, rollout: Rollout, waiting: Sequence[str], decides_at: float, policy: str
+    ) -> str | None:
+        return _post_or_update(
+            self.client,
+            rollout.channel,
+            rollout.canary_prompt_ts,
+            messages.canary_held_text(rollout, waiting, policy),
+            messages.build_canary_held(rollout, waiting, decides_at, policy),
+        )
+
     def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
         self.post(channel, ":twisted_rightwards_arrows: " + mrkdwn(text))
 

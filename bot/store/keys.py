@@ -44,6 +44,7 @@ class Once(Enum):
     breach = OnceKind("breach", 86400)  # a breach with auto_rollback off, by rollout
     rollback_confirm = OnceKind("rollback-confirm", 7 * 86400)  # by incident
     routes_restored = OnceKind("routes-restored", 30)  # a proxy restart told, by pipeline
+    canary_decision = OnceKind("canary-decision", 7 * 86400)  # a held step, by rollout:step
 
     @property
     def ttl_seconds(self) -> float:

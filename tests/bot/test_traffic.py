@@ -16,10 +16,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from scipy.stats import mannwhitneyu
 
 from bot.domain.clock import FrozenClock
-from bot.domain.errors import ConfigError
+from bot.domain.errors import ConfigError, NotAllowed
 from bot.domain.kpis import kpi_query
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_pipelines
+from bot.services import canary as canary_decisions
 from bot.services import deploys, recovery, traffic
 from bot.services.context import Context, Limits
 from bot.services.requests import CommandRequest
@@ -549,3 +550,88 @@ def test_a_spike_shared_by_both_versions_rolls_back_neither(make: Callable[..., 
     assert current is not None and current.status is RolloutStatus.live
     assert current.judgements["errors"].startswith("errors: new version no worse than the baseline")
     assert rig.notifier.opened == []
+
+
+# A canary step that cannot be judged (issue 12: not enough data) -------------------------------
+
+
+def held_rig(make: Callable[..., Rig], **traffic_fields: Any) -> tuple[Rig, Rollout]:
+    """Version 2 as a canary whose one compare KPI never gets enough samples in a step."""
+    rig = make()
+    config = traffic_pipeline(
+        strategy="canary",
+        steps=[10, 100],
+        step_duration="3s",
+        inconclusive_after="2s",
+        **traffic_fields,
+    )
+    web = config["pipelines"]["web"]
+    web["kpis"] = [dict(COMPARED, min_samples=50)]
+    web["watch"] = {"interval": "1s", "duration": "10s", "warmup": 0}
+    web["deployers"] = ["U0DEV1"]
+    fresh = Rig(rig.store.redis, config)
+    rig.runner.shutdown(wait=True)
+    first = fresh.deploy("1", RolloutStatus.live)
+    for _ in range(10):
+        poll_both(fresh, first.id, 0.0, 0.0)
+    fresh.settled(first.id, lambda r: r.status is RolloutStatus.good)
+    canary = fresh.deploy("2", RolloutStatus.live)
+    for _ in range(3):  # the step's 3 s: too few samples for a verdict
+        poll_both(fresh, canary.id, 0.01, 0.01)
+    return fresh, canary
+
+
+def test_a_step_without_enough_data_holds_and_asks_once_never_promoting_by_itself(
+    make: Callable[..., Rig],
+) -> None:
+    rig, canary = held_rig(make, inconclusive="hold")
+    old, new = rig.port_of("1"), rig.port_of("2")
+    held = rig.store.rollout(canary.id)
+    assert held is not None and held.traffic is not None and held.traffic.held_since is not None
+    assert rig.weights() == {new: 10, old: 90}, "held at its step"
+    assert held.canary_prompt_ts, "the channel was asked"
+    poll_both(rig, canary.id, 0.01, 0.01)
+    poll_both(rig, canary.id, 0.01, 0.01)
+    assert rig.weights() == {new: 10, old: 90}, "hold: nobody answered, nothing moves"
+    asked = [text for _, text in rig.notifier.posts if text.startswith("canary held: errors")]
+    assert len(asked) == 1, "asked once"
+    with pytest.raises(NotAllowed):
+        canary_decisions.decide(rig.ctx, canary.id, "U0STRANGER", canary_decisions.PROMOTE, "t1")
+    reply = canary_decisions.decide(rig.ctx, canary.id, "U0DEV1", canary_decisions.PROMOTE, "t2")
+    assert mrkdwn(reply.text) == f"Promoted: 100% to 2 (port {new}), 0% to 1 (port {old})."
+    assert rig.weights() == {new: 100, old: 0}
+    again = canary_decisions.decide(rig.ctx, canary.id, "U0ADMIN", canary_decisions.ABORT, "t3")
+    assert "no longer waiting" in mrkdwn(again.text)
+    [promoted] = [
+        e for e in rig.store.audit_entries(pipeline="web", limit=40) if e.action == "canary.promote"
+    ]
+    assert promoted.actor == "U0DEV1"
+
+
+def test_nobody_answering_a_held_step_rolls_back_by_default(make: Callable[..., Rig]) -> None:
+    rig, canary = held_rig(make)
+    old = rig.port_of("1")
+    polls = 0
+    while rig.store.watch(canary.id) is not None:
+        poll_both(rig, canary.id, 0.01, 0.01)
+        polls += 1
+        assert polls <= 3, "decided within inconclusive_after (2 s) of the hold"
+    assert polls == 2, "held at the step's end, decided 2 s later"
+    ended = rig.store.rollout(canary.id)
+    assert ended is not None and ended.status is RolloutStatus.rolled_back
+    assert any("could not be judged" in note for note in ended.notes), ended.notes
+    assert rig.weights()[old] == 100
+
+
+def test_abort_sends_the_traffic_back_with_a_rollback_by_the_person(
+    make: Callable[..., Rig],
+) -> None:
+    rig, canary = held_rig(make, inconclusive="hold")
+    old = rig.port_of("1")
+    reply = canary_decisions.decide(rig.ctx, canary.id, "U0DEV1", canary_decisions.ABORT, "t1")
+    assert mrkdwn(reply.text).startswith("Aborted: rolling `web` back to `1`")
+    [back] = [r for r in rig.store.recent_rollouts("web", 3) if r.kind is RolloutKind.rollback]
+    back = rig.settled(back.id, lambda r: r.status.finished)
+    assert back.status is RolloutStatus.good and back.requested_by == "U0DEV1"
+    assert rig.weights()[old] == 100
+    assert rig.store.rollout(canary.id).status is RolloutStatus.superseded  # type: ignore[union-attr]

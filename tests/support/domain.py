@@ -12,6 +12,7 @@ import redis
 
 from bot.domain.clock import Clock, FrozenClock
 from bot.domain.incidents import AnalysisChange, Incident
+from bot.domain.models import Rollout
 from bot.domain.text import Text
 from bot.plugins import parse_pipelines
 from bot.ports import SilentNotifier
@@ -46,6 +47,12 @@ class RecordingNotifier(SilentNotifier):
 
     def pipeline_resumed(self, channel: str, pipeline: str, by: str, force_reason: str) -> None:
         self.posts.append((channel, texts.pipeline_resumed(pipeline, by, force_reason)))
+
+    def canary_held(
+        self, rollout: Rollout, waiting: Sequence[str], decides_at: float, policy: str
+    ) -> str | None:
+        self.posts.append((rollout.channel, f"canary held: {', '.join(waiting) or 'decided'}"))
+        return rollout.canary_prompt_ts or f"{START + 2000 + len(self.posts):.6f}"
 
     def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
         self.posts.append((channel, mrkdwn(text)))
