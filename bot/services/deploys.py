@@ -109,6 +109,7 @@ def _deploy(ctx: Context, request: CommandRequest) -> Reply:
     check_approvable(ctx, args.pipeline, pipeline, request)
     image = resolve_version(pipeline.image, args.version)
     if state.live_version == image.version and not state.inflight_rollout:
+        refuse(ctx, request, args.pipeline, "already_live")
         raise AlreadyLive(
             say("`{}` is already live on `{}`.", image.version, args.pipeline),
             hint=say(
@@ -228,6 +229,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     if args.version is not None:
         image = resolve_version(pipeline.image, args.version)
         if image.version == state.live_version and not state.inflight_rollout:
+            refuse(ctx, request, args.pipeline, "already_live")
             raise AlreadyLive(say("`{}` is already live on `{}`.", image.version, args.pipeline))
     else:
         if not state.last_good_version:

@@ -17,7 +17,7 @@ import redis
 
 from bot.domain.approvals import APPROVED, REJECTED
 from bot.domain.clock import FrozenClock
-from bot.domain.errors import ImageNotFound, NotAllowed, RolloutInFlight
+from bot.domain.errors import AlreadyLive, ImageNotFound, NotAllowed, RolloutInFlight
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import TargetPlugin, default_registry, parse_pipelines
 from bot.services import approvals, deploys, halts
@@ -305,3 +305,20 @@ def test_a_rejection_is_stored_plainly_and_shown_with_a_mention(make: Callable[.
     assert f"was rejected by <@{LEAD}>: nothing was deployed." in told
     assert rig.store.pipeline("web").inflight_rollout == "", "the pipeline is free again"
     assert rig.target.calls == [("locate", "1")], "located in the ack (pull: never), never run"
+
+
+def test_a_deploy_or_rollback_of_the_live_version_is_refused_and_audited(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    rig.command("/deploy", "web 1")
+    rig.finished(rig.newest().id)
+    for command in ("/deploy", "/rollback"):
+        with pytest.raises(AlreadyLive):
+            rig.command(command, "web 1")
+    refused = [
+        (e.action, e.detail)
+        for e in rig.store.audit_entries(pipeline="web", limit=10)
+        if e.outcome == "refused"
+    ]
+    assert sorted(refused) == [("deploy", "already_live"), ("rollback", "already_live")]
