@@ -1,8 +1,9 @@
 """`python -m bench [--quick] [--out FILE] [--only SECTIONS]`: measure the bot against its floor.
 
 Sections: ack (ack latency), rollback (rollback and detection), polling (polling scale),
-memory. Writes the results as JSON (default bench/results/latest.json, with a Markdown table
-beside it as latest.md and the run's log as latest.log) and prints the table. The full run
+memory, traffic (deploys and rollbacks behind HAProxy). Writes the results as JSON (default
+bench/results/latest.json, with a Markdown table beside it as latest.md and the run's log as
+latest.log) and prints the table. The full run
 takes about 6-10 minutes on a 2-core machine; --quick is a 1-2 minute smoke version whose
 figures are rougher. Exits 1 if a section failed (its error is in the JSON), 0 otherwise:
 targets are reported, not asserted.
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import ack, memory, polling, report, rollback
+from bench import ack, memory, polling, report, rollback, traffic
 from bench.machine import busy_cpu_seconds
 from bench.rig import BenchRig
 
@@ -34,7 +35,7 @@ logger = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("ack", "rollback", "polling", "memory")
+SECTIONS = ("ack", "rollback", "polling", "memory", "traffic")
 
 
 def _clean(value: Any) -> Any:
@@ -104,7 +105,16 @@ def _sections(quick: bool) -> dict[str, Callable[[BenchRig], dict[str, Any]]]:
     def run_memory(rig: BenchRig) -> dict[str, Any]:
         return {"memory": memory.run(rig, memory.QUICK if quick else memory.FULL)}
 
-    return {"ack": run_ack, "rollback": run_rollback, "polling": run_polling, "memory": run_memory}
+    def run_traffic(rig: BenchRig) -> dict[str, Any]:
+        return {"traffic": traffic.run(rig, traffic.QUICK if quick else traffic.FULL)}
+
+    return {
+        "ack": run_ack,
+        "rollback": run_rollback,
+        "polling": run_polling,
+        "memory": run_memory,
+        "traffic": run_traffic,
+    }
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -239,6 +239,98 @@ def memory_table(memory: JsonDict) -> list[str]:
     ]
 
 
+def traffic_table(traffic: JsonDict) -> list[str]:
+    if "error" in traffic:
+        return _failed("Traffic", traffic)
+    config = traffic["config"]
+    lost, timing, bad = traffic["lost"], traffic["rollback_time"], traffic["bad_version"]
+    lines = [
+        "## Traffic (behind HAProxy)",
+        "",
+        traffic["method"] + ". "
+        f"Watch every {config['watch_interval_seconds']:g} s, warm-up {config['warmup']}, "
+        f"error rate > {config['kpi_max']:g} for {config['for']} polls over "
+        f"{config['kpi_window_seconds']:g} s (builtin error_rate behind the proxy, the demo's "
+        f"/metrics on one port; trip's: the new version's 2xx answers per second > "
+        f"{config['trip_max_per_second']:g}); drain {config['drain']}.",
+        "",
+        f"Requests failed at {config['rate']:g} req/s (goal: 0 behind the proxy):",
+        "",
+        "| pipeline | window | cycles | requests | failed | no answer or 502-504 | app 5xx "
+        "| failed per cycle |",
+        "|---|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in lost["rows"]:
+        lines.append(
+            f"| {row['pipeline']} | {row['swap']} | {row['cycles']} | {row['requests']} | "
+            f"{row['failed']} | {row['no_answer_or_502_504']} | {row['app_5xx']} | "
+            f"{', '.join(str(n) for n in row['failed_per_cycle'])} |"
+        )
+    target = timing["target"]
+    lines += [
+        "",
+        f"Nothing lost behind the proxy: {_verdict(lost['met'])}.",
+        "",
+        "Rollback time on the traffic path, until every new request reaches the old version "
+        f"(ms; goal: p99 ≤ {target['ratio_max']:g}x the floor's p50 and < "
+        f"{target['max_seconds'] * 1000:g} ms):",
+        "",
+        "| path | n | p50 | p99 | max | lower bound p50 | floor p50 | ratio p50 | ratio p99 "
+        "| goal met |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    for row in timing["rows"]:
+        lines.append(
+            f"| {row['path']} | {row['n']} | {_num(row['p50'], 1000, 1)} | "
+            f"{_num(row['p99'], 1000, 1)} | {_num(row['max'], 1000, 1)} | "
+            f"{_num(row.get('lower_p50'), 1000, 1)} | "
+            f"{_num(row['floor_p50'], 1000, 2)} | {_ratio(row['ratio_p50'])} | "
+            f"{_ratio(row['ratio_p99'])} | {_verdict(row['met'])} |"
+        )
+    for label, figures in (
+        ("floor: one bare runtime-API line (weight up; weight down) + probe", timing["floor"]),
+        ("reference: HAProxyRouter.route alone (3 round trips) + probe", timing["router"]),
+    ):
+        lines.append(
+            f"| {label} | {figures['n']} | {_num(figures['p50'], 1000, 2)} | "
+            f"{_num(figures['p99'], 1000, 2)} | {_num(figures['max'], 1000, 2)} | "
+            f"{_num(figures.get('lower_p50'), 1000, 2)} | | | | |"
+        )
+    marks = timing["command_marks_median"]
+    lines += [
+        "",
+        "Where a `/rollback` spends its time (medians, ms after the command was sent): "
+        + ", ".join(f"{name} {_num(at, 1000, 1)}" for name, at in marks.items())
+        + ". A figure ends when the probe sent the first request of the final run of answers "
+        "from the old version; its lower bound is when it sent the last request the other "
+        "version answered: the switch lies between.",
+        "",
+        f"A bad version (every other GET / fails) at {config['rate']:g} req/s, until the watch "
+        f"has rolled it back (goal: ≤ {bad['target']['ratio_max'] * 100:g}% of the one-port "
+        "figure):",
+        "",
+        "| pipeline | runs | requests per run | failed per run | no answer or 502-504 | "
+        "bad version's share (while live) | live to breach (s) |",
+        "|---|--:|--:|---|--:|--:|--:|",
+    ]
+    for key in ("canary", "direct"):
+        row = bad[key]
+        lines.append(
+            f"| {row['pipeline']} | {row['runs']} | {_num(row['requests_per_run'], digits=0)} | "
+            f"{', '.join(str(n) for n in row['failed_per_run'])} | "
+            f"{row['no_answer_or_502_504']} | {_num(row['share_of_3'], 100, 1)}% "
+            f"({_num(row.get('share_of_3_while_live'), 100, 1)}%) | "
+            f"{_num(row['live_to_breach'], digits=2)} |"
+        )
+    lines += [
+        "",
+        f"Failed behind the proxy / failed on one port (means per run): "
+        f"{_num(bad['ratio'], 100, 1)}%; goal met: {_verdict(bad['met'])}.",
+        "",
+    ]
+    return lines
+
+
 def markdown(results: JsonDict) -> str:
     meta = results["meta"]
     lines = [
@@ -255,6 +347,7 @@ def markdown(results: JsonDict) -> str:
         ("detection", detection_table),
         ("polling", polling_table),
         ("memory", memory_table),
+        ("traffic", traffic_table),
     )
     for key, render in sections:
         if key in results:
