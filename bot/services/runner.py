@@ -325,6 +325,16 @@ class RolloutRunner:
         )
         rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
         image = ImageRef(pipeline.image, rollout.image_tag, rollout.image_digest)
+        if rollout.kind is not RolloutKind.deploy and isinstance(target, BehindProxy):
+            # Behind a proxy a rollback to a version that still runs is one route: first.
+            try:
+                moved = target.return_to(rollout.pipeline, pipeline, image.version, progress)
+            except RolloutFailed as exc:
+                self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)
+                return
+            if moved is not None:
+                self._went_live(rollout.id, pipeline, moved.gap_seconds, moved.notes)
+                return
         try:
             with progress.step("locate image", detail=image.reference):
                 located = target.locate(rollout.pipeline, pipeline, image)

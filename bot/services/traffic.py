@@ -179,6 +179,46 @@ class BehindProxy:
             )
         return SwapResult(gap_seconds=None, notes=notes)
 
+    def return_to(
+        self, name: str, pipeline: Pipeline, version: str, progress: Progress
+    ) -> SwapResult | None:
+        """A rollback to a version that still runs (the watch's baseline): only the traffic
+        moves, before anything else (no image look-up, no start). None when it does not run.
+
+        The running container is the exact image that ran before, even if its tag has moved.
+        """
+        traffic = _traffic(pipeline)
+        running = self.target.versions(name, pipeline)
+        if not any(v.version == version for v in running):
+            return None
+        try:
+            routes = self.router(pipeline).routes(traffic)
+        except TrafficError:
+            return None  # the full path says why, before anything changes
+        back = max(
+            (v for v in running if v.version == version),
+            key=lambda v: (routes.get(v.port, -1), v.started_at),
+        )
+        replaced = _serving(running, routes, besides=back)
+        split = TrafficSplit(
+            port=back.port,
+            baseline_port=replaced.port if replaced else None,
+            baseline_version=replaced.version if replaced else "",
+        )
+        progress.traffic(split)
+        with progress.step("move traffic", detail=describe(split, version)):
+            try:
+                self.router(pipeline).route(traffic, split.weights())
+            except TrafficError as exc:
+                raise RolloutFailed(
+                    f"{traffic.proxy} refused to move traffic back: {exc.reason}", restored=True
+                ) from exc
+        for stray in running:
+            if stray.port not in (back.port, split.baseline_port):
+                self.target.stop_version(name, pipeline, stray.port)
+        self.retire(name, pipeline, split, progress)
+        return SwapResult(gap_seconds=None)
+
     def retire(
         self, name: str, pipeline: Pipeline, split: TrafficSplit, progress: Progress | None
     ) -> None:

@@ -378,7 +378,8 @@ class Watcher:
         # The status change is the claim: a second detection (another replica, a later poll)
         # finds the rollout no longer live and does nothing.
         if pipeline.auto_rollback:
-            self.ctx.runner.change(rollout.id, mark_breached)
+            # The message follows off this path (wait=False): the cure must not wait for Slack.
+            self.ctx.runner.change(rollout.id, mark_breached, wait=False)
         else:
             # The bad version stays live until someone confirms; the breach is claimed once,
             # and only while the rollout is still the live one being watched.

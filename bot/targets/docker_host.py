@@ -121,6 +121,9 @@ def _with_port_variable(environment: Any, port: int) -> Any:
 def port_taken(port: int) -> bool:
     """Whether something already listens on 127.0.0.1:`port` (we bind only to find out)."""
     probe_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Without SO_REUSEADDR a port whose last connections linger in TIME_WAIT would look taken
+    # for a minute; with it, only a socket bound or listening there makes the bind fail.
+    probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe_socket.bind(("127.0.0.1", port))
     except OSError as exc:

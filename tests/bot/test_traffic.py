@@ -6,6 +6,7 @@ tests/scenarios/test_traffic.py."""
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from bot.slack.messages import traffic_line
 from bot.slack.render import mrkdwn
 from bot.store.keys import Keys
 from bot.store.store import Store
+from bot.targets.docker_host import port_taken
 from tests.support.domain import CHANNEL, START, RecordingNotifier
 from tests.support.fakes import (
     MEMORY,
@@ -234,7 +236,9 @@ def test_a_breach_sends_every_request_back_with_one_route_and_starts_nothing(
     assert [c for c in rig.target.calls if c[0] == "start"] == [("start", "1"), ("start", "2")], (
         "the rollback started no container"
     )
-    assert "start" not in [s.name for s in restore.steps]
+    assert [s.name for s in restore.steps] == ["move traffic", "drain"], (
+        "the traffic moves first: no image look-up, no start"
+    )
     rig.wait_for(lambda: new not in rig.target.by_port, "the bad version drained and stopped")
     assert rig.weights() == {old: 100}
     [incident] = rig.notifier.opened
@@ -635,3 +639,19 @@ def test_abort_sends_the_traffic_back_with_a_rollback_by_the_person(
     assert back.status is RolloutStatus.good and back.requested_by == "U0DEV1"
     assert rig.weights()[old] == 100
     assert rig.store.rollout(canary.id).status is RolloutStatus.superseded  # type: ignore[union-attr]
+
+
+def test_a_port_is_taken_while_something_listens_not_while_its_connections_linger() -> None:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as busybox httpd does
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert port_taken(port)
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end lingers in TIME_WAIT
+    client.close()
+    server.close()
+    time.sleep(0.1)
+    assert not port_taken(port), "a TIME_WAIT left by a stopped version does not hold the port"
