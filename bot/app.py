@@ -68,6 +68,8 @@ class Immune:
     # are the bot's own).
     probes: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
     extra_stops: list[Callable[[], None]] = field(default_factory=list)
+    # Connections to release once everything has stopped (clients, sessions, pools).
+    closers: list[Callable[[], None]] = field(default_factory=list)
     # WAIT for Redis replicas before answering Slack (None: no replicas to wait for).
     replicated: ReplicationBarrier | None = None
 
@@ -131,6 +133,12 @@ class Immune:
             # jobs, and the watch sync job takes that lock (get_jobs) - a deadlock.
             self.scheduler.shutdown(wait=False)
         self.runner.shutdown(wait=wait)
+        if wait:  # nothing runs any more: its connections may go (not while work still runs)
+            for close in self.closers:
+                try:
+                    close()
+                except Exception:
+                    logger.exception("could not close a connection at stop")
 
     def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
         return build_wsgi(self)
@@ -231,6 +239,12 @@ def build(
         watcher=watcher,
         probes=probes,
         replicated=barrier,
+        closers=[
+            *(c for c in (getattr(t, "close", None) for t in targets.values()) if callable(c)),
+            *(c for c in (getattr(s, "close", None) for s in sources.values()) if callable(c)),
+            shared.close,
+            redis_client.close,
+        ],
     )
 
 

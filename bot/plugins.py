@@ -38,6 +38,14 @@ class Shared:
         self.settings = settings
         self._made: dict[str, Any] = {}
 
+    def close(self) -> None:
+        """Close what was made (the engine client's connections) when the bot stops."""
+        for made in self._made.values():
+            close = getattr(made, "close", None)
+            if callable(close):
+                close()
+        self._made.clear()
+
     def get(self, key: str, make: Callable[[], T]) -> T:
         if key not in self._made:
             self._made[key] = make()

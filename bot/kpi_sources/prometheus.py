@@ -20,6 +20,9 @@ class PrometheusSource:
         # Prometheus is addressed directly; a proxy from the environment must not intercept.
         self.session.trust_env = False
 
+    def close(self) -> None:
+        self.session.close()
+
     def read(self, query: str, timeout: float) -> Reading:
         try:
             response = self.session.get(

@@ -175,6 +175,10 @@ class DockerHostTarget:
     def health(self) -> dict[str, object]:
         return engine_health(self.client)
 
+    def close(self) -> None:
+        """Release the health checks' connections (the engine client is shared, closed apart)."""
+        self.http.close()
+
     # Images ------------------------------------------------------------------------------
 
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:

@@ -326,6 +326,10 @@ class SwarmTarget:
     def health(self) -> dict[str, object]:
         return self.host.health()
 
+    def close(self) -> None:
+        self.http.close()
+        self.host.close()
+
     # Images and the test gate ------------------------------------------------------------
 
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
