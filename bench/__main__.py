@@ -1,12 +1,12 @@
 """`python -m bench [--quick] [--out FILE] [--only SECTIONS]`: measure the bot against its floor.
 
 Sections: ack (ack latency), rollback (rollback and detection), polling (polling scale),
-memory, traffic (deploys and rollbacks behind HAProxy). Writes the results as JSON (default
-bench/results/latest.json, with a Markdown table beside it as latest.md and the run's log as
-latest.log) and prints the table. The full run
-takes about 6-10 minutes on a 2-core machine; --quick is a 1-2 minute smoke version whose
-figures are rougher. Exits 1 if a section failed (its error is in the JSON), 0 otherwise:
-targets are reported, not asserted.
+memory, traffic (deploys and rollbacks behind HAProxy), judge (recorded KPI traces replayed
+through both judges; it needs no server, so `--only judge` starts none). Writes the results
+as JSON (default bench/results/latest.json, with a Markdown table beside it as latest.md and
+the run's log as latest.log) and prints the table. The full run takes about 6-10 minutes on
+a 2-core machine; --quick is a 1-2 minute smoke version whose figures are rougher. Exits 1 if
+a section failed (its error is in the JSON), 0 otherwise: targets are reported, not asserted.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import ack, memory, polling, report, rollback, traffic
+from bench import ack, judge, memory, polling, report, rollback, traffic
 from bench.machine import busy_cpu_seconds
 from bench.rig import BenchRig
 
@@ -35,7 +35,8 @@ logger = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("ack", "rollback", "polling", "memory", "traffic")
+SECTIONS = ("ack", "rollback", "polling", "memory", "traffic", "judge")
+RIGLESS = {"judge"}  # sections that need no server, image or container
 
 
 def _clean(value: Any) -> Any:
@@ -108,12 +109,16 @@ def _sections(quick: bool) -> dict[str, Callable[[BenchRig], dict[str, Any]]]:
     def run_traffic(rig: BenchRig) -> dict[str, Any]:
         return {"traffic": traffic.run(rig, traffic.QUICK if quick else traffic.FULL)}
 
+    def run_judge(rig: BenchRig) -> dict[str, Any]:
+        return {"judge": judge.run()}
+
     return {
         "ack": run_ack,
         "rollback": run_rollback,
         "polling": run_polling,
         "memory": run_memory,
         "traffic": run_traffic,
+        "judge": run_judge,
     }
 
 
@@ -149,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rig = BenchRig()
     try:
-        print(
-            "bench: starting Redis, Prometheus, the emulator; building demo images", file=sys.stderr
-        )
-        rig.start()
+        if set(chosen) - RIGLESS:
+            print(
+                "bench: starting Redis, Prometheus, the emulator; building demo images",
+                file=sys.stderr,
+            )
+            rig.start()
         results["meta"]["rig"] = rig.timings
         runners = _sections(args.quick)
         for name in SECTIONS:

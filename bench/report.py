@@ -331,6 +331,136 @@ def traffic_table(traffic: JsonDict) -> list[str]:
     return lines
 
 
+_SCENARIO_WORDS = {
+    "healthy": "healthy, independent noise",
+    "shared_spike": "shared spike (both versions)",
+    "one_scrape_spike": "one-scrape spike (new version)",
+    "slow_burn": "slow burn (1x to 4x)",
+}
+
+
+def _scenario_words(row: JsonDict) -> str:
+    if row["scenario"] in _SCENARIO_WORDS:
+        return _SCENARIO_WORDS[row["scenario"]]
+    return f"regression {row['factor']:g}x"
+
+
+def _scenario_rank(row: JsonDict) -> tuple[int, float]:
+    """Noise first, then regressions by factor, the slow burn last."""
+    order = list(_SCENARIO_WORDS)
+    if row["scenario"] in order[:3]:
+        return order.index(row["scenario"]), 0.0
+    return (4, 0.0) if row["scenario"] == "slow_burn" else (3, row["factor"])
+
+
+def _decided(row: JsonDict, judge: str, goal_factor: float) -> str:
+    """The poll that rolled back, or - (kept); bold when it is wrong for the goals."""
+    at = row[judge]["rolled_back_at"]
+    text = "-" if at is None else str(at)
+    if row["label"] == "healthy":
+        wrong = at is not None
+    else:
+        wrong = at is None and row["factor"] >= goal_factor
+    return f"**{text}**" if wrong else text
+
+
+def judge_table(judge: JsonDict) -> list[str]:
+    if "error" in judge:
+        return _failed("Judge replay", judge)
+    config = judge["config"]
+    levels = sorted(judge["levels"].items(), key=lambda item: item[1])
+    columns = [(kind, level) for kind in ("error_rate", "latency") for level, _ in levels]
+    names = {"error_rate": "error rate", "latency": "latency"}
+    rows: dict[str, dict[tuple[str, str], JsonDict]] = {}
+    for row in sorted(judge["traces"], key=_scenario_rank):
+        rows.setdefault(_scenario_words(row), {})[(row["kind"], row["level"])] = row
+    maxes = config["threshold_max"]
+    lines = [
+        "## Judge replay",
+        "",
+        judge["method"] + ". "
+        f"Threshold: error rate max {maxes['error_rate']:g}, latency max "
+        f"{maxes['latency']:g} s. Compare: tolerance {config['tolerance']:+.0%}, confidence "
+        f"{config['confidence']:g}, min_samples {config['min_samples']}. Both: warm-up "
+        f"{config['warmup']}, for {config['for']}.",
+        "",
+        "The poll of the step that rolled back, threshold / compare (- kept; **bold**: a false "
+        f"rollback, or a regression of {config['goal_factor']:g}x or more kept):",
+        "",
+        "| trace | "
+        + " | ".join(f"{names[kind]}, {judge['levels'][level]:g} req/s" for kind, level in columns)
+        + " |",
+        "|---|" + "|".join(":-:" for _ in columns) + "|",
+    ]
+    for words, cells in rows.items():
+        shown = []
+        for column in columns:
+            row = cells.get(column)
+            if row is None:
+                shown.append("")
+                continue
+            goal = config["goal_factor"]
+            shown.append(f"{_decided(row, 'threshold', goal)} / {_decided(row, 'compare', goal)}")
+        lines.append(f"| {words} | " + " | ".join(shown) + " |")
+    summary = judge["summary"]
+    caught_keys = list(summary["compare"]["caught"])
+    lines += [
+        "",
+        "| judge | false rollbacks: healthy + shared spike | one-scrape spike | "
+        + " | ".join(f"caught {key.replace('_', ' ')}" for key in caught_keys)
+        + " | median polls to rollback |",
+        "|---|--:|--:|" + "--:|" * len(caught_keys) + "--:|",
+    ]
+    for name in ("threshold", "compare"):
+        figures = summary[name]
+        false = figures["false_rollbacks"]
+        lines.append(
+            f"| {name} | {_of(false['healthy_and_shared'])} | {_of(false['one_scrape_spike'])} | "
+            + " | ".join(_of(figures["caught"][key]) for key in caught_keys)
+            + f" | {_num(figures['median_polls_to_rollback'], digits=1)} |"
+        )
+    wrong = [
+        row
+        for row in sorted(judge["traces"], key=_scenario_rank)
+        if "**" in _decided(row, "compare", config["goal_factor"])
+    ]
+    if wrong:
+        lines += ["", "Where compare was wrong, what the step held:", ""]
+    for row in wrong:
+        counts = row.get("failed_requests")
+        seen = (
+            f"requests failed: new {counts['new']}, baseline {counts['baseline']} (a one-sided "
+            f"exact test on these counts: p={counts['exact_p']:.2g})"
+            if counts
+            else ""
+        )
+        ratio = row.get("median_ratio")
+        shown = f"median new/baseline over the judged polls {ratio:.2f}" if ratio else ""
+        lines.append(f"- {row['name']}: " + "; ".join(part for part in (shown, seen) if part) + ".")
+    goals = judge["goals"]
+    caught = goals["regressions_caught"]
+    lines += [
+        "",
+        f"Goals (compare): no false rollback on the healthy and shared-spike traces: "
+        f"{_verdict(goals['no_false_rollback']['met'])}"
+        + _listed(goals["no_false_rollback"]["failed"])
+        + f"; every regression of {caught['factor_at_least']:g}x or more caught within the "
+        f"step: {_verdict(caught['met'])}" + _listed(caught["missed"], "missed") + ".",
+        "",
+    ]
+    return lines
+
+
+def _of(count: JsonDict) -> str:
+    return f"{count['rolled_back']}/{count['of']}"
+
+
+def _listed(names: list[str], what: str = "") -> str:
+    if not names:
+        return ""
+    return f" ({what + ': ' if what else ''}{', '.join(names)})"
+
+
 def markdown(results: JsonDict) -> str:
     meta = results["meta"]
     lines = [
@@ -348,6 +478,7 @@ def markdown(results: JsonDict) -> str:
         ("polling", polling_table),
         ("memory", memory_table),
         ("traffic", traffic_table),
+        ("judge", judge_table),
     )
     for key, render in sections:
         if key in results:

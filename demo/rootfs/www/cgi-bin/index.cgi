@@ -20,7 +20,25 @@ case "${REQUEST_URI%%\?*}" in
         served=$(cat /tmp/demo/served 2>/dev/null)
         served=${served:-0}
         echo $((served + 1)) > "/tmp/demo/served.$$" && mv -f "/tmp/demo/served.$$" /tmp/demo/served
-        if [ "$every" -gt 0 ] 2>/dev/null && [ $((served % every)) -eq 0 ]; then
+        # Two more knobs in /control, per version or for all (read, not cat: no fork):
+        # delay-ms-<version>: each GET / waits that many milliseconds before it answers;
+        # fail-ppm-<version>: each GET / fails at random, that many chances in a million
+        # (requests independent of each other, unlike the counter), instead of fail-every.
+        delay='' ppm='' fails=no
+        [ -r "/control/delay-ms-$version" ] && read -r delay < "/control/delay-ms-$version"
+        [ -z "$delay" ] && [ -r /control/delay-ms ] && read -r delay < /control/delay-ms
+        [ -r "/control/fail-ppm-$version" ] && read -r ppm < "/control/fail-ppm-$version"
+        [ -z "$ppm" ] && [ -r /control/fail-ppm ] && read -r ppm < /control/fail-ppm
+        if [ -n "$ppm" ]; then
+            draw=$(od -An -N4 -tu4 /dev/urandom)
+            [ $((draw % 1000000)) -lt "$ppm" ] 2>/dev/null && fails=yes
+        elif [ "$every" -gt 0 ] 2>/dev/null && [ $((served % every)) -eq 0 ]; then
+            fails=yes
+        fi
+        if [ "$delay" -gt 0 ] 2>/dev/null; then
+            usleep $((delay * 1000))
+        fi
+        if [ "$fails" = yes ]; then
             printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n'
             printf 'failed: '
         else
