@@ -3,9 +3,11 @@ on the same traffic (DESIGN.md, "Judging").
 
 A version is *worse* only when both hold: a one-sided Mann-Whitney U test says its samples are
 shifted the bad way (p below 1 - confidence), and the effect passes the KPI's floor (the
-relative `tolerance` and/or the `absolute` difference). The rank test ignores a one-scrape
-spike and a shift both sides share; the floor ignores differences too small to matter. Too few
-samples is *not enough data*, never *no worse*.
+relative `tolerance` and/or the `absolute` difference). The rank test discounts a single
+outlying sample and a shift both sides share; the floor ignores differences too small to
+matter. Too few samples is *not enough data*, never *no worse*. The test counts each poll as
+independent: rate windows longer than the poll interval overlap, so one burst sits in several
+samples (the recorded traces show false rollbacks from it; see tests/bot/test_judge_replay.py).
 
 The effect is measured on medians, which one bad scrape does not move; where the medians tie
 (error ratios at low traffic are mostly zeros, so both medians are 0 while one side does

@@ -418,7 +418,8 @@ class HAProxyServer(ServerProcess):
     def traffic_block(self, backend: str = "web", ports: int = 4, **extra: Any) -> dict[str, Any]:
         """A pipelines-file `traffic:` block for this HAProxy: its runtime API, a free listen
         port and `ports` free consecutive ports for the versions."""
-        first = free_port_range(ports)
+        # Below Linux's ephemeral range (32768-60999), where outgoing connections take ports.
+        first = free_port_range(ports, low=20000, high=32000)
         return {
             "listen": f"127.0.0.1:{free_port()}",
             "runtime_api": self.runtime_api,
