@@ -344,16 +344,28 @@ class DockerHostTarget:
                 candidate.start()
                 return candidate
         self._free_name(name)
-        options = container_options(request.pipeline)
+        return self._create_and_start(request, container_options(request.pipeline), name, name)
+
+    def _create_and_start(
+        self,
+        request: RolloutRequest,
+        options: dict[str, Any],
+        name: str,
+        base: str,
+        extra_labels: dict[str, str] | None = None,
+    ) -> Container:
+        """Create the version's container named `name` (labelled as `base`'s) and start it;
+        RolloutFailed, with nothing left behind, if the engine refuses either."""
         labels = dict(options.pop("labels", None) or {})
         labels.update(
             {
                 LABEL_PIPELINE: request.pipeline_name,
-                LABEL_VERSION: version,
+                LABEL_VERSION: request.image.version,
                 LABEL_ROLLOUT: request.rollout_id,
                 LABEL_REFERENCE: request.image.reference,
                 LABEL_ROLE: "service",
-                LABEL_CONTAINER: name,
+                LABEL_CONTAINER: base,
+                **(extra_labels or {}),
             }
         )
         options["name"] = name
@@ -551,34 +563,7 @@ class DockerHostTarget:
         options = with_port(container_options(request.pipeline), port)
         options.setdefault("network_mode", "host")
         options["environment"] = _with_port_variable(options.get("environment"), port)
-        labels = dict(options.pop("labels", None) or {})
-        labels.update(
-            {
-                LABEL_PIPELINE: request.pipeline_name,
-                LABEL_VERSION: version,
-                LABEL_ROLLOUT: request.rollout_id,
-                LABEL_REFERENCE: request.image.reference,
-                LABEL_ROLE: "service",
-                LABEL_CONTAINER: base,
-                LABEL_PORT: str(port),
-            }
-        )
-        options["name"] = name
-        try:
-            container = self.client.containers.create(
-                request.located.image_id, labels=labels, detach=True, **options
-            )
-        except (docker.errors.APIError, TypeError) as exc:
-            raise RolloutFailed(f"the engine refused to create the container: {exc}") from exc
-        try:
-            container.start()
-        except docker.errors.APIError as exc:
-            logs = _logs_tail(container)
-            self._discard(container)
-            raise RolloutFailed(
-                f"the container did not start: {exc.explanation}", logs_tail=logs
-            ) from exc
-        return container
+        return self._create_and_start(request, options, name, base, {LABEL_PORT: str(port)})
 
     def stop_version(
         self, pipeline_name: str, pipeline: Pipeline, port: int, *, keep: bool = True
