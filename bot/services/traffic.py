@@ -318,6 +318,15 @@ def served(ctx: Context, pipeline: Pipeline) -> BehindProxy:
     return target
 
 
+def _record(ctx: Context, rollout_id: str, split: TrafficSplit, *, wait: bool = True) -> Rollout:
+    """Write where the rollout's requests go (before the proxy is told)."""
+
+    def record(rollout: Rollout) -> None:
+        rollout.traffic = split
+
+    return ctx.runner.change(rollout_id, record, wait=wait)
+
+
 # During the watch ---------------------------------------------------------------------------
 
 
@@ -361,10 +370,7 @@ def advance(
     due = len(plan) - 1 if to_the_end else split.step + 1
     moved = split.model_copy(update={"step": due, "percent": plan[due], "held_since": None})
 
-    def record(r: Rollout) -> None:
-        r.traffic = moved
-
-    ctx.runner.change(rollout.id, record)
+    _record(ctx, rollout.id, moved)
     try:
         served(ctx, pipeline).router(pipeline).route(traffic, moved.weights())
     except TrafficError as exc:
@@ -410,10 +416,7 @@ def hold(ctx: Context, rollout: Rollout, pipeline: Pipeline, waiting: list[str])
         return now >= split.held_since + traffic.decides_after
     held = split.model_copy(update={"held_since": now})
 
-    def record(r: Rollout) -> None:
-        r.traffic = held
-
-    current = ctx.runner.change(rollout.id, record, wait=False)
+    current = _record(ctx, rollout.id, held, wait=False)
     ctx.audit(
         actor="immune",
         action="canary.hold",
@@ -444,10 +447,7 @@ def send_back(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSpli
         return None
     back = split.model_copy(update={"percent": 0})
 
-    def record(r: Rollout) -> None:
-        r.traffic = back
-
-    ctx.runner.change(rollout.id, record, wait=False)
+    _record(ctx, rollout.id, back, wait=False)
     try:
         served(ctx, pipeline).router(pipeline).route(pipeline.traffic, back.weights())
     except TrafficError as exc:
@@ -463,10 +463,7 @@ def retire_baseline(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
         return
     retired = split.model_copy(update={"baseline_retired": True})
 
-    def record(r: Rollout) -> None:
-        r.traffic = retired
-
-    ctx.runner.change(rollout.id, record, wait=False)
+    _record(ctx, rollout.id, retired, wait=False)
 
     def drain() -> None:
         try:
