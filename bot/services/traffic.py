@@ -276,14 +276,13 @@ class BehindProxy:
         )
         if new is not None:
             final = request.rollback or not pipeline.kpis
+            percent = 100 if final or baseline is None else traffic.plan[0]
             split = TrafficSplit(
                 port=new.port,
                 baseline_port=baseline.port if baseline else None,
                 baseline_version=baseline.version if baseline else "",
-                percent=100 if final or baseline is None else traffic.plan[0],
-            )
-            split = split.model_copy(
-                update={"steps": len(traffic.plan) if split.percent < 100 else 1}
+                percent=percent,
+                steps=len(traffic.plan) if percent < 100 else 1,
             )
             progress.traffic(split)
             with progress.step("move traffic", detail=describe(split, new.version)):
