@@ -147,15 +147,7 @@ class BehindProxy:
             progress.check_cancelled()
             new = self.target.start_beside(request, progress)
         baseline = _serving(running, routes, besides=new)
-        final = request.rollback or not pipeline.kpis
-        percent = 100 if final or baseline is None else traffic.plan[0]
-        split = TrafficSplit(
-            port=new.port,
-            baseline_port=baseline.port if baseline else None,
-            baseline_version=baseline.version if baseline else "",
-            percent=percent,
-            steps=len(traffic.plan) if percent < 100 else 1,
-        )
+        final, split = _first_split(request, new, baseline)
         progress.traffic(split)
         with progress.step("move traffic", detail=describe(split, request.image.version)):
             try:
@@ -251,7 +243,6 @@ class BehindProxy:
         """A rollout whose bot died: finish it if its version runs and is healthy, else send
         everything back to what served before and stop it."""
         pipeline, name = request.pipeline, request.pipeline_name
-        traffic = _traffic(pipeline)
         routes = self._routes_before_any_change(pipeline, progress)
         running = self.target.versions(name, pipeline)
         # Its version: started by this rollout, or a kept container of the same image it
@@ -275,15 +266,7 @@ class BehindProxy:
             else _serving([v for v in running if v not in mine], routes)
         )
         if new is not None:
-            final = request.rollback or not pipeline.kpis
-            percent = 100 if final or baseline is None else traffic.plan[0]
-            split = TrafficSplit(
-                port=new.port,
-                baseline_port=baseline.port if baseline else None,
-                baseline_version=baseline.version if baseline else "",
-                percent=percent,
-                steps=len(traffic.plan) if percent < 100 else 1,
-            )
+            final, split = _first_split(request, new, baseline)
             progress.traffic(split)
             with progress.step("move traffic", detail=describe(split, new.version)):
                 self._route(pipeline, split)
@@ -304,6 +287,23 @@ class BehindProxy:
             raise RolloutFailed(
                 f"the proxy refused the routes: {exc.reason}", restored=False
             ) from exc
+
+
+def _first_split(
+    request: RolloutRequest, new: RunningVersion, baseline: RunningVersion | None
+) -> tuple[bool, TrafficSplit]:
+    """Where a new version's requests go first, and whether that is final: all of them for a
+    rollback, a pipeline without KPIs or nothing to compare with, else the plan's first step."""
+    plan = _traffic(request.pipeline).plan
+    final = request.rollback or not request.pipeline.kpis
+    percent = 100 if final or baseline is None else plan[0]
+    return final, TrafficSplit(
+        port=new.port,
+        baseline_port=baseline.port if baseline else None,
+        baseline_version=baseline.version if baseline else "",
+        percent=percent,
+        steps=len(plan) if percent < 100 else 1,
+    )
 
 
 def _traffic(pipeline: Pipeline) -> Traffic:
