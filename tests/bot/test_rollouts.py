@@ -6,7 +6,6 @@ for `pull: never`; the runner starts nothing until it is started; a queued orpha
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,18 +15,13 @@ import pytest
 import redis
 
 from bot.domain.approvals import APPROVED, REJECTED
-from bot.domain.clock import FrozenClock
 from bot.domain.errors import AlreadyLive, ImageNotFound, NotAllowed, RolloutInFlight
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import TargetPlugin, default_registry, parse_pipelines
-from bot.services import approvals, deploys, halts
-from bot.services.context import Context, Limits
-from bot.services.requests import CommandRequest
-from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.services import approvals
 from bot.slack.render import mrkdwn
-from bot.store.keys import Keys
 from bot.store.store import Store
-from tests.support.domain import CHANNEL, START, RecordingNotifier
+from tests.support.domain import CHANNEL, START, ContextRig
 from tests.support.fakes import MEMORY, MemoryTarget, check_memory_pipeline, memory_config
 
 REGISTRY = default_registry().add_target(
@@ -53,52 +47,10 @@ def queued(store: Store, rollout_id: str, kind: RolloutKind, version: str) -> Ro
     return rollout
 
 
-class Rig:
+class Rig(ContextRig):
     def __init__(self, client: redis.Redis, raw: dict[str, Any], target: MemoryTarget) -> None:
-        self.clock = FrozenClock(START)
-        self.store = Store(client, Keys(f"immune-unit-{secrets.token_hex(3)}"), self.clock)
-        self.notifier = RecordingNotifier()
+        super().__init__(client, parse_pipelines(raw, registry=REGISTRY), {MEMORY: target})
         self.target = target
-        parsed = parse_pipelines(raw, registry=REGISTRY)
-        self.runner = RolloutRunner(
-            store=self.store,
-            config=parsed,
-            targets={MEMORY: target},
-            notifier=self.notifier,
-            clock=self.clock,
-            instance_id="unit",
-            settings=RolloutSettings(lock_ttl_seconds=3),
-        )
-        self.ctx = Context(
-            limits=Limits(lock_ttl_seconds=3),
-            config=parsed,
-            store=self.store,
-            runner=self.runner,
-            notifier=self.notifier,
-            clock=self.clock,
-            instance_id="unit",
-        )
-
-    def command(self, command: str, text: str, user: str = "U0ADMIN") -> str:
-        request = CommandRequest(command, text, user, CHANNEL, response_url="http://127.0.0.1:9/r")
-        operation = {"/deploy": deploys.deploy, "/rollback": deploys.rollback, "/halt": halts.halt}
-        return mrkdwn(operation[command](self.ctx, request).text)
-
-    def newest(self) -> Rollout:
-        [rollout] = self.store.recent_rollouts("web", 1)
-        return rollout
-
-    def settled(self, rollout_id: str, done: Callable[[Rollout], bool]) -> Rollout:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            rollout = self.store.rollout(rollout_id)
-            if rollout is not None and done(rollout):
-                return rollout
-            time.sleep(0.01)
-        raise AssertionError(f"{rollout_id} did not settle: {self.store.rollout(rollout_id)}")
-
-    def finished(self, rollout_id: str) -> Rollout:
-        return self.settled(rollout_id, lambda r: r.status.finished)
 
 
 @pytest.fixture

@@ -15,21 +15,16 @@ import pytest
 import redis
 
 from bot.app import ENGINE_VIEW_INTERVAL_SECONDS, Immune, build
-from bot.domain.clock import FrozenClock
 from bot.domain.config import Pipeline
 from bot.domain.models import Rollout, RolloutStatus
 from bot.plugins import Registry, TargetPlugin, default_registry, parse_pipelines
 from bot.ports import LiveVersion
-from bot.services import deploys, status
-from bot.services.context import Context, Limits
+from bot.services import status
 from bot.services.engine_view import MAX_AGE_SECONDS
 from bot.services.requests import CommandRequest
-from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.settings import Settings
 from bot.slack.replies import answer_text
-from bot.store.keys import Keys
-from bot.store.store import Store
-from tests.support.domain import CHANNEL, START, RecordingNotifier
+from tests.support.domain import CHANNEL, ContextRig, RecordingNotifier
 from tests.support.fakes import MEMORY, MemoryTarget, check_memory_pipeline, memory_config
 from tests.support.round_trips import count_round_trips
 from tests.support.services import RedisServer
@@ -59,10 +54,8 @@ def registry_with(target: MemoryTarget) -> Registry:
     )
 
 
-class Rig:
+class Rig(ContextRig):
     def __init__(self, client: redis.Redis) -> None:
-        self.clock = FrozenClock(START)
-        self.store = Store(client, Keys(f"immune-unit-{secrets.token_hex(3)}"), self.clock)
         self.target = CountingTarget(images={"1", "2"})
         config = memory_config()
         config["pipelines"]["api"] = {
@@ -70,24 +63,7 @@ class Rig:
             "container": {"name": f"api-{secrets.token_hex(3)}"},
         }
         parsed = parse_pipelines(config, registry=registry_with(self.target))
-        self.runner = RolloutRunner(
-            store=self.store,
-            config=parsed,
-            targets={MEMORY: self.target},
-            notifier=RecordingNotifier(),
-            clock=self.clock,
-            instance_id="unit",
-            settings=RolloutSettings(lock_ttl_seconds=3),
-        )
-        self.ctx = Context(
-            limits=Limits(lock_ttl_seconds=3),
-            config=parsed,
-            store=self.store,
-            runner=self.runner,
-            notifier=self.runner.notifier,
-            clock=self.clock,
-            instance_id="unit",
-        )
+        super().__init__(client, parsed, {MEMORY: self.target})
 
     def runs(self, version: str, rollout_id: str) -> None:
         """`version` of web is live, in Redis and on the engine, as a finished rollout leaves it."""
@@ -106,16 +82,8 @@ class Rig:
 
     def deploy(self, version: str) -> Rollout:
         self.clock.advance(1)  # rollouts are ordered by when they were asked for
-        request = CommandRequest("/deploy", f"web {version}", "U0ADMIN", CHANNEL)
-        deploys.deploy(self.ctx, request)
-        [newest] = self.store.recent_rollouts("web", 1)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            rollout = self.store.rollout(newest.id)
-            if rollout is not None and rollout.status.finished:
-                return rollout
-            time.sleep(0.01)
-        raise AssertionError(f"{newest.id} did not finish")
+        self.command("/deploy", f"web {version}")
+        return self.finished(self.newest().id)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ tests/scenarios/test_traffic.py."""
 
 from __future__ import annotations
 
-import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -16,24 +15,18 @@ import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 from scipy.stats import mannwhitneyu
 
-from bot.domain.clock import FrozenClock
 from bot.domain.errors import ConfigError, NotAllowed
 from bot.domain.kpis import kpi_query
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_pipelines
 from bot.services import canary as canary_decisions
-from bot.services import deploys, recovery, traffic
-from bot.services.context import Context, Limits
-from bot.services.requests import CommandRequest
-from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.services import recovery, traffic
 from bot.services.traffic import Routers
 from bot.services.watch import Watcher
 from bot.slack.messages import traffic_line
 from bot.slack.render import mrkdwn
-from bot.store.keys import Keys
-from bot.store.store import Store
 from bot.targets.docker_host import port_taken
-from tests.support.domain import CHANNEL, START, RecordingNotifier
+from tests.support.domain import ContextRig
 from tests.support.fakes import (
     MEMORY,
     MemoryRouter,
@@ -83,54 +76,19 @@ def traffic_pipeline(*, kpis: bool = True, **fields: Any) -> dict[str, Any]:
     )
 
 
-class Rig:
+class Rig(ContextRig):
     def __init__(self, client: redis.Redis, raw: dict[str, Any]) -> None:
-        self.clock = FrozenClock(START)
-        self.store = Store(client, Keys(f"immune-unit-{secrets.token_hex(3)}"), self.clock)
-        self.notifier = RecordingNotifier()
         self.target = SideBySideMemoryTarget(images={"1", "2", "3"})
         self.router = MemoryRouter()
         self.source = ScriptedSource()
-        self.config = parse_pipelines(raw, registry=REGISTRY)
-        self.runner = RolloutRunner(
-            store=self.store,
-            config=self.config,
-            targets={MEMORY: self.target},
-            notifier=self.notifier,
-            clock=self.clock,
-            instance_id="unit",
-            settings=RolloutSettings(lock_ttl_seconds=3),
+        super().__init__(
+            client,
+            parse_pipelines(raw, registry=REGISTRY),
+            {MEMORY: self.target},
             routers=Routers(lambda runtime_api: self.router),
-        )
-        self.ctx = Context(
-            limits=Limits(lock_ttl_seconds=3),
-            config=self.config,
-            store=self.store,
-            runner=self.runner,
-            notifier=self.notifier,
-            clock=self.clock,
-            instance_id="unit",
         )
         self.watcher = Watcher(self.ctx, BackgroundScheduler(), {"scripted": self.source})
         self.runner.on_live = self.watcher.begin
-
-    def command(self, command: str, text: str) -> str:
-        request = CommandRequest(command, text, "U0ADMIN", CHANNEL)
-        operation = {"/deploy": deploys.deploy, "/rollback": deploys.rollback}
-        return mrkdwn(operation[command](self.ctx, request).text)
-
-    def newest(self) -> Rollout:
-        [rollout] = self.store.recent_rollouts("web", 1)
-        return rollout
-
-    def settled(self, rollout_id: str, done: Callable[[Rollout], bool]) -> Rollout:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            rollout = self.store.rollout(rollout_id)
-            if rollout is not None and done(rollout):
-                return rollout
-            time.sleep(0.01)
-        raise AssertionError(f"{rollout_id} did not settle: {self.store.rollout(rollout_id)}")
 
     def deploy(self, version: str, until: RolloutStatus) -> Rollout:
         self.clock.advance(1)  # the newest rollout is the one created last

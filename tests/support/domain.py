@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from bot.domain.clock import Clock, FrozenClock
+from bot.domain.clock import FrozenClock
+from bot.domain.config import PipelinesConfig
 from bot.domain.incidents import AnalysisChange, Incident
 from bot.domain.models import Rollout
 from bot.domain.text import Text
 from bot.plugins import parse_pipelines
-from bot.ports import SilentNotifier
+from bot.ports import SilentNotifier, Target
+from bot.services import deploys, halts
 from bot.services.context import Context, Limits
+from bot.services.requests import CommandRequest
 from bot.services.runner import RolloutRunner, RolloutSettings
+from bot.services.traffic import Routers
 from bot.slack import incident_messages, texts
 from bot.slack.render import mrkdwn
 from bot.store.keys import Keys
@@ -86,38 +91,72 @@ def web_config(**pipeline: Any) -> dict[str, Any]:
     return {"admins": ["U0ADMIN"], "pipelines": {"web": web}}
 
 
-@contextmanager
-def domain_context(
-    client: redis.Redis,
-    config: dict[str, Any],
-    *,
-    notifier: SilentNotifier | None = None,
-    clock: Clock | None = None,
-) -> Iterator[Context]:
-    """A Context whose runner has no targets: for code that must not start rollouts."""
-    clock = clock or FrozenClock(START)
-    prefix = f"immune-unit-{secrets.token_hex(3)}"
-    store = Store(client, Keys(prefix), clock)
-    parsed = parse_pipelines(config)
-    notifier = notifier or RecordingNotifier()
-    runner = RolloutRunner(
-        store=store,
-        config=parsed,
-        targets={},
-        notifier=notifier,
-        clock=clock,
-        instance_id="unit",
-        settings=RolloutSettings(lock_ttl_seconds=3),
-    )
-    try:
-        yield Context(
+class ContextRig:
+    """The use cases over a real Redis: a frozen clock, a recording notifier, the runner with
+    the given targets (and routers), and the Context the handlers would get. The unit tests'
+    rigs build on it."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: PipelinesConfig,
+        targets: dict[str, Target],
+        *,
+        routers: Routers | None = None,
+        clock: FrozenClock | None = None,
+    ) -> None:
+        self.clock = clock or FrozenClock(START)
+        self.store = Store(client, Keys(f"immune-unit-{secrets.token_hex(3)}"), self.clock)
+        self.notifier = RecordingNotifier()
+        self.config = config
+        self.runner = RolloutRunner(
+            store=self.store,
+            config=config,
+            targets=targets,
+            notifier=self.notifier,
+            clock=self.clock,
+            instance_id="unit",
+            settings=RolloutSettings(lock_ttl_seconds=3),
+            routers=routers,
+        )
+        self.ctx = Context(
             limits=Limits(lock_ttl_seconds=3),
-            config=parsed,
-            store=store,
-            runner=runner,
-            notifier=notifier,
-            clock=clock,
+            config=config,
+            store=self.store,
+            runner=self.runner,
+            notifier=self.notifier,
+            clock=self.clock,
             instance_id="unit",
         )
+
+    def command(self, command: str, text: str, user: str = "U0ADMIN") -> str:
+        """A /deploy, /rollback or /halt as the handler runs it; the answer in Slack's words."""
+        request = CommandRequest(command, text, user, CHANNEL, response_url="http://127.0.0.1:9/r")
+        operation = {"/deploy": deploys.deploy, "/rollback": deploys.rollback, "/halt": halts.halt}
+        return mrkdwn(operation[command](self.ctx, request).text)
+
+    def newest(self, pipeline: str = "web") -> Rollout:
+        [rollout] = self.store.recent_rollouts(pipeline, 1)
+        return rollout
+
+    def settled(self, rollout_id: str, done: Callable[[Rollout], bool]) -> Rollout:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rollout = self.store.rollout(rollout_id)
+            if rollout is not None and done(rollout):
+                return rollout
+            time.sleep(0.01)
+        raise AssertionError(f"{rollout_id} did not settle: {self.store.rollout(rollout_id)}")
+
+    def finished(self, rollout_id: str) -> Rollout:
+        return self.settled(rollout_id, lambda r: r.status.finished)
+
+
+@contextmanager
+def domain_context(client: redis.Redis, config: dict[str, Any]) -> Iterator[Context]:
+    """A Context whose runner has no targets: for code that must not start rollouts."""
+    rig = ContextRig(client, parse_pipelines(config), {})
+    try:
+        yield rig.ctx
     finally:
-        runner.shutdown()
+        rig.runner.shutdown()
