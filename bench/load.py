@@ -16,24 +16,17 @@ Jobs:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import secrets
-import subprocess
-import sys
 import threading
 import time
-from typing import IO, Any
 from urllib.parse import urlencode
 
 import requests
 from slack_sdk.signature import SignatureVerifier
 
+from bench.jobs import JobProcess, JsonDict, serve_jobs
 from bench.stats import summarize
-from tests.support.services import dies_with_parent
-
-JsonDict = dict[str, Any]
 
 _HEADERS = {
     "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
@@ -201,16 +194,7 @@ def run_one(spec: JsonDict) -> JsonDict:
 
 
 def main() -> None:
-    for line in sys.stdin:
-        job = json.loads(line)
-        if job["op"] == "quit":
-            break
-        try:
-            result = run_load(job) if job["op"] == "run" else run_one(job)
-        except Exception as exc:  # reported to the driver, which raises it there
-            result = {"failed": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+    serve_jobs(lambda job: run_load(job) if job["op"] == "run" else run_one(job))
 
 
 class LoadDriver:
@@ -218,31 +202,11 @@ class LoadDriver:
 
     def __init__(self, secret: str, *, response_base: str, channel: str = "C0DEPLOY") -> None:
         self.base = {"secret": secret, "response_base": response_base, "channel": channel}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.load"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=dies_with_parent(),
-        )
+        self.jobs = JobProcess("bench.load", "load")
 
     def _ask(self, job: JsonDict, timeout: float) -> JsonDict:
-        stdin: IO[str] | None = self.process.stdin
-        stdout: IO[str] | None = self.process.stdout
-        assert stdin is not None and stdout is not None
-        stdin.write(json.dumps({**self.base, **job}) + "\n")
-        stdin.flush()
-        answer: list[str] = []
-        reader = threading.Thread(target=lambda: answer.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not answer or not answer[0]:
-            self.close()
-            raise RuntimeError(f"the load process gave no answer within {timeout:g} s")
-        result: JsonDict = json.loads(answer[0])
-        if "failed" in result:
-            raise RuntimeError(f"load job failed: {result['failed']}")
-        return result
+        self.jobs.send({**self.base, **job})
+        return self.jobs.answer(timeout)
 
     def run(
         self,
@@ -272,16 +236,7 @@ class LoadDriver:
         return self._ask({"op": "one", "url": url, "command": command, "text": text}, 30.0)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                assert self.process.stdin is not None
-                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.process.stdin.close()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        self.jobs.close()
 
 
 if __name__ == "__main__":

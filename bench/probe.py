@@ -19,21 +19,17 @@ Jobs:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from tests.support.services import dies_with_parent
-
-JsonDict = dict[str, Any]
+from bench.jobs import JobProcess, JsonDict, serve_jobs
 
 HOST = "127.0.0.1"
 CLIENTS = 4
@@ -161,16 +157,7 @@ def probe(job: JsonDict, out: IO[str]) -> JsonDict:
 
 
 def main() -> None:
-    for line in sys.stdin:
-        job = json.loads(line)
-        if job["op"] == "quit":
-            break
-        try:
-            result = probe(job, sys.stdout)
-        except Exception as exc:  # reported to the driver, which raises it there
-            result = {"failed": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+    serve_jobs(lambda job: probe(job, sys.stdout))
 
 
 class ProbeDriver:
@@ -178,65 +165,32 @@ class ProbeDriver:
 
     def __init__(self) -> None:
         self._timeout = 30.0
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.probe"],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=dies_with_parent(),
-        )
-
-    def _line(self, timeout: float) -> JsonDict:
-        stdout = self.process.stdout
-        assert stdout is not None
-        got: list[str] = []
-        reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not got or not got[0]:
-            self.close()
-            raise RuntimeError(f"the probe process gave no answer within {timeout:g} s")
-        answer: JsonDict = json.loads(got[0])
-        if "failed" in answer:
-            raise RuntimeError(f"probe failed: {answer['failed']}")
-        return answer
+        self.jobs = JobProcess("bench.probe", "probe", cwd=ROOT)
 
     def start(
         self, port: int, version: str, *, consecutive: int = 10, timeout: float = 30.0
     ) -> str | None:
         """Probe 127.0.0.1:port until `consecutive` answers in a row name `version`; returns
         once the probe is watching (its first answer is back), with that answer's version."""
-        stdin = self.process.stdin
-        assert stdin is not None
-        job = {
-            "op": "probe",
-            "port": port,
-            "version": version,
-            "consecutive": consecutive,
-            "timeout": timeout,
-        }
         self._timeout = timeout
-        stdin.write(json.dumps(job) + "\n")
-        stdin.flush()
-        first: str | None = self._line(10.0).get("first")
+        self.jobs.send(
+            {
+                "op": "probe",
+                "port": port,
+                "version": version,
+                "consecutive": consecutive,
+                "timeout": timeout,
+            }
+        )
+        first: str | None = self.jobs.answer(10.0).get("first")
         return first
 
     def result(self) -> JsonDict:
         """`switched_at`: when the first request of the final run was sent (time.time())."""
-        return self._line(self._timeout + 10.0)
+        return self.jobs.answer(self._timeout + 10.0)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                assert self.process.stdin is not None
-                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.process.stdin.close()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        self.jobs.close()
 
 
 if __name__ == "__main__":
