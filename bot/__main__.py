@@ -1,6 +1,7 @@
 """`python -m bot`: run the bot (HTTP mode, or Socket Mode when SLACK_APP_TOKEN is set).
 
 `python -m bot proxy-config [pipeline]` prints the haproxy.cfg the pipelines behind a proxy need.
+`python -m bot check` runs every KPI query once and reports those that are wrong.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from types import FrameType
 
 from bot.app import build
 from bot.domain.errors import ConfigError, ImmuneError, SettingsError
-from bot.plugins import load_pipelines
+from bot.plugins import Shared, default_registry, load_pipelines
 from bot.server import HttpServer, start_socket_mode
+from bot.services.kpi_check import QueryState, check_queries
 from bot.settings import configure_logging, load_settings
 from bot.traffic.haproxy_config import DEFAULT_EXPORTER, render, traffic_group
 
@@ -45,10 +47,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PATH",
         help="the pipelines file (default: PIPELINES_FILE, as the bot reads it)",
     )
+    check = commands.add_parser(
+        "check",
+        help="run every KPI query once and report those that are wrong",
+        description="Run every KPI query of every pipeline once against its source (Prometheus) "
+        "and print one line per query. Exit 0 when all parse, 1 when one is wrong (rejected, "
+        "several series, a string) or could not be checked (the source did not answer), 2 when "
+        "the settings or pipelines file are invalid.",
+    )
+    check.add_argument(
+        "--pipelines-file",
+        metavar="PATH",
+        help="the pipelines file (default: PIPELINES_FILE, as the bot reads it)",
+    )
     args = parser.parse_args(argv)
     if args.command == "proxy-config":
         return proxy_config(args.pipeline, args.exporter, args.pipelines_file)
+    if args.command == "check":
+        return check_kpis(args.pipelines_file)
     return serve()
+
+
+def check_kpis(pipelines_file: str | None) -> int:
+    """One line per KPI query on stdout; a summary on stderr when something is wrong."""
+    try:
+        settings = load_settings()
+        registry = default_registry()
+        config = load_pipelines(pipelines_file or settings.pipelines_file, registry)
+    except ImmuneError as exc:
+        print(f"immune: check: {exc.message}", file=sys.stderr)
+        return 2
+    shared = Shared(settings)
+    _, source_plugins = registry.used(config)
+    sources = {plugin.name: plugin.build(shared) for plugin in source_plugins}
+    try:
+        checks = check_queries(config, sources)
+    finally:
+        for source in sources.values():
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
+        shared.close()
+    for item in checks:
+        print(f"{item.state.value:<11}  {item.pipeline}/{item.kpi}  {item.query}  -> {item.detail}")
+    wrong = [c for c in checks if c.state is QueryState.wrong]
+    unchecked = [c for c in checks if c.state is QueryState.not_checked]
+    if wrong:
+        print(f"immune: check: {len(wrong)} KPI query(ies) are wrong", file=sys.stderr)
+    if unchecked:
+        print(f"immune: check: {len(unchecked)} KPI query(ies) not checked", file=sys.stderr)
+    return 1 if wrong or unchecked else 0
 
 
 def proxy_config(pipeline: str | None, exporter: str, pipelines_file: str | None) -> int:

@@ -20,6 +20,7 @@ from slack_bolt.middleware import Middleware
 
 from bot.domain.clock import Clock, SystemClock
 from bot.domain.config import PipelinesConfig
+from bot.domain.errors import SettingsError
 from bot.plugins import Registry, Shared, default_registry, load_pipelines
 from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
@@ -37,6 +38,7 @@ from bot.slack.notifier import SlackNotifier, build_progress_client, build_web_c
 from bot.store.connection import connect
 from bot.store.durability import ReplicationBarrier, durable
 from bot.store.keys import Keys
+from bot.store.settings_check import RedisDurability, check_redis_settings
 from bot.store.store import Store
 from bot.traffic.haproxy import HAProxyRouter
 from handlers import actions, commands, errors, events, views
@@ -72,6 +74,8 @@ class Immune:
     closers: list[Callable[[], None]] = field(default_factory=list)
     # WAIT for Redis replicas before answering Slack (None: no replicas to wait for).
     replicated: ReplicationBarrier | None = None
+    # Redis' eviction policy and persistence as read at start (shown in /healthz).
+    redis_durability: RedisDurability | None = None
 
     def start(self) -> None:
         """Reconcile with the engine, then start the background jobs."""
@@ -162,6 +166,12 @@ def build(
     registry = registry or default_registry()
     config = config or load_pipelines(settings.pipelines_file, registry)
     redis_client = connect(settings.redis_url)
+    # An evicting Redis is refused here (SettingsError: `python -m bot` exits 2 with one line).
+    try:
+        redis_durability = check_redis_settings(redis_client)
+    except SettingsError:
+        redis_client.close()
+        raise
     store = Store(
         redis_client,
         Keys(settings.redis_prefix),
@@ -239,6 +249,7 @@ def build(
         watcher=watcher,
         probes=probes,
         replicated=barrier,
+        redis_durability=redis_durability,
         closers=[
             *(c for c in (getattr(t, "close", None) for t in targets.values()) if callable(c)),
             *(c for c in (getattr(s, "close", None) for s in sources.values()) if callable(c)),
@@ -296,6 +307,8 @@ def dependency_health(immune: Immune) -> tuple[bool, dict[str, Any]]:
     try:
         immune.ctx.store.ping()
         report["redis"] = {"ok": True}
+        if immune.redis_durability is not None:
+            report["redis"].update(immune.redis_durability.as_health())
     except redis.RedisError as exc:
         report["redis"] = {"ok": False, "error": type(exc).__name__}
     for key, probe in immune.probes.items():

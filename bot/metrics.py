@@ -17,6 +17,11 @@ KPI_POLL_SECONDS = Histogram(
     ["pipeline"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+POLL_OVERRUNS = Counter(
+    "immune_poll_overruns_total",
+    "Watch polls that took longer than their interval (the slots they overran are skipped)",
+    ["pipeline"],
+)
 POLL_LATENESS_SECONDS = Histogram(
     "immune_poll_lateness_seconds",
     "How late a scheduled poll started",

@@ -59,6 +59,7 @@ class Reading:
     value: float | None
     detail: str = ""
     config_error: bool = False  # the query itself is wrong (e.g. returns several series)
+    unanswered: bool = False  # the source did not answer (down, timeout, 5xx, not its JSON)
 
 
 class Verdict(StrEnum):

@@ -24,6 +24,13 @@ class PrometheusSource:
         self.session.close()
 
     def read(self, query: str, timeout: float) -> Reading:
+        """One instant query; every answer that is not one number is a Reading without a value.
+
+        What each misbehaviour becomes (README "What happens when…"): a timeout, a 5xx, an
+        answer that is not Prometheus JSON, NaN and ±Inf are no data (the KPI's `no_data`
+        decides); a query Prometheus rejects (`bad_data`, HTTP 400), several series and a
+        string or matrix result are config errors (no data too, logged as errors).
+        """
         try:
             response = self.session.get(
                 self.url,
@@ -31,18 +38,40 @@ class PrometheusSource:
                 timeout=timeout,
             )
         except requests.Timeout:
-            return Reading(None, f"Prometheus timed out after {timeout:g}s")
+            return Reading(None, f"Prometheus timed out after {timeout:.2g}s", unanswered=True)
         except requests.RequestException as exc:
-            return Reading(None, f"Prometheus unreachable ({type(exc).__name__})")
+            return Reading(None, f"Prometheus unreachable ({type(exc).__name__})", unanswered=True)
         try:
-            body: dict[str, Any] = response.json()
+            body: object = response.json()
         except ValueError:
-            return Reading(None, f"Prometheus answered HTTP {response.status_code} without JSON")
+            return Reading(
+                None,
+                f"Prometheus answered HTTP {response.status_code} without JSON",
+                unanswered=True,
+            )
+        if not isinstance(body, dict) or "status" not in body:
+            return Reading(
+                None,
+                f"Prometheus answered HTTP {response.status_code} with unexpected JSON",
+                unanswered=True,
+            )
         if body.get("status") != "success":
-            error = body.get("error") or f"HTTP {response.status_code}"
-            bad_query = body.get("errorType") == "bad_data"
-            return Reading(None, f"Prometheus error: {error}", config_error=bad_query)
-        return reading_from_result(body.get("data") or {})
+            error = body.get("error") or "no reason given"
+            error_type = body.get("errorType") or "error"
+            # bad_data (HTTP 400) is the query itself: it will never parse.
+            bad_query = error_type == "bad_data"
+            return Reading(
+                None,
+                f"Prometheus rejected the query ({error_type}, HTTP {response.status_code}): "
+                f"{error}"
+                if bad_query
+                else f"Prometheus error ({error_type}, HTTP {response.status_code}): {error}",
+                config_error=bad_query,
+                # Prometheus' own 5xx (unavailable, timeout): the query may be right.
+                unanswered=response.status_code >= 500,
+            )
+        data = body.get("data")
+        return reading_from_result(data if isinstance(data, dict) else {})
 
     def health(self) -> dict[str, object]:
         """Prometheus' own readiness endpoint (`/-/ready`)."""
@@ -89,7 +118,10 @@ def reading_from_result(data: dict[str, Any]) -> Reading:
                 f"the query returns {len(result)} series; aggregate it to one (sum, max, avg …)",
                 config_error=True,
             )
-        return _number(result[0].get("value", [None, None])[1])
+        sample = result[0].get("value") if isinstance(result[0], dict) else None
+        if not isinstance(sample, list) or len(sample) != 2:
+            return Reading(None, "a series without a [time, value] sample")
+        return _number(sample[1])
     return Reading(
         None, f"unsupported result type {result_type!r}; use a scalar or one series", True
     )
@@ -100,6 +132,9 @@ def _number(raw: object) -> Reading:
         value = float(str(raw))
     except ValueError:
         return Reading(None, f"not a number: {raw!r}")
-    if math.isnan(value) or math.isinf(value):
-        return Reading(None, f"value is {raw} (a ratio over no traffic?)")
+    if math.isnan(value):
+        return Reading(None, "value is NaN (0/0: a ratio over no traffic?)")
+    if math.isinf(value):
+        # x/0 with x > 0 (a ratio whose denominator is 0): not a measurement, no data.
+        return Reading(None, f"value is {'+' if value > 0 else '-'}Inf (a division by zero?)")
     return Reading(value)

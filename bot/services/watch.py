@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -42,6 +43,12 @@ logger = logging.getLogger(__name__)
 WATCH_JOB_PREFIX = "watch:"
 SYNC_INTERVAL_SECONDS = 1.0
 CHART_WAIT_SECONDS = 60.0
+# One poll's KPI queries share this much of the interval (at most MAX_POLL_BUDGET_SECONDS), so
+# a slow Prometheus makes a poll's readings no data, never a poll that runs into the next one.
+POLL_BUDGET_SHARE = 0.8
+MAX_POLL_BUDGET_SECONDS = 10.0
+MIN_READ_SECONDS = 0.05
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,10 @@ class Watcher:
         self.ctx = ctx
         self.scheduler = scheduler
         self.sources = sources  # by name: each KPI is read from its own `source`
+        # What each watch already logged (rollout id -> reasons), so that a KPI that cannot be
+        # read logs its reason once per watch, not at every poll. Per replica, in memory.
+        self._reported: dict[str, set[str]] = {}
+        self._reported_lock = threading.Lock()
 
     # Starting and scheduling -------------------------------------------------------------
 
@@ -96,6 +107,9 @@ class Watcher:
             if WATCH_JOB_PREFIX + rollout_id not in scheduled:
                 self._schedule(watch)
         metrics.WATCHES_ACTIVE.set(len(wanted))
+        with self._reported_lock:  # watches that ended on another replica
+            for rollout_id in [r for r in self._reported if r not in wanted]:
+                del self._reported[rollout_id]
 
     def _schedule(self, watch: WatchState) -> None:
         first = datetime.fromtimestamp(watch.started_at + watch.interval, tz=UTC)
@@ -125,6 +139,19 @@ class Watcher:
         """Forget a watch everywhere (other replicas drop their job at their next sync)."""
         self.ctx.store.end_watch(rollout_id)
         self._unschedule(rollout_id)
+        with self._reported_lock:
+            self._reported.pop(rollout_id, None)
+
+    def _log_once(
+        self, rollout_id: str, reason: str, level: int, message: str, *args: object
+    ) -> None:
+        """Log `message` the first time this watch meets `reason` (on this replica)."""
+        with self._reported_lock:
+            seen = self._reported.setdefault(rollout_id, set())
+            if reason in seen:
+                return
+            seen.add(reason)
+        logger.log(level, "%s (logged once per watch)", message % args)
 
     # Polling -----------------------------------------------------------------------------
 
@@ -148,9 +175,33 @@ class Watcher:
         if rollout is None or pipeline is None or rollout.status is not RolloutStatus.live:
             self.end(rollout_id)
             return None
+        polling_since = time.monotonic()
         metrics.POLL_LATENESS_SECONDS.labels(pipeline=watch.pipeline).observe(
             max(0.0, now - (watch.started_at + slot * watch.interval))
         )
+        try:
+            return self._poll(watch, rollout, pipeline, slot)
+        finally:
+            took = time.monotonic() - polling_since
+            if took > watch.interval and store.watch(rollout_id) is not None:
+                # APScheduler (max_instances=1, coalesce) skips the slots this poll overran.
+                metrics.POLL_OVERRUNS.labels(pipeline=watch.pipeline).inc()
+                self._log_once(
+                    rollout_id,
+                    "overrun",
+                    logging.WARNING,
+                    "watch of %s (rollout %s): poll %d took %.2fs, longer than the %gs "
+                    "interval; the slots it overran are skipped, not queued",
+                    watch.pipeline,
+                    rollout_id,
+                    slot,
+                    took,
+                    watch.interval,
+                )
+
+    def _poll(
+        self, watch: WatchState, rollout: Rollout, pipeline: Pipeline, slot: int
+    ) -> PollOutcome:
         if pipeline.traffic is not None:
             # A proxy that restarted lost its routes: put them back before judging.
             traffic.restore_routes(self.ctx, [watch.pipeline])
@@ -217,7 +268,8 @@ class Watcher:
     ) -> tuple[list[KpiSample], Kpi | None]:
         """Query and judge every KPI; two Redis round trips whatever the number of KPIs."""
         store = self.ctx.store
-        timeout = min(10.0, watch.interval * 0.8)
+        budget = min(MAX_POLL_BUDGET_SECONDS, watch.interval * POLL_BUDGET_SHARE)
+        deadline = time.monotonic() + budget
         streaks = store.streaks(watch.rollout_id)
         samples: list[KpiSample] = []
         breached: Kpi | None = None
@@ -226,11 +278,15 @@ class Watcher:
         for kpi in pipeline.kpis:
             started = time.perf_counter()
             query = kpi_query(kpi, pipeline.traffic, rollout.traffic)
-            reading = (
-                self.sources[kpi.source].read(query, timeout)
-                if query is not None
-                else Reading(None, "no baseline version runs to compare with")
-            )
+            timeout = deadline - time.monotonic()
+            if query is None:
+                reading = Reading(None, "no baseline version runs to compare with")
+            elif timeout < MIN_READ_SECONDS:
+                reading = Reading(
+                    None, f"no time left in this poll (its queries may take {budget:g}s in all)"
+                )
+            else:
+                reading = self.sources[kpi.source].read(query, timeout)
             metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
                 time.perf_counter() - started
             )
@@ -241,10 +297,30 @@ class Watcher:
                 if earlier is None:
                     earlier = [s for s in store.samples(watch.rollout_id) if s.step == step]
                 verdict, baseline_value, detail = self._compare(
-                    kpi, pipeline, rollout, reading, earlier, timeout
+                    kpi,
+                    pipeline,
+                    rollout,
+                    reading,
+                    earlier,
+                    max(MIN_READ_SECONDS, deadline - time.monotonic()),
                 )
-            if reading.config_error:
-                logger.error("KPI %s of %s: %s", kpi.name, watch.pipeline, reading.detail)
+            # Once per watch and reason, from its first judged poll (warm-up polls judge nothing).
+            if verdict is not Verdict.warmup and (
+                reading.value is None or verdict in (Verdict.no_data, Verdict.ignored)
+            ):
+                self._log_once(
+                    watch.rollout_id,
+                    # One reason whatever its numbers (a timeout's seconds, a count of series).
+                    f"{kpi.name}\0{_DIGITS.sub('#', detail)}",
+                    logging.ERROR if reading.config_error else logging.WARNING,
+                    "watch of %s (rollout %s), KPI %s: %s%s; verdict %s",
+                    watch.pipeline,
+                    watch.rollout_id,
+                    kpi.name,
+                    "the query is wrong: " if reading.config_error else "",
+                    detail,
+                    verdict.value,
+                )
             metrics.KPI_POLLS.labels(
                 pipeline=watch.pipeline, kpi=kpi.name, verdict=verdict.value
             ).inc()
