@@ -17,7 +17,8 @@ from tests.support import judge_replay as jr
 METHOD = (
     "Every trace in tests/data/judge_traces/ (one canary step each, recorded on the real rig by "
     "`python -m bench.record_traces`: demo containers behind HAProxy 2.6 under a steady "
-    "loopback load, Prometheus queried with the built-in queries for the new version and the "
+    "loopback load, Prometheus queried with the built-in queries and the slots' response "
+    "counters for the new version and the "
     "baseline every second) replayed through both judges poll by poll, as the watch judges a "
     "step (the step's samples so far, warm-up, `for`)"
 )

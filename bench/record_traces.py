@@ -53,7 +53,7 @@ import requests
 from bench.machine import busy_cpu_seconds
 from bench.rig import RUN_LABEL, BenchRig
 from bot.domain.config import Kpi, Traffic
-from bot.domain.kpis import kpi_query
+from bot.domain.kpis import COUNTER_QUERIES, counter_query, kpi_query
 from bot.domain.models import TrafficSplit
 from bot.domain.traffic import split
 from bot.kpi_sources.prometheus import PrometheusSource
@@ -290,6 +290,13 @@ class Canary:
             )
             for kind, kpi in KPIS.items()
         }
+        counters = {
+            name: (
+                counter_query(name, self.traffic, split_),
+                counter_query(name, self.traffic, split_, baseline=True),
+            )
+            for name in COUNTER_QUERIES
+        }
         polls: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KPIS}
         try:
             self.router.route(self.traffic, split(port, self.baseline_port, CANARY_PERCENT))
@@ -300,9 +307,10 @@ class Canary:
                 if delay > 0:
                     time.sleep(delay)
                 at = time.monotonic() - began
+                counted = self._counters(counters)
                 for kind, (new_query, base_query) in queries.items():
                     assert new_query is not None and base_query is not None
-                    polls[kind].append(self._poll(at, new_query, base_query))
+                    polls[kind].append(self._poll(at, new_query, base_query) | counted)
                 if poll < POLLS:  # what the next period gets
                     new, base = scenario.knobs(poll + 1)
                     self.control.set(NEW, new)
@@ -313,9 +321,11 @@ class Canary:
             self.router.route(self.traffic, {self.baseline_port: 100})
             self.control.set(BASELINE, BASE)
             self._remove(container)
+        shown = {name: {"new": q[0], "baseline": q[1]} for name, q in counters.items()}
         served = _served(load.record, began, ended) | {"machine_busy_cores": round(busy, 2)}
         return [
-            _trace(scenario, level, kind, queries[kind], polls[kind], served, wall) for kind in KPIS
+            _trace(scenario, level, kind, queries[kind], polls[kind], served, wall, shown)
+            for kind in KPIS
         ]
 
     def _poll(self, at: float, new_query: str, base_query: str) -> dict[str, Any]:
@@ -328,6 +338,17 @@ class Canary:
         if base.value is None:
             answer["baseline_detail"] = base.detail
         return answer
+
+    def _counters(self, counters: dict[str, tuple[str | None, str | None]]) -> dict[str, Any]:
+        """The slots' cumulative response counters at this poll, as Prometheus answered them:
+        `counters.new.failed`, ... (None: no data)."""
+        timeout = min(10.0, INTERVAL * 0.8)
+        read: dict[str, dict[str, float | None]] = {"new": {}, "baseline": {}}
+        for name, (new_query, base_query) in counters.items():
+            assert new_query is not None and base_query is not None
+            read["new"][name] = self.source.read(new_query, timeout).value
+            read["baseline"][name] = self.source.read(base_query, timeout).value
+        return {"counters": read}
 
     def own_time_ms(self) -> float:
         """The demo's own time per request beside its delay, from the baseline's latency."""
@@ -386,6 +407,7 @@ def _trace(
     polls: list[dict[str, Any]],
     served: dict[str, Any],
     wall: float,
+    counter_queries: dict[str, dict[str, str | None]],
 ) -> dict[str, Any]:
     knob = "ppm" if kind == "error_rate" else "delay_ms"
     injected = [
@@ -420,6 +442,7 @@ def _trace(
         "interval_seconds": INTERVAL,
         "window_seconds": WINDOW if kind == "error_rate" else None,
         "queries": {"new": queries[0], "baseline": queries[1]},
+        "counter_queries": counter_queries,
         "recorded": {
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall)),
             "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()),

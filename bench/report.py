@@ -354,7 +354,10 @@ def _scenario_rank(row: JsonDict) -> tuple[int, float]:
 
 
 def _decided(row: JsonDict, judge: str, goal_factor: float) -> str:
-    """The poll that rolled back, or - (kept); bold when it is wrong for the goals."""
+    """The poll that rolled back, or - (kept); bold when it is wrong for the goals; n/r: the
+    trace lacks what this judge reads (not replayed)."""
+    if judge not in row:
+        return "n/r"
     at = row[judge]["rolled_back_at"]
     text = "-" if at is None else str(at)
     if row["label"] == "healthy":

@@ -9,6 +9,13 @@ matter. Too few samples is *not enough data*, never *no worse*. The test counts 
 independent: rate windows longer than the poll interval overlap, so one burst sits in several
 samples (the recorded traces show false rollbacks from it; see tests/bot/test_judge_replay.py).
 
+For the built-in error_rate the data really are counts, and `compare_counts` judges them so:
+the step's failed and served responses per version (the slots' counters at this poll less at
+the step's first judged poll), with a one-sided Fisher exact test (`scipy.stats.fisher_exact`)
+in place of the rank test over overlapping rate windows, the same floor on the two failure
+ratios, and at least `MIN_FAILURES` failures of the new version for a *worse* (1 failure
+against 0 is never a breach).
+
 The effect is measured on medians, which one bad scrape does not move; where the medians tie
 (error ratios at low traffic are mostly zeros, so both medians are 0 while one side does
 fail) it is measured on means. A baseline at 0 and a version above it is an infinite relative
@@ -24,9 +31,13 @@ from enum import StrEnum
 from statistics import fmean, median
 from typing import Literal
 
-from scipy.stats import mannwhitneyu
+import numpy as np
+from scipy.stats import fisher_exact, mannwhitneyu
 
 from bot.domain.config import Kpi
+
+MIN_FAILURES = 3
+"""The new version's failures in the step below which the count judge never says *worse*."""
 
 
 class Decision(StrEnum):
@@ -75,6 +86,102 @@ def _bad_way(kpi: Kpi, new: float, baseline: float) -> float:
     return new - baseline if kpi.direction == "increase" else baseline - new
 
 
+def _floors(kpi: Kpi, comparison: Comparison) -> tuple[bool, str]:
+    """Whether the effect passes the KPI's floor (tolerance and/or absolute), and in words."""
+    assert comparison.relative is not None and comparison.difference is not None
+    floors = []
+    if kpi.tolerance is not None:
+        floors.append(
+            (
+                comparison.relative > kpi.tolerance,
+                f"worsening {_effect(comparison)} vs {kpi.tolerance:+.0%} tolerated",
+            )
+        )
+    if kpi.absolute is not None:
+        floors.append(
+            (
+                comparison.difference > kpi.absolute,
+                f"difference {comparison.difference:.4g} vs {kpi.absolute:g} tolerated",
+            )
+        )
+    return all(passed for passed, _ in floors), "; ".join(words for _, words in floors)
+
+
+def _relative(difference: float, base_level: float) -> float:
+    if base_level != 0:
+        return difference / abs(base_level)
+    return math.inf if difference > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One version's responses in the step so far: how many failed, of how many served."""
+
+    failed: int
+    served: int
+
+    @property
+    def ratio(self) -> float:
+        return self.failed / self.served if self.served else 0.0
+
+
+def compare_counts(kpi: Kpi, new: Counts, baseline: Counts, polls: int) -> Comparison:
+    """Judge the step's failures against the baseline's: counts, not overlapping rates.
+
+    `polls`: the polls the counts span (fewer than `min_samples` is not enough data). Worse
+    when the new version's failure ratio is higher with Fisher's exact test one-sided p below
+    1 - confidence, the ratios' effect passes the floor, and it failed at least MIN_FAILURES
+    times. The comparison's medians and means are the two failure ratios."""
+    if polls < kpi.min_samples:
+        return Comparison(
+            Decision.not_enough_data,
+            polls,
+            rule=f"{polls} of the {kpi.min_samples} polls needed on both versions",
+        )
+    if new.served <= 0 or baseline.served <= 0:
+        return Comparison(
+            Decision.not_enough_data,
+            polls,
+            rule=f"no responses counted yet (new {new.served}, baseline {baseline.served})",
+        )
+    new_ratio, base_ratio = new.ratio, baseline.ratio
+    difference = _bad_way(kpi, new_ratio, base_ratio)
+    comparison = Comparison(
+        Decision.no_worse,
+        polls,
+        new_median=new_ratio,
+        baseline_median=base_ratio,
+        new_mean=new_ratio,
+        baseline_mean=base_ratio,
+        relative=_relative(difference, base_ratio),
+        difference=difference,
+    )
+    big_enough, floor_words = _floors(kpi, comparison)
+    counted = f"{new.failed} of {new.served} failed vs {baseline.failed} of {baseline.served}"
+    alternative: Literal["greater", "less"] = "greater" if kpi.direction == "increase" else "less"
+    table = np.array(
+        [
+            [new.failed, new.served - new.failed],
+            [baseline.failed, baseline.served - baseline.failed],
+        ]
+    )
+    p_value = float(fisher_exact(table, alternative=alternative).pvalue)
+    alpha = 1 - kpi.confidence
+    shifted = p_value < alpha
+    few = kpi.direction == "increase" and new.failed < MIN_FAILURES
+    comparison = replace(comparison, p_value=p_value)
+    if shifted and big_enough and not few:
+        rule = f"{counted}: exact test p={p_value:.3g} < {alpha:.3g} and {floor_words}"
+        return replace(comparison, decision=Decision.worse, rule=rule)
+    if few:
+        rule = f"{counted}: fewer than {MIN_FAILURES} failures are never a breach"
+    elif not shifted:
+        rule = f"{counted}: exact test p={p_value:.3g} ≥ {alpha:.3g}: no reliable difference"
+    else:
+        rule = f"{counted}: different (p={p_value:.3g}) but below the floor: {floor_words}"
+    return replace(comparison, rule=rule)
+
+
 def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Comparison:
     """Judge the samples of one step so far (each side's values, NaN-free, same polls)."""
     pairs = min(len(new), len(baseline))
@@ -91,10 +198,7 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
     else:
         new_level, base_level = new_mean, base_mean
     difference = _bad_way(kpi, new_level, base_level)
-    if base_level != 0:
-        relative = difference / abs(base_level)
-    else:
-        relative = math.inf if difference > 0 else 0.0
+    relative = _relative(difference, base_level)
     comparison = Comparison(
         Decision.no_worse,
         pairs,
@@ -105,23 +209,7 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
         relative=relative,
         difference=difference,
     )
-    floors = []
-    if kpi.tolerance is not None:
-        floors.append(
-            (
-                relative > kpi.tolerance,
-                f"worsening {_effect(comparison)} vs {kpi.tolerance:+.0%} tolerated",
-            )
-        )
-    if kpi.absolute is not None:
-        floors.append(
-            (
-                difference > kpi.absolute,
-                f"difference {difference:.4g} vs {kpi.absolute:g} tolerated",
-            )
-        )
-    big_enough = all(passed for passed, _ in floors)
-    floor_words = "; ".join(words for _, words in floors)
+    big_enough, floor_words = _floors(kpi, comparison)
     alpha = 1 - kpi.confidence
     if len(set(new) | set(baseline)) == 1:
         # Every sample equal (all zeros, say): nothing differs, and the test is undefined.
@@ -137,3 +225,27 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
     else:
         rule = f"shifted (p={p_value:.3g}) but below the floor: {floor_words}"
     return replace(comparison, p_value=p_value, rule=rule)
+
+
+def compare_counters(
+    kpi: Kpi, origin: Sequence[float] | None, now: Sequence[float], polls: int
+) -> Comparison:
+    """`compare_counts` on cumulative counters, as the watch reads them at each poll:
+    (new failed, new served, baseline failed, baseline served) at the step's first judged poll
+    (`origin`, None: this is it) and now; `polls`: the polls since the origin."""
+    if origin is None:
+        return Comparison(
+            Decision.not_enough_data, 0, rule="counting the step's responses from this poll"
+        )
+    new_failed, new_served, base_failed, base_served = (
+        round(b - a) for a, b in zip(origin, now, strict=True)
+    )
+    if min(new_failed, base_failed) < 0 or new_failed > new_served or base_failed > base_served:
+        return Comparison(
+            Decision.not_enough_data,
+            polls,
+            rule="the response counters went back (the proxy restarted): counting again",
+        )
+    return compare_counts(
+        kpi, Counts(new_failed, new_served), Counts(base_failed, base_served), polls
+    )

@@ -15,17 +15,47 @@ from bot.domain.traffic import selector
 
 # HAProxy's exporter counts every response per server slot, by class (1xx ... 5xx, other).
 _RESPONSES = "haproxy_server_http_responses_total"
+_AVERAGED = 512  # responses HAProxy's response-time average spans
 BUILTIN_QUERIES = {
     "error_rate": (
         "sum(rate(" + _RESPONSES + '{{version},code="5xx"}[{window}])) '
         "/ sum(rate(" + _RESPONSES + "{{version}}[{window}]))"
     ),
-    # HAProxy 2.6 keeps no per-server histogram: this running average is the honest figure it
-    # gives. On a fresh slot it starts at 0 and climbs over the first 512 responses (measured,
-    # tests/data/judge_traces): a new version reads low until then (issue 12 note).
-    # the honest figure it gives.
-    "latency_average": "max(haproxy_server_response_time_average_seconds{{version}})",
+    # HAProxy 2.6 keeps no per-server histogram: its running response-time average is the
+    # honest figure it gives, but it averages over 512 responses from a start at 0, so on a
+    # fresh slot it reads (served / 512) of the real figure until the slot has served 512
+    # (measured: linear to the response, tests/data/judge_traces). Scaled back here by the
+    # same scrape's response count, so a new version is not judged faster than it is.
+    "latency_average": (
+        "max(haproxy_server_response_time_average_seconds{{version}}) * "
+        + str(_AVERAGED)
+        + " / clamp(sum("
+        + _RESPONSES
+        + "{{version}}), 1, "
+        + str(_AVERAGED)
+        + ")"
+    ),
 }
+
+COUNTER_QUERIES = {
+    "failed": "sum(" + _RESPONSES + '{{version},code="5xx"})',
+    "responses": "sum(" + _RESPONSES + "{{version}})",
+}
+"""The slot's cumulative response counters (since HAProxy started): what `judge: compare`
+counts the built-in error_rate on, and what says how many responses a slot's running average
+has seen."""
+
+
+def counter_query(
+    name: str, traffic: Traffic | None, split: TrafficSplit | None, *, baseline: bool = False
+) -> str | None:
+    """One of COUNTER_QUERIES for the new version's slot or the baseline's; None without one."""
+    if traffic is None or split is None:
+        return None
+    port = split.baseline_port if baseline else split.port
+    if port is None or (baseline and split.baseline_retired):
+        return None
+    return COUNTER_QUERIES[name].replace("{version}", selector(traffic, port))
 
 
 def kpi_query(

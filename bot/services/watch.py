@@ -26,8 +26,8 @@ from bot.domain.config import Kpi, Pipeline
 from bot.domain.errors import ImmuneError
 from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
-from bot.domain.judging import Decision, compare
-from bot.domain.kpis import Reading, Verdict, judge, kpi_query, next_streak
+from bot.domain.judging import Decision, compare, compare_counters
+from bot.domain.kpis import Reading, Verdict, counter_query, judge, kpi_query, next_streak
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
 from bot.domain.traffic import watch_seconds
 from bot.ports import KpiSource
@@ -292,11 +292,12 @@ class Watcher:
             )
             verdict = judge(kpi, reading, slot, watch.warmup)
             baseline_value: float | None = None
+            counts: tuple[float, float, float, float] | None = None
             detail = reading.detail
             if kpi.judge == "compare" and verdict is Verdict.ok:
                 if earlier is None:
                     earlier = [s for s in store.samples(watch.rollout_id) if s.step == step]
-                verdict, baseline_value, detail = self._compare(
+                verdict, baseline_value, detail, counts = self._compare(
                     kpi,
                     pipeline,
                     rollout,
@@ -334,6 +335,7 @@ class Watcher:
                     detail=detail,
                     baseline=baseline_value,
                     step=step,
+                    counts=counts,
                 )
             )
             streaks[kpi.name] = next_streak(streaks.get(kpi.name, 0), verdict)
@@ -352,25 +354,38 @@ class Watcher:
         reading: Reading,
         earlier: list[KpiSample],
         timeout: float,
-    ) -> tuple[Verdict, float | None, str]:
-        """judge: compare: this poll's value and the baseline's, with the step's earlier ones."""
+    ) -> tuple[Verdict, float | None, str, tuple[float, float, float, float] | None]:
+        """judge: compare: this poll's value and the baseline's, with the step's earlier ones;
+        the built-in error_rate on the step's counts (the slots' counters, read here)."""
         query = kpi_query(kpi, pipeline.traffic, rollout.traffic, baseline=True)
         if query is None:
             # A first deploy, or the baseline retired: nothing to compare with (not a breach).
-            return Verdict.not_enough_data, None, f"{kpi.name}: no baseline version runs"
+            return Verdict.not_enough_data, None, f"{kpi.name}: no baseline version runs", None
         base = self.sources[kpi.source].read(query, timeout)
         if base.value is None:
             verdict = Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
-            return verdict, None, f"{kpi.name}: the baseline has no data ({base.detail})"
+            return verdict, None, f"{kpi.name}: the baseline has no data ({base.detail})", None
         assert reading.value is not None
-        pairs = [
-            (s.value, s.baseline)
-            for s in earlier
-            if s.kpi == kpi.name and s.value is not None and s.baseline is not None
-        ]
-        news = [value for value, _ in pairs if value is not None] + [reading.value]
-        bases = [value for _, value in pairs if value is not None] + [base.value]
-        comparison = compare(kpi, news, bases)
+        mine = [s for s in earlier if s.kpi == kpi.name]
+        counts: tuple[float, float, float, float] | None = None
+        if kpi.builtin == "error_rate":
+            read = self._counters(pipeline, rollout, kpi, timeout)
+            if isinstance(read, str):
+                verdict = Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
+                return verdict, None, f"{kpi.name}: {read}", None
+            counts = read
+            counted = [s.counts for s in mine if s.counts is not None]
+            origin = counted[0] if counted else None
+            comparison = compare_counters(kpi, origin, counts, len(counted))
+        else:
+            pairs = [
+                (s.value, s.baseline)
+                for s in mine
+                if s.value is not None and s.baseline is not None
+            ]
+            news = [value for value, _ in pairs if value is not None] + [reading.value]
+            bases = [value for _, value in pairs if value is not None] + [base.value]
+            comparison = compare(kpi, news, bases)
         detail = comparison.explain(kpi)
         if kpi.breaches(base.value):
             detail += f"; the baseline itself is beyond {kpi.tolerance_text()} ({base.value:.4g})"
@@ -379,7 +394,24 @@ class Watcher:
             Decision.no_worse: Verdict.ok,
             Decision.not_enough_data: Verdict.not_enough_data,
         }[comparison.decision]
-        return verdict, base.value, detail
+        return verdict, base.value, detail, counts
+
+    def _counters(
+        self, pipeline: Pipeline, rollout: Rollout, kpi: Kpi, timeout: float
+    ) -> tuple[float, float, float, float] | str:
+        """Both slots' response counters now (failed, served each), or why there are none."""
+        values: list[float] = []
+        for baseline in (False, True):
+            for name in ("failed", "responses"):
+                query = counter_query(name, pipeline.traffic, rollout.traffic, baseline=baseline)
+                if query is None:
+                    return "no slot to count responses on"
+                answer = self.sources[kpi.source].read(query, timeout)
+                if answer.value is None:
+                    side = "the baseline's" if baseline else "the new version's"
+                    return f"{side} {name} counter has no data ({answer.detail})"
+                values.append(answer.value)
+        return values[0], values[1], values[2], values[3]
 
     def samples(self, rollout_id: str) -> list[KpiSample]:
         return self.ctx.store.samples(rollout_id)

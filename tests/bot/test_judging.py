@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.domain.config import Kpi
-from bot.domain.judging import Decision, compare
+from bot.domain.judging import (
+    MIN_FAILURES,
+    Counts,
+    Decision,
+    compare,
+    compare_counters,
+    compare_counts,
+)
 
 
 def kpi(**fields: Any) -> Kpi:
@@ -123,3 +130,76 @@ def test_swapping_the_sides_never_makes_both_worse(a: list[float], b: list[float
 def test_identical_samples_on_both_sides_never_breach(a: list[float], extra: int) -> None:
     same = a + a[:extra]
     assert compare(kpi(), same, list(same)).decision is not Decision.worse
+
+
+# The built-in error_rate judged on counts (compare_counts) -------------------------------
+
+
+def test_counts_a_tripled_failure_share_is_worse_and_the_sentence_counts() -> None:
+    result = compare_counts(kpi(), Counts(54, 1800), Counts(18, 1800), polls=20)
+    assert result.decision is Decision.worse
+    assert result.relative == pytest.approx(2.0)
+    assert result.p_value is not None and result.p_value < 0.001
+    sentence = result.explain(kpi())
+    assert "54 of 1800 failed vs 18 of 1800" in sentence and "exact test" in sentence
+    assert "effect +200%" in sentence
+
+
+def test_counts_a_zero_baseline_needs_the_minimum_failures() -> None:
+    # Kayenta's #377: zero baseline errors must not hide a failing canary; but 1 vs 0 is noise.
+    many = compare_counts(kpi(), Counts(12, 1800), Counts(0, 1800), polls=20)
+    assert many.decision is Decision.worse
+    assert many.relative is not None and math.isinf(many.relative)
+    assert "from zero" in many.explain(kpi())
+    for failed in range(MIN_FAILURES):
+        # Even where the exact test alone would call it (a tiny baseline ratio next to few
+        # requests), fewer than MIN_FAILURES failures are never a breach.
+        few = compare_counts(kpi(), Counts(failed, 3), Counts(0, 10**6), polls=20)
+        assert few.decision is Decision.no_worse, few.rule
+    assert compare_counts(kpi(), Counts(3, 3), Counts(0, 10**6), polls=20).decision is (
+        Decision.worse
+    )
+
+
+def test_counts_too_few_polls_or_no_responses_is_not_enough_data() -> None:
+    assert compare_counts(kpi(min_samples=5), Counts(50, 60), Counts(0, 60), polls=4).decision is (
+        Decision.not_enough_data
+    )
+    assert compare_counts(kpi(), Counts(0, 0), Counts(1, 100), polls=10).decision is (
+        Decision.not_enough_data
+    )
+
+
+def test_counts_all_zeros_ties_and_a_small_excess_are_no_worse() -> None:
+    assert compare_counts(kpi(), Counts(0, 900), Counts(0, 900), 20).decision is Decision.no_worse
+    assert compare_counts(kpi(), Counts(9, 900), Counts(9, 900), 20).decision is Decision.no_worse
+    # +20%, significant on this many requests, but under the +50% tolerance
+    small = compare_counts(kpi(), Counts(12_000, 10**6), Counts(10_000, 10**6), 20)
+    assert small.decision is Decision.no_worse and "below the floor" in small.rule
+
+
+def test_counters_count_from_the_steps_first_judged_poll() -> None:
+    assert compare_counters(kpi(), None, (5, 100, 1, 100), 0).decision is (Decision.not_enough_data)
+    # 40 of 1000 since the origin against 10 of 1000: worse, whatever came before the step
+    result = compare_counters(kpi(), (500, 9000, 90, 9000), (540, 10000, 100, 10000), 10)
+    assert result.decision is Decision.worse and "40 of 1000 failed vs 10 of 1000" in result.rule
+    went_back = compare_counters(kpi(), (500, 9000, 90, 9000), (3, 100, 1, 100), 10)
+    assert went_back.decision is Decision.not_enough_data and "went back" in went_back.rule
+
+
+counts = st.tuples(st.integers(0, 10_000), st.integers(0, 10_000)).map(
+    lambda pair: Counts(min(pair), max(pair))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts, counts)
+def test_counts_swapping_the_sides_never_makes_both_worse(a: Counts, b: Counts) -> None:
+    one, other = compare_counts(kpi(), a, b, 10), compare_counts(kpi(), b, a, 10)
+    assert not (one.decision is Decision.worse and other.decision is Decision.worse)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts)
+def test_counts_identical_on_both_sides_never_breach(a: Counts) -> None:
+    assert compare_counts(kpi(), a, Counts(a.failed, a.served), 10).decision is not Decision.worse

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.domain.config import Kpi
-from bot.domain.judging import Decision, compare
+from bot.domain.judging import Comparison, Decision, compare, compare_counters
 from bot.domain.kpis import Reading, Verdict, judge, next_streak
 
 TRACES_DIR = Path(__file__).resolve().parent.parent / "data" / "judge_traces"
@@ -31,7 +31,10 @@ FOR_POLLS = 2  # `for`: polls in a row beyond tolerance, both judges
 THRESHOLD_MAX = {"error_rate": 0.02, "latency": 0.1}
 """The threshold judge's fixed `max`: twice the baseline's level on the rig (1% of requests
 failing; 50 ms of delay plus the demo's own few ms), a typical fixed tolerance."""
-TOLERANCE, CONFIDENCE, MIN_SAMPLES = 0.5, 0.95, 5
+TOLERANCE, CONFIDENCE, MIN_SAMPLES = 0.25, 0.95, 5
+"""The compare KPI's floor is below the goal's factor: a tolerance says what does not matter
+(worse means *more* than it), so a KPI tolerating +50% does not promise to catch a 1.5x
+regression, which would sit on its floor and be caught by chance."""
 JUDGES = ("threshold", "compare")
 HEALTHY_SCENARIOS = ("healthy", "shared_spike")  # the goal: no false rollback on these
 GOAL_FACTOR = 1.5  # the goal: every regression this big or bigger caught within one step
@@ -47,7 +50,16 @@ class Trace:
     level: str  # low | high
     rate: float  # requests/s through the proxy, both versions
     polls: tuple[tuple[float | None, float | None], ...]  # (new, baseline) per poll
+    # the slots' response counters per poll (new failed, new served, baseline failed, baseline
+    # served), None where Prometheus had one of them not
+    counters: tuple[tuple[float, float, float, float] | None, ...]
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def replayable_by_compare(self) -> bool:
+        """The built-in error_rate is compared on the slots' counters: a trace recorded before
+        the recorder kept them cannot be replayed through it."""
+        return self.kind != "error_rate" or any(c is not None for c in self.counters)
 
     @property
     def fixed_regression(self) -> bool:
@@ -65,8 +77,19 @@ def load_trace(path: Path) -> Trace:
         level=raw["traffic"]["level"],
         rate=float(raw["traffic"]["rate"]),
         polls=tuple((p["new"], p["baseline"]) for p in raw["polls"]),
+        counters=tuple(_counters(p) for p in raw["polls"]),
         meta=raw,
     )
+
+
+def _counters(poll: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    read = poll.get("counters")
+    if read is None:
+        return None
+    values = [read[side][name] for side in ("new", "baseline") for name in ("failed", "responses")]
+    if any(v is None for v in values):
+        return None
+    return values[0], values[1], values[2], values[3]
 
 
 def load_traces(directory: Path = TRACES_DIR) -> list[Trace]:
@@ -96,6 +119,7 @@ class Poll:
     baseline: float | None  # kept only when the comparison read it, as the watch keeps it
     verdict: Verdict
     detail: str = ""
+    counts: tuple[float, float, float, float] | None = None  # kept as the watch keeps them
 
 
 @dataclass(frozen=True)
@@ -118,14 +142,17 @@ def replay(trace: Trace, kpi_: Kpi, warmup: int = WARMUP) -> Replay:
     """One trace through one KPI's judge, poll by poll, until it rolls back or the step ends."""
     polls: list[Poll] = []
     streak = 0
-    for slot, (value, base) in enumerate(trace.polls, start=1):
+    for slot, ((value, base), counters) in enumerate(
+        zip(trace.polls, trace.counters, strict=True), start=1
+    ):
         reading = Reading(value, "" if value is not None else "no data")
         verdict = judge(kpi_, reading, slot, warmup)
         kept_base: float | None = None
+        kept_counts: tuple[float, float, float, float] | None = None
         detail = reading.detail
         if kpi_.judge == "compare" and verdict is Verdict.ok:
-            verdict, kept_base, detail = _compare(kpi_, value, base, polls)
-        polls.append(Poll(slot, value, kept_base, verdict, detail))
+            verdict, kept_base, detail, kept_counts = _compare(kpi_, value, base, counters, polls)
+        polls.append(Poll(slot, value, kept_base, verdict, detail, kept_counts))
         streak = next_streak(streak, verdict)
         if streak >= kpi_.for_polls:
             return Replay(trace, kpi_.judge, tuple(polls), slot)
@@ -133,28 +160,44 @@ def replay(trace: Trace, kpi_: Kpi, warmup: int = WARMUP) -> Replay:
 
 
 def _compare(
-    kpi_: Kpi, value: float | None, base: float | None, earlier: Sequence[Poll]
-) -> tuple[Verdict, float | None, str]:
+    kpi_: Kpi,
+    value: float | None,
+    base: float | None,
+    counters: tuple[float, float, float, float] | None,
+    earlier: Sequence[Poll],
+) -> tuple[Verdict, float | None, str, tuple[float, float, float, float] | None]:
+    no_data = Verdict.no_data if kpi_.no_data == "breach" else Verdict.ignored
     if base is None:
-        verdict = Verdict.no_data if kpi_.no_data == "breach" else Verdict.ignored
-        return verdict, None, f"{kpi_.name}: the baseline has no data"
+        return no_data, None, f"{kpi_.name}: the baseline has no data", None
     assert value is not None
-    pairs = [
-        (p.value, p.baseline) for p in earlier if p.value is not None and p.baseline is not None
-    ]
-    news = [v for v, _ in pairs if v is not None] + [value]
-    bases = [b for _, b in pairs if b is not None] + [base]
-    comparison = compare(kpi_, news, bases)
+    comparison: Comparison
+    if kpi_.builtin == "error_rate":
+        if counters is None:
+            return no_data, None, f"{kpi_.name}: a response counter has no data", None
+        counted = [p.counts for p in earlier if p.counts is not None]
+        comparison = compare_counters(kpi_, counted[0] if counted else None, counters, len(counted))
+    else:
+        pairs = [
+            (p.value, p.baseline) for p in earlier if p.value is not None and p.baseline is not None
+        ]
+        news = [v for v, _ in pairs if v is not None] + [value]
+        bases = [b for _, b in pairs if b is not None] + [base]
+        comparison = compare(kpi_, news, bases)
     verdict = {
         Decision.worse: Verdict.breach,
         Decision.no_worse: Verdict.ok,
         Decision.not_enough_data: Verdict.not_enough_data,
     }[comparison.decision]
-    return verdict, base, comparison.explain(kpi_)
+    return verdict, base, comparison.explain(kpi_), counters
 
 
 def replay_all(traces: Iterable[Trace]) -> list[Replay]:
-    return [replay(t, kpi(t.kind, judged_by)) for t in traces for judged_by in JUDGES]
+    return [
+        replay(t, kpi(t.kind, judged_by))
+        for t in traces
+        for judged_by in JUDGES
+        if judged_by == "threshold" or t.replayable_by_compare
+    ]
 
 
 # The summary the bench prints and the README shows -------------------------------------------
