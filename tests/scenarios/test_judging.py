@@ -84,8 +84,13 @@ def test_a_canary_three_times_worse_but_under_the_hard_max(
     )
     assert not load.record.transport_failures(), load.record.summary()
     if judge == "compare":
-        judged = bot.ctx.store.rollout(ended.id)
-        assert judged is not None
+        # The rollout shows rolled_back first (the claim); its incident is recorded just after.
+        judged = rollout_of(
+            bot,
+            "2",
+            lambda r: bool(r.incident_id) and bot.ctx.store.incident(r.incident_id) is not None,
+            timeout=10,
+        )
         [incident] = [i for i in [bot.ctx.store.incident(judged.incident_id)] if i]
         assert incident.judgement.startswith("errors: new version worse than the baseline"), [
             (x.slot, x.value, x.baseline, x.verdict, x.detail)
