@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.middleware import Middleware
+from slack_sdk import WebClient
 
 from bot.domain.clock import Clock, SystemClock
 from bot.domain.config import PipelinesConfig
@@ -34,6 +35,7 @@ from bot.services.status import refresh_engine_view
 from bot.services.traffic import Routers
 from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
 from bot.settings import Settings
+from bot.slack.home import refresh_homes
 from bot.slack.notifier import SlackNotifier, build_progress_client, build_web_client
 from bot.store.connection import connect
 from bot.store.durability import ReplicationBarrier, durable
@@ -66,6 +68,7 @@ class Immune:
     bolt: App
     scheduler: BackgroundScheduler
     watcher: Watcher
+    web_client: WebClient
     # /healthz entries asked of the plugins in use: key -> probe (Redis and the scheduler
     # are the bot's own).
     probes: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
@@ -111,6 +114,15 @@ class Immune:
             coalesce=True,
             max_instances=1,
             misfire_grace_time=None,
+        )
+        self.scheduler.add_job(
+            refresh_homes,
+            "interval",
+            args=[self.ctx, self.web_client, self.settings.home_refresh_seconds],
+            seconds=self.settings.home_refresh_seconds,
+            id="refresh-homes",
+            coalesce=True,
+            max_instances=1,
         )
         if any(p.traffic is not None for p in self.ctx.config.pipelines.values()):
             self.scheduler.add_job(
@@ -247,6 +259,7 @@ def build(
         bolt=bolt,
         scheduler=scheduler,
         watcher=watcher,
+        web_client=web_client,
         probes=probes,
         replicated=barrier,
         redis_durability=redis_durability,

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     http_threads: int = Field(default=16, ge=1, le=256)
     lock_ttl_seconds: float = Field(default=15.0, gt=1)
     audit_max_age_days: float = Field(default=90.0, gt=0)
+    # How often the Home tabs of people who opened theirs in the last hour are republished
+    # when what they show changed.
+    home_refresh_seconds: float = Field(default=5.0, gt=0)
     # Replicas that must hold a write before Slack hears of it (Redis WAIT); unset: 1 with a
     # Sentinel REDIS_URL, 0 (no WAIT) otherwise.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)

@@ -9,6 +9,7 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot.services import approvals, canary, incidents
+from bot.slack.home import turn_page
 from bot.slack.ids import ActionId
 from bot.slack.incident_messages import build_five_whys_modal
 from bot.slack.replies import answer_text
@@ -21,6 +22,8 @@ def register(app: App) -> None:
     app.action(ActionId.five_whys_open.value)(open_five_whys)
     app.action(ActionId.canary_promote.value)(promote_canary)
     app.action(ActionId.canary_abort.value)(abort_canary)
+    app.action(ActionId.home_previous.value)(home_page)
+    app.action(ActionId.home_next.value)(home_page)
 
 
 def _pressed(body: dict[str, Any]) -> tuple[str, str, str]:
@@ -72,3 +75,10 @@ def open_five_whys(ack: Ack, body: dict[str, Any], context: BoltContext, client:
     _, incident_id, _ = _pressed(body)
     incident = incidents.load_incident(context["immune"].store, incident_id)
     client.views_open(trigger_id=body["trigger_id"], view=build_five_whys_modal(incident))
+
+
+def home_page(ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+    """Previous / Next on the Home tab: the page is kept for the tab's later refreshes."""
+    ack()
+    user, page, _ = _pressed(body)
+    turn_page(context["immune"], client, user, int(page) if page.isdigit() else 0)

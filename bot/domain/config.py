@@ -451,6 +451,9 @@ class Pipeline(Strict):
     health: HealthCheck
     tests: TestGate | None = None
     deployers: list[str] | None = None
+    # Who sees the pipeline on the Home tab besides its deployers, approvers and the admins;
+    # absent: everyone.
+    viewers: list[str] | None = None
     approvals: Approvals | None = None
     windows: list[Window] | None = None
     watch: Watch = Watch()
@@ -511,6 +514,13 @@ class Pipeline(Strict):
                 "(each version listens on its own port), like http://127.0.0.1:{port}/healthz"
             )
         return self
+
+    def visible_to(self, user: str) -> bool:
+        """Whether `user` sees this pipeline on the Home tab (admins are asked elsewhere)."""
+        if self.viewers is None:
+            return True
+        approvers = self.approvals.approvers if self.approvals is not None else []
+        return user in self.viewers or user in (self.deployers or []) or user in approvers
 
     def section(self, name: str) -> dict[str, Any]:
         """A target's own section of this pipeline (`swarm:`), as written; {} when absent."""

@@ -12,6 +12,8 @@ class ActionId(StrEnum):
     five_whys_open = "five_whys_open"
     canary_promote = "canary_promote"
     canary_abort = "canary_abort"
+    home_previous = "home_previous"
+    home_next = "home_next"
 
 
 class CallbackId(StrEnum):
@@ -22,6 +24,7 @@ class BlockId(StrEnum):
     approval_actions = "approval_actions"
     breach_actions = "breach_actions"
     canary_actions = "canary_actions"
+    home_pages = "home_pages"
     five_whys_why = "five_whys_why_{n}"  # formatted with n = 1…5
     five_whys_root_cause = "five_whys_root_cause"
     five_whys_test = "five_whys_test"

@@ -21,6 +21,9 @@ INCIDENT_BY_THREAD_KEY_TEMPLATE = "{prefix}:incident-thread:{channel}:{ts}"  # s
 AUDIT_STREAM_KEY_TEMPLATE = "{prefix}:audit"  # stream
 SEEN_KEY_TEMPLATE = "{prefix}:seen:{kind}:{request}"  # string NX: request dedupe
 INSTANCE_KEY_TEMPLATE = "{prefix}:instance:{instance}"  # string, PX ttl: replica heartbeat
+HOME_VIEWERS_KEY_TEMPLATE = "{prefix}:home:viewers"  # zset user -> when they last opened Home
+HOME_SHOWN_KEY_TEMPLATE = "{prefix}:home:shown"  # hash user -> fingerprint of the view shown
+HOME_PAGE_KEY_TEMPLATE = "{prefix}:home:page"  # hash user -> the page of pipelines they chose
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,12 @@ class Keys:
 
     def instance(self, instance: str) -> str:
         return INSTANCE_KEY_TEMPLATE.format(prefix=self.prefix, instance=instance)
+
+    def home_viewers(self) -> str:
+        return HOME_VIEWERS_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def home_shown(self) -> str:
+        return HOME_SHOWN_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def home_page(self) -> str:
+        return HOME_PAGE_KEY_TEMPLATE.format(prefix=self.prefix)

@@ -100,6 +100,14 @@ return redis.call('SET', KEYS[1], ARGV[1], 'XX', 'KEEPTTL')
 # shows, read in one round trip however many pipelines are asked for. The rollout keys are
 # built from ARGV[1] (the rollout key prefix), not passed in KEYS: fine on one server or a
 # Sentinel set, not on Redis Cluster.
+# Set the fingerprint of what a person's Home tab shows, unless it already shows that: the one
+# caller that gets 1 publishes, so replicas refreshing at once publish a change once.
+_SWAP_HOME_SHOWN = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 _PIPELINE_SNAPSHOTS = """
 local snapshots = {}
 for i, key in ipairs(KEYS) do
@@ -169,6 +177,7 @@ class Store:
         self._audit_append = client.register_script(_AUDIT_APPEND)
         self._answer_with_audit = client.register_script(_ANSWER_WITH_AUDIT)
         self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
+        self._swap_home_shown = client.register_script(_SWAP_HOME_SHOWN)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -420,6 +429,38 @@ class Store:
     def samples(self, rollout_id: str) -> list[KpiSample]:
         raw = cast(list[str], self.redis.lrange(self.keys.samples(rollout_id), 0, -1))
         return [KpiSample.model_validate_json(item) for item in raw]
+
+    # App Home ----------------------------------------------------------------------------
+
+    def home_opened(self, user: str, at: float) -> None:
+        self.redis.zadd(self.keys.home_viewers(), {user: at})
+
+    def home_viewers(self, since: float) -> list[str]:
+        """Who opened their Home tab at `since` or later (older entries are dropped)."""
+        key = self.keys.home_viewers()
+        stale = cast(list[str], self.redis.zrangebyscore(key, "-inf", f"({since}"))
+        if stale:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(key, *stale)
+            pipe.hdel(self.keys.home_shown(), *stale)
+            pipe.hdel(self.keys.home_page(), *stale)
+            pipe.execute()
+        return cast(list[str], self.redis.zrangebyscore(key, since, "+inf"))
+
+    def claim_home_shown(self, user: str, fingerprint: str) -> bool:
+        """True when `user`'s Home did not show `fingerprint` yet: now it is theirs to publish."""
+        return bool(self._swap_home_shown(keys=[self.keys.home_shown()], args=[user, fingerprint]))
+
+    def forget_home_shown(self, user: str) -> None:
+        """A publish failed: the next refresh publishes again."""
+        self.redis.hdel(self.keys.home_shown(), user)
+
+    def home_page(self, user: str) -> int:
+        value = cast(str | None, self.redis.hget(self.keys.home_page(), user))
+        return int(value) if value and value.isdigit() else 0
+
+    def set_home_page(self, user: str, page: int) -> None:
+        self.redis.hset(self.keys.home_page(), user, str(page))
 
     # Done exactly once (Slack retries, double clicks, replicas) -------------------------
 
