@@ -108,6 +108,9 @@ def measure(spec: JsonDict) -> JsonDict:
     )
     immune = build(settings)
     pool = immune.ctx.store.redis.connection_pool
+    # build() reads Redis' settings (one connection): drop it, so every poll's connection counts.
+    pool.disconnect()
+    pool.reset()
     if getattr(pool, "_created_connections", 0):
         raise RuntimeError("the bot's Redis pool connected before round trips could be counted")
     pool.connection_class = CountingConnection
