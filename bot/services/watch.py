@@ -278,15 +278,10 @@ class Watcher:
         for kpi in pipeline.kpis:
             started = time.perf_counter()
             query = kpi_query(kpi, pipeline.traffic, rollout.traffic)
-            timeout = deadline - time.monotonic()
             if query is None:
                 reading = Reading(None, "no baseline version runs to compare with")
-            elif timeout < MIN_READ_SECONDS:
-                reading = Reading(
-                    None, f"no time left in this poll (its queries may take {budget:g}s in all)"
-                )
             else:
-                reading = self.sources[kpi.source].read(query, timeout)
+                reading = self._read_by(kpi, query, deadline, budget)
             metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
                 time.perf_counter() - started
             )
@@ -303,7 +298,8 @@ class Watcher:
                     rollout,
                     reading,
                     earlier,
-                    max(MIN_READ_SECONDS, deadline - time.monotonic()),
+                    deadline,
+                    budget,
                 )
             # Once per watch and reason, from its first judged poll (warm-up polls judge nothing).
             if verdict is not Verdict.warmup and (
@@ -353,7 +349,8 @@ class Watcher:
         rollout: Rollout,
         reading: Reading,
         earlier: list[KpiSample],
-        timeout: float,
+        deadline: float,
+        budget: float,
     ) -> tuple[Verdict, float | None, str, tuple[float, float, float, float] | None]:
         """judge: compare: this poll's value and the baseline's, with the step's earlier ones;
         the built-in error_rate on the step's counts (the slots' counters, read here)."""
@@ -361,7 +358,7 @@ class Watcher:
         if query is None:
             # A first deploy, or the baseline retired: nothing to compare with (not a breach).
             return Verdict.not_enough_data, None, f"{kpi.name}: no baseline version runs", None
-        base = self.sources[kpi.source].read(query, timeout)
+        base = self._read_by(kpi, query, deadline, budget)
         if base.value is None:
             verdict = Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
             return verdict, None, f"{kpi.name}: the baseline has no data ({base.detail})", None
@@ -369,7 +366,7 @@ class Watcher:
         mine = [s for s in earlier if s.kpi == kpi.name]
         counts: tuple[float, float, float, float] | None = None
         if kpi.builtin == "error_rate":
-            read = self._counters(pipeline, rollout, kpi, timeout)
+            read = self._counters(pipeline, rollout, kpi, deadline, budget)
             if isinstance(read, str):
                 verdict = Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
                 return verdict, None, f"{kpi.name}: {read}", None
@@ -397,7 +394,7 @@ class Watcher:
         return verdict, base.value, detail, counts
 
     def _counters(
-        self, pipeline: Pipeline, rollout: Rollout, kpi: Kpi, timeout: float
+        self, pipeline: Pipeline, rollout: Rollout, kpi: Kpi, deadline: float, budget: float
     ) -> tuple[float, float, float, float] | str:
         """Both slots' response counters now (failed, served each), or why there are none."""
         values: list[float] = []
@@ -406,12 +403,23 @@ class Watcher:
                 query = counter_query(name, pipeline.traffic, rollout.traffic, baseline=baseline)
                 if query is None:
                     return "no slot to count responses on"
-                answer = self.sources[kpi.source].read(query, timeout)
+                answer = self._read_by(kpi, query, deadline, budget)
                 if answer.value is None:
                     side = "the baseline's" if baseline else "the new version's"
                     return f"{side} {name} counter has no data ({answer.detail})"
                 values.append(answer.value)
         return values[0], values[1], values[2], values[3]
+
+    def _read_by(self, kpi: Kpi, query: str, deadline: float, budget: float) -> Reading:
+        """One query of a poll, given what is left of the poll's budget: every read of a poll
+        (a KPI, its baseline, the counters) shares it, so a slow Prometheus cannot stretch a
+        poll past its interval however many queries a compare needs."""
+        left = deadline - time.monotonic()
+        if left < MIN_READ_SECONDS:
+            return Reading(
+                None, f"no time left in this poll (its queries may take {budget:g}s in all)"
+            )
+        return self.sources[kpi.source].read(query, left)
 
     def samples(self, rollout_id: str) -> list[KpiSample]:
         return self.ctx.store.samples(rollout_id)

@@ -440,9 +440,9 @@ COMPARED = {
 }
 
 
-def compared_rig(make: Callable[..., Rig]) -> Rig:
+def compared_rig(make: Callable[..., Rig], **kpi_fields: Any) -> Rig:
     rig = make(strategy="canary", steps=[10, 100], step_duration="30s")
-    kpi = dict(COMPARED)
+    kpi = dict(COMPARED, **kpi_fields)
     config = traffic_pipeline(strategy="canary", steps=[10, 100], step_duration="30s")
     config["pipelines"]["web"]["kpis"] = [kpi]
     config["pipelines"]["web"]["watch"] = {"interval": "1s", "duration": "2s", "warmup": 0}
@@ -511,6 +511,41 @@ def test_a_spike_shared_by_both_versions_rolls_back_neither(make: Callable[..., 
     current = rig.store.rollout(canary.id)
     assert current is not None and current.status is RolloutStatus.live
     assert current.judgements["errors"].startswith("errors: new version no worse than the baseline")
+    assert rig.notifier.opened == []
+
+
+def test_a_compare_poll_reads_the_baseline_within_what_is_left_of_the_poll_budget(
+    make: Callable[..., Rig],
+) -> None:
+    """A poll's reads share 0.8 of its interval: a slow new-version read leaves the baseline
+    only the rest, and none at all once the budget is spent (never a poll past its slot)."""
+    rig = compared_rig(make, no_data="ignore")
+    first = rig.deploy("1", RolloutStatus.live)
+    for _ in range(2):
+        poll_both(rig, first.id, 0.0, 0.0)
+    rig.settled(first.id, lambda r: r.status is RolloutStatus.good)
+    canary = rig.deploy("2", RolloutStatus.live)
+    rollout = rig.store.rollout(canary.id)
+    assert rollout is not None
+    [compared] = rig.config.pipelines["web"].kpis
+    new_query = kpi_query(compared, rig.traffic, rollout.traffic)
+    base_query = kpi_query(compared, rig.traffic, rollout.traffic, baseline=True)
+    assert new_query is not None and base_query is not None
+
+    rig.source.delays[new_query] = 0.5
+    rig.source.timeouts.clear()
+    poll_both(rig, canary.id, 0.01, 0.01)
+    waits = dict(rig.source.timeouts)
+    assert 0.7 <= waits[new_query] <= 0.8, waits  # the whole 0.8 s budget, less bookkeeping
+    assert waits[base_query] <= 0.8 - 0.5, waits  # only what the slow read left
+
+    rig.source.delays[new_query] = 0.85  # longer than the whole budget
+    rig.source.timeouts.clear()
+    poll_both(rig, canary.id, 0.01, 0.01)
+    assert [query for query, _ in rig.source.timeouts] == [new_query]  # baseline never asked
+    last = [s for s in rig.store.samples(canary.id) if s.kpi == "errors"][-1]
+    assert "the baseline has no data (no time left in this poll" in last.detail, last.detail
+    assert last.verdict == "ignored"
     assert rig.notifier.opened == []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,12 +112,16 @@ class ScriptedSource:
 
     values: dict[str, list[float | None]] = field(default_factory=dict)
     queries: list[str] = field(default_factory=list)
+    timeouts: list[tuple[str, float]] = field(default_factory=list)  # (query, wait allowed)
+    delays: dict[str, float] = field(default_factory=dict)  # seconds a query takes to answer
 
     def health(self) -> dict[str, object]:
         return {"ok": True, "scripted": len(self.values)}
 
     def read(self, query: str, timeout: float) -> Reading:
         self.queries.append(query)
+        self.timeouts.append((query, timeout))
+        time.sleep(self.delays.get(query, 0.0))
         script = self.values.get(query) or [None]
         value = script.pop(0) if len(script) > 1 else script[0]
         return Reading(value, "" if value is not None else "no data")
