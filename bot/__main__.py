@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from bot.app import build
+from bot.domain.clock import Clock
 from bot.domain.errors import ConfigError, ImmuneError, SettingsError
 from bot.plugins import Shared, default_registry, load_pipelines
 from bot.server import HttpServer, start_socket_mode
@@ -111,12 +112,14 @@ def proxy_config(pipeline: str | None, exporter: str, pipelines_file: str | None
     return 0
 
 
-def serve() -> int:
+def serve(clock: Clock | None = None) -> int:
+    """Run the bot until SIGTERM/SIGINT; `clock` is the seam a test shifts (default: the
+    system's)."""
     try:
         settings = load_settings()
         configure_logging(settings.log_level)
         settings.require_slack()
-        immune = build(settings)
+        immune = build(settings, clock=clock)
     except (SettingsError, ConfigError) as exc:
         # One clear line per problem, naming the setting or key; never a traceback.
         print(f"immune: cannot start: {exc.message}", file=sys.stderr)

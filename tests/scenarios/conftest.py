@@ -81,7 +81,9 @@ def start_bot_process(
     """`python -m bot` as a subprocess (for kill -9 and restart scenarios)."""
     processes: list[BotProcess] = []
 
-    def start(config: dict[str, Any], **settings: Any) -> BotProcess:
+    def start(
+        config: dict[str, Any], *, clock_offset: float | None = None, **settings: Any
+    ) -> BotProcess:
         path = tmp_path / "pipelines.yml"
         write_pipelines(path, config)
         env = bot_settings(
@@ -91,7 +93,9 @@ def start_bot_process(
             prefix=redis_prefix,
             **settings,
         )
-        process = BotProcess(env, emulator, tmp_path / f"bot-{len(processes)}.log")
+        process = BotProcess(
+            env, emulator, tmp_path / f"bot-{len(processes)}.log", clock_offset=clock_offset
+        )
         processes.append(process)
         process.start()
         return process

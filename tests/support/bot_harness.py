@@ -25,6 +25,7 @@ from bot.domain.config import PipelinesConfig
 from bot.plugins import parse_pipelines
 from bot.settings import Settings
 from tests.support.services import dies_with_parent
+from tests.support.skewed_bot import SKEW_ENV
 from tests.support.slack_client import SignedSlackClient
 from tests.support.slack_emulator import SlackEmulator
 
@@ -139,8 +140,19 @@ class InProcessBot:
 class BotProcess:
     """`python -m bot` in a subprocess, killable with SIGKILL like a crashed host."""
 
-    def __init__(self, env: dict[str, str], emulator: SlackEmulator, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        emulator: SlackEmulator,
+        log_path: Path,
+        *,
+        clock_offset: float | None = None,
+    ) -> None:
         self.env = dict(env)
+        # The production bot, or the same one run by skewed_bot with its clock shifted.
+        self.module = "bot" if clock_offset is None else "tests.support.skewed_bot"
+        if clock_offset is not None:
+            self.env[SKEW_ENV] = repr(clock_offset)
         if self.env.get("PORT", "0") == "0":
             self.env["PORT"] = str(free_port())
         self.emulator = emulator
@@ -157,7 +169,7 @@ class BotProcess:
         env.update(self.env)
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot"],
+                [sys.executable, "-m", self.module],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log,
