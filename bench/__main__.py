@@ -2,7 +2,9 @@
 
 Sections: ack (ack latency), rollback (rollback and detection), polling (polling scale),
 memory, traffic (deploys and rollbacks behind HAProxy), judge (recorded KPI traces replayed
-through both judges; it needs no server, so `--only judge` starts none). Writes the results
+through both judges; it needs no server, so `--only judge` starts none), and soak (two
+replicas, one killed again and again, through many deploys and commands: run only when named,
+`python -m bench soak`; about 20 minutes, 3 with --quick). Writes the results
 as JSON (default bench/results/latest.json, with a Markdown table beside it as latest.md and
 the run's log as latest.log) and prints the table. The full run takes about 6-10 minutes on
 a 2-core machine; --quick is a 1-2 minute smoke version whose figures are rougher. Exits 1 if
@@ -27,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import ack, judge, memory, polling, report, rollback, traffic
+from bench import ack, judge, memory, polling, report, rollback, soak, traffic
 from bench.machine import busy_cpu_seconds
 from bench.rig import BenchRig
 
@@ -35,7 +37,8 @@ logger = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("ack", "rollback", "polling", "memory", "traffic", "judge")
+SECTIONS = ("ack", "rollback", "polling", "memory", "traffic", "judge", "soak")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # the soak runs only when asked for: it takes its own time
 RIGLESS = {"judge"}  # sections that need no server, image or container
 
 
@@ -112,6 +115,9 @@ def _sections(quick: bool) -> dict[str, Callable[[BenchRig], dict[str, Any]]]:
     def run_judge(rig: BenchRig) -> dict[str, Any]:
         return {"judge": judge.run()}
 
+    def run_soak(rig: BenchRig) -> dict[str, Any]:
+        return {"soak": soak.run(rig, soak.QUICK if quick else soak.FULL)}
+
     return {
         "ack": run_ack,
         "rollback": run_rollback,
@@ -119,6 +125,7 @@ def _sections(quick: bool) -> dict[str, Callable[[BenchRig], dict[str, Any]]]:
         "memory": run_memory,
         "traffic": run_traffic,
         "judge": run_judge,
+        "soak": run_soak,
     }
 
 
@@ -131,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute smoke version")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON file to write")
     parser.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
+        "--only",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all but soak)",
+    )
+    parser.add_argument(
+        "sections", nargs="*", metavar="SECTION", help="as --only: `python -m bench soak`"
     )
     args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    chosen = args.sections or [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s): {', '.join(unknown)}")

@@ -239,6 +239,33 @@ def memory_table(memory: JsonDict) -> list[str]:
     ]
 
 
+def soak_table(soak: JsonDict) -> list[str]:
+    if "error" in soak:
+        return _failed("Soak", soak)
+    rss, threads = soak["steady_rss_mb"], soak["steady_threads"]
+    end, after = soak["redis_at_end"], soak["redis_after_ttls"]
+    lasting = ", ".join(f"{k} {v}" for k, v in sorted(after["without_ttl_by_kind"].items()))
+    return [
+        "## Soak",
+        "",
+        soak["method"] + f". Target: {soak['target']['rule']}.",
+        "",
+        "| rollouts (kills) | lost | duplicated | commands (unexpected) | steady RSS start/half/end "
+        "MB | threads start/half/end | Redis keys at end / after TTLs | containers left "
+        "(keep_versions) | met |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+        f"| {soak['rollouts_acknowledged']} ({soak['replica_kills']}) | {soak['rollouts_lost']} | "
+        f"{soak['rollouts_duplicated']} | {soak['commands']} ({soak['command_errors']}) | "
+        f"{_num(rss['start'])}/{_num(rss['half'])}/{_num(rss['end'])} | "
+        f"{threads['start']}/{threads['half']}/{threads['end']} | {end['keys']} / {after['keys']} | "
+        f"{soak['containers_left']} ({soak['keep_versions']}) | {_verdict(soak['target']['met'])} |",
+        "",
+        f"Statuses: {soak['statuses']}. Keys kept without a TTL after the soak: {lasting or 'none'} "
+        f"({_num(soak['redis_keys_per_rollout_kept'], digits=1)} keys per rollout).",
+        "",
+    ]
+
+
 def traffic_table(traffic: JsonDict) -> list[str]:
     if "error" in traffic:
         return _failed("Traffic", traffic)
@@ -482,6 +509,7 @@ def markdown(results: JsonDict) -> str:
         ("memory", memory_table),
         ("traffic", traffic_table),
         ("judge", judge_table),
+        ("soak", soak_table),
     )
     for key, render in sections:
         if key in results:
