@@ -80,6 +80,7 @@ def decide(ctx: Context, rollout_id: str, user: str, decision: str, request_id: 
     except ImmuneError:
         ctx.store.release_once(Once.canary_decision, subject)  # nothing started: try again
         raise
+    traffic.close_question(ctx, rollout, pipeline)
     ctx.audit(
         actor=user,
         action="canary.abort",

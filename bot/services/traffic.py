@@ -375,12 +375,7 @@ def advance(
     except TrafficError as exc:
         # Recorded already: the next routes check puts it in place once the proxy answers.
         logger.error("%s: canary step %d not applied: %s", rollout.pipeline, due + 1, exc.reason)
-    if split.held_since is not None and rollout.canary_prompt_ts:
-        # The question a held step asked is answered: it loses its buttons.
-        try:
-            ctx.notifier.canary_held(rollout, [], 0.0, traffic.inconclusive)
-        except Exception:
-            logger.exception("could not update the canary question of %s", rollout.id)
+    close_question(ctx, rollout, pipeline)
     ctx.audit(
         actor="immune",
         action="canary.step",
@@ -389,6 +384,19 @@ def advance(
         detail=f"step {due + 1}/{len(plan)}: " + describe(moved, rollout.version),
     )
     return moved
+
+
+def close_question(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
+    """The question a held step asked is settled (promoted, aborted, rolled back on a breach
+    or by its policy): its message says so and loses its buttons, so nobody presses a
+    question that no longer stands. `rollout` is the canary as it was while held."""
+    split, traffic = rollout.traffic, pipeline.traffic
+    if split is None or traffic is None or split.held_since is None or not rollout.canary_prompt_ts:
+        return
+    try:
+        ctx.notifier.canary_held(rollout, [], 0.0, traffic.inconclusive)
+    except Exception:
+        logger.exception("could not update the canary question of %s", rollout.id)
 
 
 def step_over(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> bool:

@@ -512,6 +512,7 @@ class Watcher:
         sent_back = (
             traffic.send_back(self.ctx, rollout, pipeline) if pipeline.auto_rollback else None
         )
+        traffic.close_question(self.ctx, rollout, pipeline)  # a held step's question, if any
         metrics.BREACHES.labels(pipeline=rollout.pipeline, kpi=kpi.name).inc()
         state = self.ctx.store.pipeline(rollout.pipeline)
         incident = Incident(
