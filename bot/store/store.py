@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from bot.domain.clock import Clock
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.models import AuditEntry, PipelineState, PipelineStatus, Rollout, WatchState
+from bot.domain.queue import QueuedDeploy
 from bot.store.keys import Keys, Once
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,41 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
+# A place in a pipeline's queue, unless the person already holds one there (then that one).
+_ENQUEUE = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return held end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[4])
+return false
+"""
+
+# The first of a pipeline's queue, taken out: of several replicas starting queued deploys at
+# once, exactly one gets each entry. ARGV[1]: the entry's id when only that one may be taken
+# (a person leaving the queue), "" for whoever is first.
+_TAKE_QUEUED = """
+local user = ARGV[2]
+if user == '' then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+  if not first[1] then
+    redis.call('SREM', KEYS[3], ARGV[3])
+    return false
+  end
+  user = first[1]
+end
+local entry = redis.call('HGET', KEYS[2], user)
+if not entry then
+  redis.call('ZREM', KEYS[1], user)
+  return false
+end
+if ARGV[1] ~= '' and cjson.decode(entry)['id'] ~= ARGV[1] then return false end
+redis.call('HDEL', KEYS[2], user)
+redis.call('ZREM', KEYS[1], user)
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[3]) end
+return entry
+"""
+
 _PIPELINE_SNAPSHOTS = """
 local snapshots = {}
 for i, key in ipairs(KEYS) do
@@ -178,6 +214,8 @@ class Store:
         self._answer_with_audit = client.register_script(_ANSWER_WITH_AUDIT)
         self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
         self._swap_home_shown = client.register_script(_SWAP_HOME_SHOWN)
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._take_queued = client.register_script(_TAKE_QUEUED)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -463,6 +501,44 @@ class Store:
         self.redis.hset(self.keys.home_page(), user, str(page))
 
     # Done exactly once (Slack retries, double clicks, replicas) -------------------------
+
+    # The deploy queue --------------------------------------------------------------------
+
+    def enqueue(self, entry: QueuedDeploy) -> QueuedDeploy | None:
+        """Take a place in `entry.pipeline`'s queue; the place the person already holds there
+        (nothing changed) when they have one."""
+        keys = [
+            self.keys.queue(entry.pipeline),
+            self.keys.queue_entries(entry.pipeline),
+            self.keys.queues(),
+        ]
+        args = [entry.requested_by, repr(entry.queued_at), entry.model_dump_json(), entry.pipeline]
+        held = self._enqueue(keys=keys, args=args)
+        return QueuedDeploy.model_validate_json(held) if held else None
+
+    def take_queued(
+        self, pipeline: str, *, user: str = "", entry_id: str = ""
+    ) -> QueuedDeploy | None:
+        """Take the first entry out of the queue (or `user`'s, if it is still `entry_id`):
+        atomically, so exactly one caller gets it."""
+        keys = [self.keys.queue(pipeline), self.keys.queue_entries(pipeline), self.keys.queues()]
+        taken = self._take_queued(keys=keys, args=[entry_id, user, pipeline])
+        return QueuedDeploy.model_validate_json(taken) if taken else None
+
+    def requeue(self, entry: QueuedDeploy) -> None:
+        """Put a taken entry back in its old place (it could not start after all)."""
+        self.enqueue(entry)
+
+    def queue(self, pipeline: str) -> list[QueuedDeploy]:
+        """The pipeline's queue, first first."""
+        pipe = self.redis.pipeline()
+        pipe.zrange(self.keys.queue(pipeline), 0, -1)
+        pipe.hgetall(self.keys.queue_entries(pipeline))
+        order, entries = cast(tuple[list[str], dict[str, str]], tuple(pipe.execute()))
+        return [QueuedDeploy.model_validate_json(entries[u]) for u in order if u in entries]
+
+    def queued_pipelines(self) -> list[str]:
+        return sorted(cast(set[str], self.redis.smembers(self.keys.queues())))
 
     def claim_once(self, kind: Once, subject: str, holder: str = _PENDING) -> bool:
         """True for the first claim of `subject` across every replica, for the kind's TTL."""
