@@ -18,6 +18,7 @@ import pytest
 from bot.domain.clock import FrozenClock
 from bot.domain.models import Rollout, RolloutStatus
 from bot.slack.ids import ActionId
+from tests.scenarios.test_home import open_home, wait_for_home
 from tests.support.bot_harness import CHANNEL, InProcessBot, wait_until
 from tests.support.policy import (
     ADMIN,
@@ -135,6 +136,11 @@ def test_a_busy_pipeline_queues_the_deploy_and_starts_it_when_free(
     _, admin_message = refused_with_queue(bot, name, "1", ADMIN)
     second, _ = queue_it(bot, emulator, admin_message, ADMIN)
     assert "you are 2nd in its queue" in second, second
+    # The Home tab shows the queue, in order.
+    open_home(bot, DEV2)
+    wait_for_home(
+        emulator, DEV2, f":hourglass_flowing_sand: queue: `2` by <@{DEV2}>, `1` by <@{ADMIN}>"
+    )
     time.sleep(QUIET)
     assert rollouts_of(bot, name, "2") == [], "nothing starts while the pipeline is busy"
 
