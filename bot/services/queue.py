@@ -28,6 +28,13 @@ from bot.store.keys import Once
 
 logger = logging.getLogger(__name__)
 
+# How long a replica that took a queued deploy has to settle it (start it, refuse it, or put
+# it back) before another replica assumes it died and settles it instead. Starting is a few
+# Redis round trips, an image look-up and perhaps an approval request posted to Slack.
+START_LEASE_SECONDS = 60.0
+# Everything is stale to this "now": a deleted pipeline's starting entries are all settled.
+_END_OF_TIME = 1e15
+
 
 @dataclass(frozen=True)
 class Queued:
@@ -161,13 +168,16 @@ def start_due(ctx: Context) -> int:
     started = 0
     for name in ctx.store.queued_pipelines():
         pipeline = ctx.config.pipelines.get(name)
-        if pipeline is None:
-            _drop_unknown(ctx, name)
-            continue
         try:
+            if pipeline is None:
+                _drop_unknown(ctx, name)
+                continue
+            now = ctx.clock.now()
+            for stale in ctx.store.reclaim_starting(name, now, now + START_LEASE_SECONDS):
+                _settle_stale(ctx, stale)
             if not _ready(ctx, name, pipeline):
                 continue
-            entry = ctx.store.take_queued(name)
+            entry = ctx.store.take_queued(name, lease_until=now + START_LEASE_SECONDS)
             if entry is not None and _start(ctx, entry):
                 started += 1
         except Exception:
@@ -175,7 +185,36 @@ def start_due(ctx: Context) -> int:
     return started
 
 
+def _settle_stale(ctx: Context, entry: QueuedDeploy) -> None:
+    """An entry whose taker died before settling it: started already (a rollout of that
+    version by that person since it was queued), or back to its place."""
+    started = any(
+        r.requested_by == entry.requested_by
+        and r.version == entry.version
+        and r.created_at >= entry.queued_at
+        for r in ctx.store.recent_rollouts(entry.pipeline, 20)
+    )
+    if not started:
+        ctx.store.requeue(entry)
+    logger.warning(
+        "queued deploy %s of %s %s was left half-started by a replica: %s",
+        entry.id,
+        entry.pipeline,
+        entry.version,
+        "it had started" if started else "back in its place",
+    )
+    ctx.store.finish_starting(entry)
+
+
 def _start(ctx: Context, entry: QueuedDeploy) -> bool:
+    """Start a taken entry and settle it, whatever happens."""
+    try:
+        return _start_taken(ctx, entry)
+    finally:
+        ctx.store.finish_starting(entry)
+
+
+def _start_taken(ctx: Context, entry: QueuedDeploy) -> bool:
     request = _request(entry.requested_by, entry.channel, entry.pipeline, entry.version)
     try:
         reply = deploys.deploy(ctx, request)
@@ -214,6 +253,9 @@ def _start(ctx: Context, entry: QueuedDeploy) -> bool:
 
 def _drop_unknown(ctx: Context, name: str) -> None:
     """A pipeline deleted from the config since: its queue can never start; say so."""
+    for starting in ctx.store.reclaim_starting(name, _END_OF_TIME, _END_OF_TIME):
+        ctx.store.finish_starting(starting)
+        ctx.store.requeue(starting)  # told below, with the rest
     while (entry := ctx.store.take_queued(name)) is not None:
         ctx.audit(
             actor=entry.requested_by,

@@ -133,3 +133,32 @@ def test_which_deploy_commands_ask_for_the_form() -> None:
     assert not wants_form("/deploy", "help")
     assert not wants_form("/deploy", "--force")
     assert not wants_form("/rollback", "")
+
+
+def test_an_entry_a_dead_replica_took_is_started_once_after_its_lease(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    ctx, store = rig.ctx, rig.store
+    # A replica took DEV's entry and died before starting it; another took DEV2's, started it
+    # (the rollout exists) and died before settling the entry.
+    store.enqueue(entry(DEV, "1", at=START - 10))
+    store.enqueue(entry(DEV2, "2", at=START - 5))
+    lease = START + queue.START_LEASE_SECONDS
+    assert store.take_queued("web", lease_until=lease) == entry(DEV, "1", at=START - 10)
+    assert store.take_queued("web", lease_until=lease) == entry(DEV2, "2", at=START - 5)
+    rig.command("/deploy", "web 2", user=DEV2)
+    rig.finished(rig.newest().id)
+    assert store.queue("web") == [] and store.queued_pipelines() == ["web"]
+
+    assert queue.start_due(ctx) == 0, "within the lease the taker may still settle them"
+    rig.clock.advance(queue.START_LEASE_SECONDS + 1)
+    assert queue.start_due(ctx) == 1
+    ones = [r for r in store.recent_rollouts("web", 10) if r.version == "1"]
+    twos = [r for r in store.recent_rollouts("web", 10) if r.version == "2"]
+    assert [r.requested_by for r in ones] == [DEV] and len(twos) == 1, "each started once"
+    # DEV2's had started: settled as such, never tried again (it would be refused as live).
+    assert not any("did not start" in text for _, text in rig.notifier.told)
+    rig.finished(ones[0].id)
+    assert queue.start_due(ctx) == 0
+    assert store.queue("web") == [] and store.queued_pipelines() == []
