@@ -8,6 +8,7 @@ the demo images, no container runs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -270,3 +271,51 @@ def test_a_queued_deploy_starts_when_the_window_opens_across_a_dst_change(
     assert rollout.status is RolloutStatus.awaiting_approval
     assert rollout.created_at == opens
     told(emulator, DEV, "Your queued deploy started.")
+
+
+@pytest.mark.slow
+def test_a_queued_deploy_survives_kill_minus_9_of_the_bot(
+    start_bot_process: Any,
+    web_pipeline: Any,
+    redis_client: Any,
+    redis_prefix: str,
+    emulator: SlackEmulator,
+) -> None:
+    approvals = {"required": 1, "approvers": [LEAD, LEAD2], "expire": "10m"}
+    bot = start_bot_process(
+        config("web", web_pipeline(approvals=approvals)), queue_check_seconds=QUEUE_CHECK
+    )
+
+    def rollouts_in_redis() -> list[dict[str, Any]]:
+        ids = redis_client.zrevrange(f"{redis_prefix}:pipeline:web:rollouts", 0, 20)
+        return [json.loads(redis_client.get(f"{redis_prefix}:rollout:{i}")) for i in ids]
+
+    busy = answer(bot.slack.command("/deploy", "web 1", user_id=DEV))
+    busy_id = rollout_id_in(busy)
+    response = bot.slack.command("/deploy", "web 2", user_id=DEV2)
+    assert "already in flight" in answer(response)
+    pressed = press(
+        bot,  # a BotProcess: press only needs its signed client
+        {"ts": "", "blocks": response.json()["blocks"]},
+        ActionId.deploy_queue,
+        DEV2,
+    )
+    assert "Queued `2` for `web`" in button_answer(emulator, pressed)
+
+    bot.kill()
+    bot.start()
+    [first] = [r for r in rollouts_in_redis() if r["id"] == busy_id]
+    approval = wait_until(lambda: emulator.message(CHANNEL, first["approval_ts"]), what="request")
+    rejected = bot.slack.block_action(
+        ActionId.deploy_reject, message_ts=first["approval_ts"], user_id=LEAD, message=approval
+    )
+    assert rejected.status == 200
+    started_after_restart = wait_until(
+        lambda: [r for r in rollouts_in_redis() if r["version"] == "2"],
+        20,
+        what="the queued deploy to start after the restart",
+    )
+    assert [(r["requested_by"], r["status"]) for r in started_after_restart] == [
+        (DEV2, "awaiting_approval")
+    ]
+    told(emulator, DEV2, "Your queued deploy started.")
