@@ -58,6 +58,10 @@ def _ordinal(place: int) -> str:
 
 def _waits_for(ctx: Context, name: str, pipeline: Pipeline) -> tuple[WaitsFor, Text]:
     state = ctx.store.pipeline(name)
+    if state.halted:
+        return WaitsFor.in_flight, as_text(
+            "the pipeline is resumed (it is halted: the queue waits)"
+        )
     if state.inflight_rollout:
         return WaitsFor.in_flight, as_text("the rollout in flight ends")
     if pipeline.windows:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from bot.domain.errors import Duplicate
 from bot.domain.models import RolloutStatus
 from bot.domain.queue import QueuedDeploy, WaitsFor
 from bot.plugins import TargetPlugin, default_registry, parse_pipelines
@@ -162,3 +163,21 @@ def test_an_entry_a_dead_replica_took_is_started_once_after_its_lease(
     rig.finished(ones[0].id)
     assert queue.start_due(ctx) == 0
     assert store.queue("web") == [] and store.queued_pipelines() == []
+
+
+def test_joining_a_halted_pipelines_queue_says_it_waits_for_resume(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make()
+    rig.store.halt("web", by=DEV2, reason="freeze")
+    joined = queue.join_queue(
+        rig.ctx, user=DEV, channel=CHANNEL, pipeline="web", version="2", request_id="t3"
+    )
+    assert "when the pipeline is resumed (it is halted" in joined.reply.text.plain()
+    assert queue.start_due(rig.ctx) == 0
+    # A redelivery of the same press gets the first answer again, and no second place.
+    with pytest.raises(Duplicate, match="Already answered that button press"):
+        queue.join_queue(
+            rig.ctx, user=DEV, channel=CHANNEL, pipeline="web", version="2", request_id="t3"
+        )
+    assert [e.requested_by for e in rig.store.queue("web")] == [DEV]
