@@ -25,6 +25,7 @@ from bot.domain.errors import SettingsError
 from bot.plugins import Registry, Shared, default_registry, load_pipelines
 from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
+from bot.services.queue import start_due
 from bot.services.recovery import (
     reconcile_live_versions,
     recover_orphans,
@@ -121,6 +122,15 @@ class Immune:
             args=[self.ctx, self.web_client, self.settings.home_refresh_seconds],
             seconds=self.settings.home_refresh_seconds,
             id="refresh-homes",
+            coalesce=True,
+            max_instances=1,
+        )
+        self.scheduler.add_job(
+            start_due,
+            "interval",
+            args=[self.ctx],
+            seconds=self.settings.queue_check_seconds,
+            id="start-queued-deploys",
             coalesce=True,
             max_instances=1,
         )

@@ -105,6 +105,11 @@ class Target(Protocol):
         """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there."""
         ...
 
+    def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
+        """The versions (tags) of the pipeline's image that could be deployed now, newest
+        first: what the engine holds (for the deploy form's version select)."""
+        ...
+
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         """Run the pipeline's test command in a throwaway container of the new image."""
         ...
@@ -246,6 +251,11 @@ class Notifier(Protocol):
         """A private answer to whoever asked (Slack: through the request's response_url)."""
         ...
 
+    def tell_person(self, channel: str, user: str, text: Text) -> None:
+        """A private note to `user`, seen in `channel`, long after they asked (a queued
+        deploy starting hours later, when the request's response_url has expired)."""
+        ...
+
     def pipelines_halted(
         self, channel: str, pipelines: Sequence[str], by: str, reason: str
     ) -> None:
@@ -300,6 +310,9 @@ class SilentNotifier:
         return rollout.approval_ts
 
     def tell_requester(self, response_url: str | None, text: Text) -> None:
+        return None
+
+    def tell_person(self, channel: str, user: str, text: Text) -> None:
         return None
 
     def pipelines_halted(

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # How often the Home tabs of people who opened theirs in the last hour are republished
     # when what they show changed.
     home_refresh_seconds: float = Field(default=5.0, gt=0)
+    # How often every replica looks for queued deploys that may start (pipeline free, window
+    # open); each starts exactly once whichever replica finds it.
+    queue_check_seconds: float = Field(default=2.0, gt=0)
     # Replicas that must hold a write before Slack hears of it (Redis WAIT); unset: 1 with a
     # Sentinel REDIS_URL, 0 (no WAIT) otherwise.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)

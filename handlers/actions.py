@@ -1,5 +1,5 @@
-"""Button listeners: approvals, the breach alert's rollback and five-whys buttons, and a held
-canary's promote and abort."""
+"""Button listeners: approvals, the breach alert's rollback and five-whys buttons, a held
+canary's promote and abort, the queue's buttons and the deploy form's pipeline select."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot.services import approvals, canary, incidents
+from bot.domain.errors import ImmuneError
+from bot.services import approvals, canary, incidents, queue
+from bot.slack.forms import (
+    build_answer_view,
+    leave_button,
+    pipeline_chosen,
+    read_button,
+    read_metadata,
+    with_button,
+)
 from bot.slack.home import turn_page
-from bot.slack.ids import ActionId
+from bot.slack.ids import ActionId, BlockId, InputActionId
 from bot.slack.incident_messages import build_five_whys_modal
-from bot.slack.replies import answer_text
+from bot.slack.replies import answer_text, error_text
 
 
 def register(app: App) -> None:
@@ -24,6 +33,11 @@ def register(app: App) -> None:
     app.action(ActionId.canary_abort.value)(abort_canary)
     app.action(ActionId.home_previous.value)(home_page)
     app.action(ActionId.home_next.value)(home_page)
+    app.action(ActionId.deploy_queue.value)(join_queue)
+    app.action(ActionId.deploy_unqueue.value)(leave_queue)
+    app.action(
+        {"block_id": BlockId.form_pipeline.value, "action_id": InputActionId.pipeline.value}
+    )(form_pipeline_chosen)
 
 
 def _pressed(body: dict[str, Any]) -> tuple[str, str, str]:
@@ -82,3 +96,71 @@ def home_page(ack: Ack, body: dict[str, Any], context: BoltContext, client: WebC
     ack()
     user, page, _ = _pressed(body)
     turn_page(context["immune"], client, user, int(page) if page.isdigit() else 0)
+
+
+def _where(body: dict[str, Any]) -> str:
+    """The channel a button was pressed for: the message's, or the form's it sits in."""
+    view = body.get("view")
+    if view:
+        return str(read_metadata(view).get("channel", ""))
+    return str((body.get("channel") or {}).get("id", ""))
+
+
+def _show(
+    body: dict[str, Any],
+    client: WebClient,
+    respond: Respond,
+    text: str,
+    blocks: list[dict[str, Any]] | None,
+) -> None:
+    """An answer to a press: in the modal it was pressed in, or ephemeral."""
+    view = body.get("view")
+    if view:
+        client.views_update(view_id=view["id"], view=build_answer_view("Deploy queue", text))
+    else:
+        respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
+
+
+def join_queue(
+    ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond, client: WebClient
+) -> None:
+    """ "Queue it" on a refusal (busy, or outside the window)."""
+    ack()
+    user, value, request_id = _pressed(body)
+    pipeline, version = read_button(value)
+    try:
+        queued = queue.join_queue(
+            context["immune"],
+            user=user,
+            channel=_where(body),
+            pipeline=pipeline,
+            version=version,
+            request_id=request_id,
+        )
+    except ImmuneError as error:
+        if not body.get("view"):
+            raise  # handlers/errors answers through the press's response_url
+        _show(body, client, respond, error_text(error), None)
+        return
+    text = answer_text(queued.reply)
+    _show(body, client, respond, text, with_button(text, leave_button(pipeline)))
+
+
+def leave_queue(
+    ack: Ack, body: dict[str, Any], context: BoltContext, respond: Respond, client: WebClient
+) -> None:
+    ack()
+    user, pipeline, request_id = _pressed(body)
+    reply = queue.leave_queue(
+        context["immune"], user=user, pipeline=pipeline.strip(), request_id=request_id
+    )
+    _show(body, client, respond, answer_text(reply), None)
+
+
+def form_pipeline_chosen(
+    ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient
+) -> None:
+    """The deploy form's pipeline select changed: its versions replace the old ones."""
+    ack()
+    chosen = (body["actions"][0].get("selected_option") or {}).get("value", "")
+    pipeline_chosen(context["immune"], client, body["view"], str(chosen))

@@ -13,6 +13,12 @@ class ImmuneError(Exception):
     """
 
     code = "error"
+    # (pipeline, version) when the refused deploy may wait in the pipeline's queue instead
+    # (the pipeline was busy or outside its window): the answer offers a "Queue it" button.
+    queue_offer: tuple[str, str] | None = None
+    # A pipeline whose version the person should pick from a form instead (`/rollback web`
+    # when the live version is already the last good one).
+    pick_version_of: str | None = None
 
     def __init__(self, message: Text | str, *, hint: Text | str | None = None) -> None:
         self.words = as_text(message)

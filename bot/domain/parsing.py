@@ -12,7 +12,8 @@ MAX_COMMAND_TEXT = 2000
 USAGE = {
     "/deploy": "`/deploy <pipeline> <version> [--force <reason…>]`: deploy a version "
     "(an image tag like `1.4.2`, or a full reference with digest). "
-    "`--force` (admins) deploys outside a deploy window.",
+    "`--force` (admins) deploys outside a deploy window. "
+    "`/deploy` or `/deploy <pipeline>` opens a form to pick the pipeline and version.",
     "/rollback": "`/rollback <pipeline> [<version>]`: go back to the last good version, "
     "or to the version named.",
     "/halt": "`/halt <pipeline>|all [reason…]`: stop new deploys; a rollout in flight stops "

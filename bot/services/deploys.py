@@ -17,10 +17,11 @@ from bot.domain.errors import (
     NothingToRollBackTo,
     OutsideWindow,
     PipelineHalted,
+    RolloutInFlight,
 )
 from bot.domain.images import ImageRef, resolve_version
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
-from bot.domain.parsing import parse_deploy, parse_rollback, wants_help
+from bot.domain.parsing import DeployArgs, parse_deploy, parse_rollback, wants_help
 from bot.domain.text import Channel, Moment, User, Users, as_text, say
 from bot.services import approvals
 from bot.services.context import Context
@@ -56,6 +57,16 @@ def _once(
 
 def _deploy(ctx: Context, request: CommandRequest) -> Reply:
     args = parse_deploy(request.text)
+    try:
+        return _deploy_args(ctx, request, args)
+    except (RolloutInFlight, OutsideWindow) as refusal:
+        # Busy or shut: the deploy may wait its turn instead (a forced one never waits).
+        if args.force_reason is None:
+            refusal.queue_offer = (args.pipeline, args.version)
+        raise
+
+
+def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Reply:
     pipeline = check_may_run(ctx, args.pipeline, request)
     forced = args.force_reason is not None
     if forced and not ctx.config.is_admin(request.user_id):
@@ -239,7 +250,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
             )
         if state.last_good_version == state.live_version:
             versions = recent_versions(ctx, args.pipeline, exclude=state.live_version)
-            raise NothingToRollBackTo(
+            refusal = NothingToRollBackTo(
                 say(
                     "`{}` is live and is already the last good version of `{}`.",
                     state.live_version,
@@ -252,6 +263,8 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
                     else as_text(".")
                 ),
             )
+            refusal.pick_version_of = args.pipeline  # a form offers the earlier good ones
+            raise refusal
         image = resolve_version(pipeline.image, state.last_good_version)
     check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
     locate_in_ack(ctx, args.pipeline, pipeline, image)

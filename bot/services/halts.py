@@ -6,7 +6,7 @@ from bot.domain.errors import NotAllowed, ResumeRefused
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.domain.parsing import parse_halt, parse_resume, wants_help
 from bot.domain.text import Moment, Text, User, Users, join, say
-from bot.services import approvals, incidents
+from bot.services import approvals, incidents, queue
 from bot.services.context import Context
 from bot.services.requests import CommandRequest, Reply, help_reply
 
@@ -165,4 +165,6 @@ def resume(ctx: Context, request: CommandRequest) -> Reply:
         pipeline.channel, args.pipeline, request.user_id, args.force_reason or ""
     )
     how = f" (forced: {args.force_reason})" if forced else ""
-    return Reply(say("`{}` is open again{}.", args.pipeline, how))
+    opened = say("`{}` is open again{}.", args.pipeline, how)
+    waiting = queue.what_will_start(ctx, args.pipeline)
+    return Reply(opened + " " + waiting if waiting is not None else opened)

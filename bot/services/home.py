@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from bot.domain.config import Pipeline
 from bot.domain.incidents import Incident
 from bot.domain.models import PipelineState, Rollout
+from bot.domain.queue import QueuedDeploy
 from bot.services.context import Context
 
 # How long after opening their Home a person's tab is kept up to date.
@@ -27,6 +28,7 @@ class HomePipeline:
     inflight: Rollout | None
     live: Rollout | None
     incident: Incident | None  # the open incident that halted it, if any
+    queue: tuple[QueuedDeploy, ...] = ()  # deploys waiting their turn, first first
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ def recent_viewers(ctx: Context) -> list[str]:
 
 def gather(ctx: Context) -> list[HomePipeline]:
     """Every configured pipeline as it stands, in one Redis round trip (and one per open
-    incident)."""
+    incident and per pipeline with a queue)."""
     names = sorted(ctx.config.pipelines)
     snapshots = ctx.store.pipeline_snapshots(names)
+    queued = set(ctx.store.queued_pipelines())
     gathered = []
     for name in names:
         snapshot = snapshots[name]
@@ -72,6 +75,7 @@ def gather(ctx: Context) -> list[HomePipeline]:
                 snapshot.inflight,
                 snapshot.live,
                 incident,
+                tuple(ctx.store.queue(name)) if name in queued else (),
             )
         )
     return gathered

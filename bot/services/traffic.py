@@ -93,6 +93,9 @@ class BehindProxy:
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
         return self.target.locate(pipeline_name, pipeline, image)
 
+    def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
+        return self.target.deployable_versions(pipeline_name, pipeline)
+
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return self.target.run_tests(pipeline, located, rollout_id)
 

@@ -134,6 +134,10 @@ def pipeline_blocks(item: HomePipeline) -> list[Block]:
         traffic = traffic_line(rollout)
         if traffic is not None:
             lines.append(traffic)
+    if item.queue:
+        waiting = ", ".join(f"`{e.version}` by {mention(e.requested_by)}" for e in item.queue)
+        frozen = " (frozen while halted)" if state.halted else ""
+        lines.append(f":hourglass_flowing_sand: queue{frozen}: {waiting}")
     blocks: list[Block] = [
         SectionBlock(
             text=MarkdownTextObject(text=shorten("\n".join(lines), SECTION_TEXT_LIMIT, keep="end"))

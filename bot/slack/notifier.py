@@ -111,6 +111,9 @@ class SlackNotifier:
         if result.status_code != 200:
             logger.warning("response_url answered %s: %s", result.status_code, result.body)
 
+    def tell_person(self, channel: str, user: str, text: Text) -> None:
+        self.client.chat_postEphemeral(channel=channel, user=user, text=mrkdwn(text))
+
     def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str:
         """A message in a channel or thread; returns its ts."""
         response = self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)

@@ -24,6 +24,13 @@ INSTANCE_KEY_TEMPLATE = "{prefix}:instance:{instance}"  # string, PX ttl: replic
 HOME_VIEWERS_KEY_TEMPLATE = "{prefix}:home:viewers"  # zset user -> when they last opened Home
 HOME_SHOWN_KEY_TEMPLATE = "{prefix}:home:shown"  # hash user -> fingerprint of the view shown
 HOME_PAGE_KEY_TEMPLATE = "{prefix}:home:page"  # hash user -> the page of pipelines they chose
+QUEUE_KEY_TEMPLATE = "{prefix}:queue:{pipeline}"  # zset user -> when they queued (the order)
+QUEUE_ENTRIES_KEY_TEMPLATE = "{prefix}:queue:{pipeline}:entries"  # hash user -> QueuedDeploy
+QUEUES_KEY_TEMPLATE = "{prefix}:queues"  # set of pipelines whose queue may hold someone
+# Entries taken to start, until their start is settled: hash user -> QueuedDeploy, and
+# zset user -> the moment the taker's lease ends (a taker that died is recovered after it).
+QUEUE_STARTING_KEY_TEMPLATE = "{prefix}:queue:{pipeline}:starting"
+QUEUE_LEASES_KEY_TEMPLATE = "{prefix}:queue:{pipeline}:leases"
 
 
 @dataclass(frozen=True)
@@ -116,3 +123,18 @@ class Keys:
 
     def home_page(self) -> str:
         return HOME_PAGE_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def queue(self, pipeline: str) -> str:
+        return QUEUE_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def queue_entries(self, pipeline: str) -> str:
+        return QUEUE_ENTRIES_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def queues(self) -> str:
+        return QUEUES_KEY_TEMPLATE.format(prefix=self.prefix)
+
+    def queue_starting(self, pipeline: str) -> str:
+        return QUEUE_STARTING_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def queue_leases(self, pipeline: str) -> str:
+        return QUEUE_LEASES_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)

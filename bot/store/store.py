@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from bot.domain.clock import Clock
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.models import AuditEntry, PipelineState, PipelineStatus, Rollout, WatchState
+from bot.domain.queue import QueuedDeploy
 from bot.store.keys import Keys, Once
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,80 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
+# A place in a pipeline's queue, unless the person already holds one there (then that one).
+_ENQUEUE = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return held end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[4])
+return false
+"""
+
+# The first of a pipeline's queue, taken out: of several replicas starting queued deploys at
+# once, exactly one gets each entry. ARGV[1]: the entry's id when only that one may be taken,
+# ARGV[2] the person whose entry it is ("" for whoever is first), ARGV[4] the taker's lease
+# end: with one, the entry is kept as "starting" until the taker settles it (finish_starting),
+# so a taker that dies half-way is recovered, not lost. A pipeline stays in the set of queues
+# while anything of it is queued or starting.
+_TAKE_QUEUED = """
+local function forget_if_empty()
+  if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('HLEN', KEYS[4]) == 0 then
+    redis.call('SREM', KEYS[3], ARGV[3])
+  end
+end
+local user = ARGV[2]
+if user == '' then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+  if not first[1] then
+    forget_if_empty()
+    return false
+  end
+  user = first[1]
+end
+local entry = redis.call('HGET', KEYS[2], user)
+if not entry then
+  redis.call('ZREM', KEYS[1], user)
+  return false
+end
+if ARGV[1] ~= '' and cjson.decode(entry)['id'] ~= ARGV[1] then return false end
+redis.call('HDEL', KEYS[2], user)
+redis.call('ZREM', KEYS[1], user)
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[4], user, entry)
+  redis.call('ZADD', KEYS[5], ARGV[4], user)
+end
+forget_if_empty()
+return entry
+"""
+
+# A started (or refused, or re-queued) entry is settled: no longer starting.
+_FINISH_STARTING = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[2])
+end
+return 1
+"""
+
+# A starting entry whose taker's lease ended (the taker died): one caller gets it, with a new
+# lease, to settle it. Returns {user, entry} pairs flattened.
+_RECLAIM_STARTING = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+local found = {}
+for _, user in ipairs(stale) do
+  local entry = redis.call('HGET', KEYS[1], user)
+  if entry then
+    redis.call('ZADD', KEYS[2], ARGV[2], user)
+    table.insert(found, entry)
+  else
+    redis.call('ZREM', KEYS[2], user)
+  end
+end
+return found
+"""
+
 _PIPELINE_SNAPSHOTS = """
 local snapshots = {}
 for i, key in ipairs(KEYS) do
@@ -178,6 +253,10 @@ class Store:
         self._answer_with_audit = client.register_script(_ANSWER_WITH_AUDIT)
         self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
         self._swap_home_shown = client.register_script(_SWAP_HOME_SHOWN)
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._take_queued = client.register_script(_TAKE_QUEUED)
+        self._finish_starting = client.register_script(_FINISH_STARTING)
+        self._reclaim_starting = client.register_script(_RECLAIM_STARTING)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -463,6 +542,73 @@ class Store:
         self.redis.hset(self.keys.home_page(), user, str(page))
 
     # Done exactly once (Slack retries, double clicks, replicas) -------------------------
+
+    # The deploy queue --------------------------------------------------------------------
+
+    def enqueue(self, entry: QueuedDeploy) -> QueuedDeploy | None:
+        """Take a place in `entry.pipeline`'s queue; the place the person already holds there
+        (nothing changed) when they have one."""
+        keys = [
+            self.keys.queue(entry.pipeline),
+            self.keys.queue_entries(entry.pipeline),
+            self.keys.queues(),
+        ]
+        args = [entry.requested_by, repr(entry.queued_at), entry.model_dump_json(), entry.pipeline]
+        held = self._enqueue(keys=keys, args=args)
+        return QueuedDeploy.model_validate_json(held) if held else None
+
+    def _queue_keys(self, pipeline: str) -> list[str]:
+        return [
+            self.keys.queue(pipeline),
+            self.keys.queue_entries(pipeline),
+            self.keys.queues(),
+            self.keys.queue_starting(pipeline),
+            self.keys.queue_leases(pipeline),
+        ]
+
+    def take_queued(
+        self, pipeline: str, *, user: str = "", entry_id: str = "", lease_until: float | None = None
+    ) -> QueuedDeploy | None:
+        """Take the first entry out of the queue (or `user`'s, if it is still `entry_id`):
+        atomically, so exactly one caller gets it. With `lease_until` it is kept as starting
+        until `finish_starting`; a taker that dies before is found by `reclaim_starting`."""
+        lease = "" if lease_until is None else repr(lease_until)
+        taken = self._take_queued(
+            keys=self._queue_keys(pipeline), args=[entry_id, user, pipeline, lease]
+        )
+        return QueuedDeploy.model_validate_json(taken) if taken else None
+
+    def finish_starting(self, entry: QueuedDeploy) -> None:
+        keys = [
+            self.keys.queue_starting(entry.pipeline),
+            self.keys.queue_leases(entry.pipeline),
+            self.keys.queue(entry.pipeline),
+            self.keys.queues(),
+        ]
+        self._finish_starting(keys=keys, args=[entry.requested_by, entry.pipeline])
+
+    def reclaim_starting(self, pipeline: str, now: float, lease_until: float) -> list[QueuedDeploy]:
+        """Starting entries whose taker's lease ended before `now`, leased again to the caller."""
+        keys = [self.keys.queue_starting(pipeline), self.keys.queue_leases(pipeline)]
+        found = cast(
+            list[str], self._reclaim_starting(keys=keys, args=[repr(now), repr(lease_until)])
+        )
+        return [QueuedDeploy.model_validate_json(raw) for raw in found]
+
+    def requeue(self, entry: QueuedDeploy) -> None:
+        """Put a taken entry back in its old place (it could not start after all)."""
+        self.enqueue(entry)
+
+    def queue(self, pipeline: str) -> list[QueuedDeploy]:
+        """The pipeline's queue, first first."""
+        pipe = self.redis.pipeline()
+        pipe.zrange(self.keys.queue(pipeline), 0, -1)
+        pipe.hgetall(self.keys.queue_entries(pipeline))
+        order, entries = cast(tuple[list[str], dict[str, str]], tuple(pipe.execute()))
+        return [QueuedDeploy.model_validate_json(entries[u]) for u in order if u in entries]
+
+    def queued_pipelines(self) -> list[str]:
+        return sorted(cast(set[str], self.redis.smembers(self.keys.queues())))
 
     def claim_once(self, kind: Once, subject: str, holder: str = _PENDING) -> bool:
         """True for the first claim of `subject` across every replica, for the kind's TTL."""

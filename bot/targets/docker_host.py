@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -160,6 +161,14 @@ def _logs_tail(container: Container, lines: int = LOG_TAIL_LINES) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
+def _natural(version: str) -> tuple[tuple[int, str], ...]:
+    """A sort key that orders `1.10` after `1.9`: digit runs as numbers, the rest as text."""
+    return tuple(
+        (int(part), "") if part.isdigit() else (-1, part)
+        for part in re.findall(r"\d+|\D+", version)
+    )
+
+
 class DockerHostTarget:
     """Deploys to the engine the docker SDK finds (`DOCKER_HOST` or the default socket)."""
 
@@ -205,6 +214,25 @@ class DockerHostTarget:
         user = (found.attrs.get("Config") or {}).get("User") or ""
         runs_as_root = user.split(":")[0] in ("", "0", "root")
         return LocatedImage(reference=image.reference, image_id=found.id, runs_as_root=runs_as_root)
+
+    def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
+        """The engine's tags of the pipeline's image, newest image first (one engine call)."""
+        try:
+            found = self.client.images.list(name=pipeline.image)
+        except docker.errors.APIError as exc:
+            raise ImageNotFound(
+                f"Could not list the images of `{pipeline.image}`: {exc.explanation}"
+            ) from exc
+        dated: list[tuple[str, str]] = []
+        for image in found:
+            created = str(image.attrs.get("Created") or "")
+            for tag in image.tags:
+                repository, _, version = tag.rpartition(":")
+                if repository == pipeline.image and "/" not in version:
+                    dated.append((created, version))
+        # Newest image first; tags of one image by name, highest first (`1.10` above `1.9`).
+        dated.sort(key=lambda item: (item[0], _natural(item[1])), reverse=True)
+        return list(dict.fromkeys(version for _, version in dated))
 
     def _pull(self, image: ImageRef) -> Any:
         if image.digest:

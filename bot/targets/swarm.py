@@ -335,6 +335,9 @@ class SwarmTarget:
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
         return self.host.locate(pipeline_name, pipeline, image)
 
+    def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
+        return self.host.deployable_versions(pipeline_name, pipeline)
+
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return self.host.run_tests(pipeline, located, rollout_id)
 

@@ -14,6 +14,7 @@ from bot.domain.models import (
     Step,
     StepStatus,
 )
+from bot.domain.queue import QueuedDeploy, WaitsFor
 from bot.plugins import parse_pipelines
 from bot.services.home import HomePipeline, HomeReport
 from bot.slack.home import PIPELINES_PER_PAGE, build_home_view, fingerprint
@@ -139,3 +140,24 @@ def test_someone_who_may_see_nothing_is_told_why_and_whom_to_ask() -> None:
     empty = HomeReport("U0OUTSIDER", [], 3, 0, ["U0ADMIN"])
     shown = texts(build_home_view(empty).to_dict())
     assert "You may see none of the 3 pipeline(s) here" in shown and "<@U0ADMIN>" in shown
+
+
+def test_the_queue_is_shown_in_order_and_frozen_while_halted() -> None:
+    waiting = tuple(
+        QueuedDeploy(
+            id=f"q-{n}",
+            pipeline="web",
+            version=version,
+            requested_by=user,
+            channel="C0DEPLOY",
+            queued_at=1_700_000_000 + n,
+            waits_for=WaitsFor.in_flight,
+        )
+        for n, (version, user) in enumerate([("3", "U0DEV2"), ("4", "U0DEV1")])
+    )
+    open_view = texts(build_home_view(report([item(queue=waiting)])).to_dict())
+    assert ":hourglass_flowing_sand: queue: `3` by <@U0DEV2>, `4` by <@U0DEV1>" in open_view
+    halted = PipelineState(name="web", status=PipelineStatus.halted, halted_by="U0DEV1")
+    frozen = texts(build_home_view(report([item(state=halted, queue=waiting)])).to_dict())
+    assert "queue (frozen while halted): `3` by <@U0DEV2>" in frozen
+    assert "queue" not in texts(build_home_view(report([item()])).to_dict())

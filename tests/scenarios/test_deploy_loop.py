@@ -184,7 +184,14 @@ def test_rollback_to_last_good_and_to_a_named_version(
     two = next(r for r in bot.ctx.store.recent_rollouts("web") if r.version == "2")
     assert two.status is RolloutStatus.superseded
 
-    # The live version is the last good one now: /rollback asks for a version.
+    # The live version is the last good one now: /rollback offers the earlier versions in a form
+    # (tests/scenarios/test_deploy_form.py submits one), or names them when no form can open.
+    assert bot.slack.command("/rollback", "web").text == ""
+    form = emulator.latest_view("rollback_form")
+    assert form is not None
+    [versions] = [b for b in form["blocks"] if b.get("block_id") == "version"]
+    assert [o["value"] for o in versions["element"]["options"]] == ["2"]
+    emulator.fail_next("views.open", "expired_trigger_id")
     refusal = bot.slack.command("/rollback", "web").json()["text"]
     assert "already the last good version" in refusal and "`2`" in refusal
     answer = bot.slack.command("/rollback", "web 2").json()["text"]
@@ -218,9 +225,12 @@ def test_bad_inputs_each_get_a_specific_ephemeral_error(
     deploy(bot, "web 1")
     finished(bot, "web", "1")
     posts_before = len(emulator.calls("chat.postMessage"))
+    # No version: the deploy form opens instead (tests/scenarios/test_deploy_form.py).
+    for text in ("", "web"):
+        opened = len(emulator.calls("views.open"))
+        assert bot.slack.command("/deploy", text).text == ""
+        assert len(emulator.calls("views.open")) == opened + 1
     cases = {
-        "": "/deploy takes a pipeline and a version",
-        "web": "/deploy takes a pipeline and a version",
         "web 1 2": "only a pipeline and a version",
         "nope 1": "There is no pipeline `nope`",
         "web -bad": "not a valid image tag",

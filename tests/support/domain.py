@@ -45,6 +45,9 @@ class RecordingNotifier(SilentNotifier):
     def tell_requester(self, response_url: str | None, text: Text) -> None:
         self.told.append((response_url, mrkdwn(text)))
 
+    def tell_person(self, channel: str, user: str, text: Text) -> None:
+        self.told.append((f"{channel}:{user}", mrkdwn(text)))
+
     def pipelines_halted(
         self, channel: str, pipelines: Sequence[str], by: str, reason: str
     ) -> None:

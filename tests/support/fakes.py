@@ -84,6 +84,10 @@ class MemoryTarget:
             raise ImageNotFound(f"Image `{image.reference}` is not in memory.")
         return LocatedImage(image.reference, f"mem:{image.version}", runs_as_root=False)
 
+    def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
+        with self.lock:
+            return sorted(self.images, reverse=True)
+
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return TestResult(passed=True, exit_code=0, output_tail="", seconds=0.0)
 

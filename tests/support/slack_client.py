@@ -290,6 +290,47 @@ class SignedSlackClient:
             retry_reason=retry_reason,
         )
 
+    def view_block_action(
+        self,
+        view: JsonDict,
+        action_id: str,
+        *,
+        value: str | None = None,
+        selected: str | None = None,
+        user_id: str = DEFAULT_USER,
+    ) -> SlackHttpResponse:
+        """A press on a button, or a choice in a select that dispatches actions, inside an
+        open modal (`block_actions` from a view: no channel, no response_url)."""
+        found_block_id, element = _find_action(view.get("blocks") or [], action_id)
+        action: JsonDict = {
+            "action_id": action_id,
+            "block_id": found_block_id or secrets.token_urlsafe(3),
+            "type": element.get("type", "button"),
+            "action_ts": self._next_ts(),
+        }
+        if selected is not None:
+            action["selected_option"] = {
+                "text": {"type": "plain_text", "text": selected, "emoji": True},
+                "value": selected,
+            }
+        else:
+            action["value"] = value if value is not None else element.get("value", "")
+            action["text"] = element.get("text") or {"type": "plain_text", "text": action_id}
+        payload: JsonDict = {
+            "type": "block_actions",
+            "user": self._user(user_id),
+            "api_app_id": self.api_app_id,
+            "token": self.verification_token,
+            "container": {"type": "view", "view_id": view.get("id", "")},
+            "trigger_id": self.new_trigger_id(),
+            "team": {"id": self.team_id, "domain": self.team_domain},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "view": view,
+            "actions": [action],
+        }
+        return self.post_payload(payload)
+
     def view_submission(
         self,
         callback_id: str,
@@ -554,8 +595,9 @@ def _find_action(blocks: list[JsonDict], action_id: str) -> tuple[str | None, Js
     """The block_id and element of the interactive element with this action_id."""
     for block in blocks:
         elements = list(block.get("elements") or [])
-        if isinstance(block.get("accessory"), dict):
-            elements.append(block["accessory"])
+        for single in ("accessory", "element"):  # a section's accessory, an input's element
+            if isinstance(block.get(single), dict):
+                elements.append(block[single])
         for element in elements:
             if isinstance(element, dict) and element.get("action_id") == action_id:
                 return block.get("block_id"), element
