@@ -4,7 +4,8 @@ The bot runs as users run it (`tests/support/bot_harness.BotProcess`); its RSS i
 /proc/<pid>/status. Commands come from the keep-alive load process, ten clients at a time, a
 mix that changes no state: `/pipeline`, `/pipeline <name>` (an engine look-up), `/deploy` and
 `/rollback` refused because a rollout is in flight (held by another replica), an unknown
-pipeline, and a usage error. RSS is sampled after each batch.
+pipeline, and a usage error (`/deploy <pipeline>` alone opens the form since #13, so the
+usage error is one word too many). RSS is sampled after each batch.
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ def run(rig: BenchRig, profile: MemoryProfile) -> dict[str, Any]:
             {"command": "/deploy", "text": f"{busy} 2", "expect": "in flight"},
             {"command": "/rollback", "text": f"{busy} 1", "expect": "in flight"},
             {"command": "/deploy", "text": "nosuch 1", "expect": "no pipeline"},
-            {"command": "/deploy", "text": busy, "expect": "takes a pipeline and a version"},
+            {
+                "command": "/deploy",
+                "text": f"{busy} 2 3",
+                "expect": "only a pipeline and a version",
+            },
         ]
         url = process.url + "/slack/events"
         time.sleep(1.0)  # the scheduler's first passes, the first connections
