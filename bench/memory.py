@@ -128,7 +128,7 @@ def run(rig: BenchRig, profile: MemoryProfile) -> dict[str, Any]:
             "python -m bot (BotProcess), VmRSS from /proc; commands from the keep-alive load "
             f"process, {profile.concurrency} clients, in {profile.batches} batches; a mix of "
             "/pipeline, /pipeline <name>, /deploy and /rollback refused (rollout in flight), "
-            "unknown pipeline, usage error"
+            "unknown pipeline, usage error (one word too many)"
         ),
         "commands": done,
         "errors": errors,
