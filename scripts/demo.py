@@ -7,7 +7,7 @@ its runtime API), watched by the real Prometheus from HAProxy's own per-version 
 
     scripts/demo.sh              the scripted story: deploy, an upgrade by canary, a bad version
                                  caught at its first canary step and rolled back, halt, five
-                                 whys, resume; a steady load through HAProxy all along, and
+                                 whys (the Home tab shows the incident), resume; a steady load through HAProxy all along, and
                                  what it saw, phase by phase
     scripts/demo.sh --console    type the slash commands yourself
 
@@ -109,7 +109,10 @@ def show_blocks(blocks: list[dict[str, Any]] | None, indent: str = "    ") -> No
         )
         if text:
             print("\n".join(indent + line for line in text.splitlines()))
-        for element in block.get("elements") or []:
+        if block.get("type") == "input":
+            print(f"{indent}{block['label']['text']}: [{block['element'].get('type')}]")
+        accessory = block.get("accessory") or {}
+        for element in [*(block.get("elements") or []), *([accessory] if accessory else [])]:
             if element.get("type") == "button":
                 print(
                     f"{indent}[{element['text']['text']}]  action_id={element['action_id']} value={element.get('value')}"
@@ -167,6 +170,69 @@ def command(bot: BotProcess, transcript: Transcript, line: str, user: str = USER
 def say_in_thread(bot: BotProcess, thread_ts: str, text: str, user: str = USER) -> None:
     print(f"\n$ (reply in the alert's thread) {text}")
     bot.slack.send_message(CHANNEL, user, text, thread_ts=thread_ts)
+
+
+def home_views(emulator: SlackEmulator, user: str) -> list[dict[str, Any]]:
+    return [
+        call.body["view"]
+        for call in emulator.calls("views.publish")
+        if call.ok and call.body.get("user_id") == user
+    ]
+
+
+def open_home(bot: BotProcess, user: str = USER) -> dict[str, Any]:
+    """Open `user`'s Home tab as Slack does (an `app_home_opened` event) and show what the bot
+    published there (`views.publish`)."""
+    print(f"\n$ (open the app's Home tab)   (as <@{user}>)")
+    before = len(home_views(bot.emulator, user))
+    bot.slack.event(
+        {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": "D0DEMOHOME",
+            "tab": "home",
+            "event_ts": f"{time.time():.6f}",
+        }
+    )
+    deadline = time.monotonic() + 10
+    while len(home_views(bot.emulator, user)) <= before:
+        if time.monotonic() > deadline:
+            raise SystemExit("demo: the bot published no Home tab within 10 s")
+        time.sleep(0.1)
+    view = home_views(bot.emulator, user)[-1]
+    print(f"\n  [Home tab of <@{user}>, published]")
+    show_blocks(view.get("blocks"))
+    return view
+
+
+def press_in_home(bot: BotProcess, action_id: str, user: str = USER) -> None:
+    """Press a button of `user`'s Home tab as it now stands, and show a modal it opened."""
+    views = home_views(bot.emulator, user)
+    if not views:
+        print("  (no Home tab yet: type `home` first)")
+        return
+    opened = len(bot.emulator.calls("views.open"))
+    print(f"\n$ (press [{action_id}] in the Home tab)   (as <@{user}>)")
+    home = views[-1]
+    pressable = [
+        element.get("action_id")
+        for block in home.get("blocks") or []
+        for element in [block.get("accessory") or {}, *(block.get("elements") or [])]
+        if element.get("type") == "button"
+    ]
+    if action_id not in pressable:
+        buttons = ", ".join(pressable) or "none"
+        print(f"  (the Home tab has no button {action_id}; its buttons: {buttons})")
+        return
+    bot.slack.view_block_action(home, action_id, user_id=user)
+    deadline = time.monotonic() + 5
+    while len(bot.emulator.calls("views.open")) <= opened and time.monotonic() < deadline:
+        time.sleep(0.1)
+    calls = bot.emulator.calls("views.open")[opened:]
+    for call in calls:
+        modal = call.body["view"]
+        print(f"\n  [modal opened: {modal['title']['text']}]")
+        show_blocks(modal.get("blocks"))
 
 
 def recent_rollouts(r: redis.Redis, count: int = 5) -> list[Rollout]:
@@ -467,12 +533,16 @@ def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
     command(bot, transcript, "/deploy web 2")
     command(bot, transcript, "/resume web")
 
+    print("\n=== 5. The Home tab: every pipeline's state, the open incident and its button")
+    open_home(bot)
+    press_in_home(bot, "five_whys_open")
+
     incident_id = r.hget(f"{PREFIX}:pipeline:web", "halted_incident") or ""
     incident = json.loads(r.get(f"{PREFIX}:incident:{incident_id}") or "{}")
     thread_ts = incident.get("thread_ts") or incident.get("alert_ts")
     if not thread_ts:
         raise SystemExit("demo: the breach alert was not posted")
-    print("\n=== 5. Five whys, in the alert's thread")
+    print("\n=== 6. Five whys, in the alert's thread")
     answers = [
         "why 1: version 3 answered half of its requests with HTTP 500",
         "why 2: the checkout handler raised on an empty basket",
@@ -488,12 +558,13 @@ def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
     time.sleep(1)
     transcript.flush()
 
-    print("\n=== 6. The analysis is written and the failing test linked: resume")
+    print("\n=== 7. The analysis is written and the failing test linked: resume")
     command(bot, transcript, "/resume web")
     time.sleep(1)
     transcript.flush()
     command(bot, transcript, "/pipeline web")
     command(bot, transcript, "/pipeline history web")
+    open_home(bot)
     print(
         f"\n=== Done. Version 2 serves through HAProxy at http://127.0.0.1:{LISTEN_PORT}/ ; "
         f"the bot is at http://127.0.0.1:{BOT_PORT}/healthz"
@@ -505,6 +576,8 @@ CONSOLE_HELP = """Type slash commands as in Slack, e.g.:
   /pipeline            /pipeline history web
   as U0ADMIN /resume web --force reason      (any command as another user)
   press <action_id> <value> <message_ts>     (a button, e.g. press five_whys_open inc-… 1700…)
+  home                                       (open the app's Home tab and show it)
+  press <action_id>                          (a button of the Home tab, e.g. press five_whys_open)
   reply <thread_ts> <text>                   (a message in a thread)
   show                                       (the channel again)   quit"""
 
@@ -529,8 +602,11 @@ def console(bot: BotProcess, transcript: Transcript) -> None:
             command(bot, transcript, line, user=user)
         elif line.startswith("press "):
             words = shlex.split(line)
+            if len(words) == 2:
+                press_in_home(bot, words[1], user=user)
+                continue
             if len(words) != 4:
-                print("usage: press <action_id> <value> <message_ts>")
+                print("usage: press <action_id> <value> <message_ts>, or press <action_id>")
                 continue
             bot.slack.block_action(
                 words[1], words[2], message_ts=words[3], user_id=user, channel_id=CHANNEL
@@ -538,6 +614,9 @@ def console(bot: BotProcess, transcript: Transcript) -> None:
         elif line.startswith("reply "):
             _, thread_ts, text = line.split(" ", 2)
             say_in_thread(bot, thread_ts, text, user=user)
+        elif line == "home":
+            open_home(bot, user=user)
+            continue
         elif line == "show":
             transcript.seen.clear()
         else:
