@@ -76,7 +76,8 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
             hint=admins_hint(ctx)
             + (" Without `--force` it waits for a deploy window." if pipeline.windows else ""),
         )
-    state = ctx.store.pipeline(args.pipeline)
+    snapshot = ctx.store.pipeline_snapshot(args.pipeline)
+    state = snapshot.state
     if state.halted:
         refuse(ctx, request, args.pipeline, "halted")
         raise PipelineHalted(
@@ -129,7 +130,7 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
                 image.version,
             ),
         )
-    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
+    check_not_in_flight(ctx, snapshot, request, image)
     locate_in_ack(ctx, args.pipeline, pipeline, image)
     rollout = start_rollout(
         ctx,
@@ -236,7 +237,8 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     """Never blocked by deploy windows: a rollback restores service."""
     args = parse_rollback(request.text)
     pipeline = check_may_run(ctx, args.pipeline, request)
-    state = ctx.store.pipeline(args.pipeline)
+    snapshot = ctx.store.pipeline_snapshot(args.pipeline)
+    state = snapshot.state
     if args.version is not None:
         image = resolve_version(pipeline.image, args.version)
         if image.version == state.live_version and not state.inflight_rollout:
@@ -266,7 +268,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
             refusal.pick_version_of = args.pipeline  # a form offers the earlier good ones
             raise refusal
         image = resolve_version(pipeline.image, state.last_good_version)
-    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
+    check_not_in_flight(ctx, snapshot, request, image)
     locate_in_ack(ctx, args.pipeline, pipeline, image)
     rollout = start_rollout(
         ctx,

@@ -8,9 +8,11 @@ from __future__ import annotations
 from bot.domain.config import Pipeline
 from bot.domain.errors import NotAllowed, RolloutInFlight
 from bot.domain.images import ImageRef
+from bot.domain.models import Rollout
 from bot.domain.text import Channels, Moment, Text, User, Users, as_text, say
 from bot.services.context import Context
 from bot.services.requests import CommandRequest, audit_refusal
+from bot.store.store import PipelineSnapshot
 
 
 def refuse(ctx: Context, request: CommandRequest, pipeline: str, why: str) -> None:
@@ -103,12 +105,13 @@ def admins_hint(ctx: Context) -> Text:
 
 
 def check_not_in_flight(
-    ctx: Context, name: str, inflight_rollout: str, request: CommandRequest, image: ImageRef
+    ctx: Context, snapshot: PipelineSnapshot, request: CommandRequest, image: ImageRef
 ) -> None:
     """Refuse early, before any engine look-up; the lock's claim still decides atomically."""
-    if inflight_rollout:
+    name, holder = snapshot.state.name, snapshot.state.inflight_rollout
+    if holder:
         audit_in_flight(ctx, name, request.user_id, request.action, image, request.typed)
-        raise in_flight(ctx, name, inflight_rollout)
+        raise in_flight(ctx, name, holder, snapshot.inflight)
 
 
 def audit_in_flight(
@@ -124,8 +127,11 @@ def audit_in_flight(
     )
 
 
-def in_flight(ctx: Context, name: str, holder: str) -> RolloutInFlight:
-    rollout = ctx.store.rollout(holder)
+def in_flight(
+    ctx: Context, name: str, holder: str, known: Rollout | None = None
+) -> RolloutInFlight:
+    """The refusal naming the rollout in flight; `known` is its record if already read."""
+    rollout = known if known is not None and known.id == holder else ctx.store.rollout(holder)
     if rollout is None:
         return RolloutInFlight(
             say("A rollout of `{}` is in flight ({}).", name, holder), hint="Wait for it to end."

@@ -267,6 +267,11 @@ class Store:
         data = cast(dict[str, str], self.redis.hgetall(self.keys.pipeline(name)))
         return PipelineState.from_hash(name, data)
 
+    def pipeline_snapshot(self, name: str) -> PipelineSnapshot:
+        """One pipeline's state with its in-flight and live rollouts, in one round trip (a
+        refusal for a rollout in flight names it without reading it again)."""
+        return self.pipeline_snapshots([name])[name]
+
     def pipeline_snapshots(self, names: Sequence[str]) -> dict[str, PipelineSnapshot]:
         """Each pipeline's state with its in-flight and live rollouts, in one round trip."""
         if not names:

@@ -3,6 +3,7 @@ audit entry written with the recorded answer in the same round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from bot.services import deploys
 from bot.services.context import Context
 from bot.services.requests import CommandRequest
 from bot.store.keys import Once
+from bot.store.store import PipelineSnapshot
 from handlers.errors import asked_by, user_text_for
 from tests.support.domain import CHANNEL, START, domain_context, web_config
 from tests.support.round_trips import count_round_trips
@@ -60,14 +62,16 @@ def test_a_refusal_is_audited_with_its_answer_in_one_round_trip(
 ) -> None:
     held = hold_in_flight(ctx)
     ctx.store.claim_once(Once.command, "warm-up")  # the scripts are loaded once per server
+    ctx.store.pipeline_snapshot("web")
     ctx.store.record_answer(
         Once.command, "warm-up", "{}", [ctx.store.audit_record(actor="x", action="y")]
     )
     sent = count_round_trips(monkeypatch)
     with pytest.raises(RolloutInFlight):
         deploy(ctx, "web 2")
-    # SET NX (the claim), HGETALL (the state), GET (the holder), then audit + answer together.
-    assert len(sent) == 4, sent
+    # SET NX (the claim), the state with its holder's record (one script), then audit +
+    # answer together.
+    assert len(sent) == 3, sent
     [entry] = refusals(ctx)
     assert (entry.actor, entry.action, entry.pipeline) == (DEPLOYER, "deploy", "web")
     assert entry.detail == "rollout_in_flight; immune-test/web:2"
@@ -96,11 +100,18 @@ def test_a_failure_after_a_refusal_still_audits_it_and_lets_a_retry_run(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hold_in_flight(ctx)
+    read_snapshot = ctx.store.pipeline_snapshot
+
+    def without_holder(name: str) -> PipelineSnapshot:
+        # The holder's record gone by the time the state was read (it names it still), so the
+        # refusal reads it again, after its audit entry is pending: and Redis goes away.
+        return dataclasses.replace(read_snapshot(name), inflight=None)
 
     def unreachable(rollout_id: str) -> Any:
         raise redis.ConnectionError("Redis went away")
 
-    monkeypatch.setattr(ctx.store, "rollout", unreachable)  # the holder's record is read last
+    monkeypatch.setattr(ctx.store, "pipeline_snapshot", without_holder)
+    monkeypatch.setattr(ctx.store, "rollout", unreachable)
     with pytest.raises(redis.ConnectionError):
         deploy(ctx, "web 2")
     assert [e.detail for e in refusals(ctx)] == ["rollout_in_flight; immune-test/web:2"]

@@ -1,0 +1,147 @@
+"""Where an ack's time goes: each bench request called in process, with cProfile.
+
+    .venv/bin/python -m bench.profile_ack              # 2,000 of each request, top 20 functions
+    .venv/bin/python -m bench.profile_ack --n 500 --top 30 --only "/pipeline <name>"
+
+The ack section measures latency over HTTP under load, where every request shares one GIL with
+waitress and the load's other requests, so its figures move with whatever else the machine
+does. This measures what one request costs the bot itself: the same signed requests (the
+ack section's cases, on the same rig: real Redis, dockerd, the emulator) handed straight to
+the bot's WSGI application on this thread, no HTTP server, and the thread's CPU per request.
+The floors are bare slack-bolt apps called the same way: one trivial command, and the same
+with as many Redis round trips as the bot's ack of that request makes (the work it cannot
+skip). A cProfile pass over the bot's requests then names the functions the rest goes to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+from bench.ack import BareBolt, Target, _round_trips, _start_bot
+from bench.load import LoadDriver, SignedForms
+from bench.rig import BenchRig
+from tests.support.bot_harness import SIGNING_SECRET
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _environ(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/slack/events",
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": headers.get("Content-Type", "application/x-www-form-urlencoded"),
+        "wsgi.input": io.BytesIO(body),
+    }
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[f"HTTP_{key}"] = value
+    setup_testing_defaults(environ)
+    return environ
+
+
+def call(app: WsgiApp, forms: SignedForms, command: str, text: str) -> str:
+    """One signed slash command through the WSGI application; its ack's body."""
+    body, headers = forms.build(command, text)
+    status: list[str] = []
+
+    def start_response(line: str, _headers: Any, _exc: Any = None) -> None:
+        status.append(line)
+
+    answer = b"".join(app(_environ(body, headers), start_response)).decode()
+    if not status or not status[0].startswith("200"):
+        raise RuntimeError(f"{command} {text!r}: HTTP {status} {answer[:200]}")
+    return answer
+
+
+def cpu_per_request(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: int) -> float:
+    """Thread CPU per request in ms; the answer is checked once, before timing."""
+    answer = call(app, forms, case["command"], case["text"])
+    if case["expect"] not in answer:
+        raise RuntimeError(f"{case['command']} {case['text']!r} answered {answer[:300]!r}")
+    started = time.thread_time()
+    for _ in range(n):
+        call(app, forms, case["command"], case["text"])
+    return (time.thread_time() - started) / n * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="requests of each kind (≤ 20,000)")
+    parser.add_argument("--top", type=int, default=20, help="functions shown per profile")
+    parser.add_argument("--only", help="profile only this request (a label of the ack section)")
+    parser.add_argument(
+        "--sort", default="cumulative", choices=("cumulative", "tottime"), help="profile order"
+    )
+    args = parser.parse_args()
+    n = max(1, min(args.n, 20_000))  # bounded: every request is a real Redis round trip or more
+    rig = BenchRig()
+    bares: list[BareBolt] = []
+    try:
+        print("profile_ack: starting Redis, Prometheus, the emulator; building demo images")
+        rig.start()
+        assert rig.emulator is not None and rig.redis is not None
+        under_test = _start_bot(rig)
+        forms = SignedForms(
+            {"secret": SIGNING_SECRET, "response_base": f"{rig.emulator.root_url}/response"}
+        )
+        driver = LoadDriver(SIGNING_SECRET, response_base=f"{rig.emulator.root_url}/response")
+        try:
+            trips = {t.label: round(_round_trips(driver, t)) for t in under_test.targets}
+        finally:
+            driver.close()
+        bot_app: WsgiApp = under_test.bot.immune.wsgi()
+        floors: dict[str, WsgiApp] = {}
+        for k in sorted({0, *trips.values()}):
+            bare = BareBolt(rig.emulator.base_url, True, rig.redis.url if k else None, k)
+            bares.append(bare)
+            floors[f"bare bolt + {k} Redis round trips" if k else "bare bolt"] = bare.wsgi()
+        trivial = {"command": "/deploy", "text": "web 2", "expect": "ok"}
+        print(f"\nThread CPU per request, ms ({n} each, in process, no HTTP server)\n")
+        print(f"| {'request':<40} | Redis round trips | CPU ms | beyond same-work floor |")
+        print(f"|{'-' * 42}|--:|--:|--:|")
+        floor_cpu = {
+            label: cpu_per_request(app, forms, trivial, n) for label, app in floors.items()
+        }
+        for label, cpu in floor_cpu.items():
+            print(f"| {label:<40} | | {cpu:.3f} | |")
+        targets: list[Target] = [
+            t for t in under_test.targets if args.only is None or t.label == args.only
+        ]
+        for target in targets:
+            case = target.cases[0]
+            cpu = cpu_per_request(bot_app, forms, case, n)
+            k = trips[target.label]
+            floor = floor_cpu[f"bare bolt + {k} Redis round trips" if k else "bare bolt"]
+            print(f"| {target.label:<40} | {k} | {cpu:.3f} | {cpu - floor:+.3f} |")
+        for target in targets:
+            case = target.cases[0]
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(n):
+                call(bot_app, forms, case["command"], case["text"])
+            profile.disable()
+            out = io.StringIO()
+            stats = pstats.Stats(profile, stream=out)
+            stats.sort_stats(args.sort).print_stats(args.top)
+            print(f"\n## {target.label}: top {args.top} by {args.sort} time over {n} requests\n")
+            print(out.getvalue().split("\n", 6)[-1].rstrip())
+        under_test.close()
+    finally:
+        for bare in bares:
+            bare.close()
+        rig.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
