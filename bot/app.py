@@ -242,7 +242,9 @@ def build(
         clock=clock,
         instance_id=instance_id,
         settings=RolloutSettings(
-            lock_ttl_seconds=settings.lock_ttl_seconds, workers=settings.rollout_workers
+            lock_ttl_seconds=settings.lock_ttl_seconds,
+            workers=settings.rollout_workers,
+            redis_outage_seconds=settings.redis_outage_seconds,
         ),
         routers=routers,
     )

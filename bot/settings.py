@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     rollout_workers: int = Field(default=8, ge=1, le=64)
     http_threads: int = Field(default=16, ge=1, le=256)
     lock_ttl_seconds: float = Field(default=15.0, gt=1)
+    # How long a rollout whose Redis stopped answering mid-swap waits for it before its
+    # outcome; past it, the rollout is left to recovery (reconciled with the engine later).
+    redis_outage_seconds: float = Field(default=60.0, gt=0)
     audit_max_age_days: float = Field(default=90.0, gt=0)
     # How often the Home tabs of people who opened theirs in the last hour are republished
     # when what they show changed.

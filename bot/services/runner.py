@@ -3,12 +3,21 @@
 A rollout runs on a worker thread of the replica that accepted it, under the pipeline's rollout
 lock and a runner lease, both renewed by a heartbeat. If that replica dies, the lock and lease
 expire and any replica's recovery pass adopts the orphan and reconciles it with the engine.
+
+If Redis stops answering mid-rollout, the swap on the engine goes on: a step that cannot be
+recorded is kept on this replica, in order, and the rollout waits for Redis (REDIS_OUTAGE_SECONDS)
+before its outcome. When Redis answers again the rollout takes its lock back (or, if another
+replica adopted it meanwhile, leaves it to that one), writes what it kept, in order, then the
+outcome. Slack is told only what Redis holds: messages are rendered from the stored rollout.
+If Redis stays away past the bound, the rollout is left to recovery, which reconciles it with
+the engine once Redis is back, as after a crash.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -40,7 +49,7 @@ from bot.ports import (
 from bot.services import approvals
 from bot.services.outcomes import record_outcome
 from bot.services.traffic import BehindProxy, Routers
-from bot.store.store import Store
+from bot.store.store import Store, StoreUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,13 @@ logger = logging.getLogger(__name__)
 class RolloutSettings:
     lock_ttl_seconds: float = 15.0
     workers: int = 8
+    # How long a rollout waits for Redis to answer again before its outcome (REDIS_OUTAGE_SECONDS).
+    redis_outage_seconds: float = 60.0
+    redis_poll_seconds: float = 0.2
+
+
+class LeftToRecovery(Exception):
+    """The rollout could not record its outcome here: recovery finishes it, once."""
 
 
 class RecordedProgress:
@@ -106,7 +122,12 @@ class RecordedProgress:
     def check_cancelled(self) -> None:
         if not self.cancellable:
             return  # a rollback restores service; a halt must never stop it
-        state = self.runner.store.pipeline(self.pipeline)
+        try:
+            state = self.runner.store.pipeline(self.pipeline)
+        except Exception as exc:
+            if self.runner.store.is_unreachable(exc):
+                return  # nobody can halt it while Redis is away; the rollout goes on
+            raise
         if state.halted:
             raise RolloutCancelled(f"pipeline halted by {state.halted_by}: {state.halted_reason}")
 
@@ -147,6 +168,11 @@ class RolloutRunner:
         self._render_pool = ThreadPoolExecutor(4, thread_name_prefix="render")
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        # While Redis is away: each running rollout's changes not yet written (in order) and
+        # the rollout as this replica last knew it, with them applied.
+        self._unsaved: dict[str, list[Callable[[Rollout], None]]] = {}
+        self._known: dict[str, Rollout] = {}
+        self._unsaved_lock = threading.Lock()
 
     def start(self) -> None:
         """Start renewing the locks of running rollouts (Immune.start(); nothing runs before)."""
@@ -181,14 +207,85 @@ class RolloutRunner:
 
         With wait=False (the steps of a swap) the message is updated by the render pool, so
         Slack's latency never sits between stopping the old container and starting the new
-        one; outcomes (wait=True) are shown before the caller moves on.
+        one, and a change Redis cannot take is kept here (`_keep`) instead of stopping the
+        swap; outcomes (wait=True) are written after whatever was kept, and shown before the
+        caller moves on.
         """
+        if not wait:
+            return self._change_or_keep(rollout_id, change)
+        self._write_kept(rollout_id)
         rollout = self.store.update_rollout(rollout_id, change)
-        if wait:
-            self._render(rollout)
-        else:
-            self._render_soon(rollout.id)
+        self._render(rollout)
         return rollout
+
+    def _change_or_keep(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
+        with self._unsaved_lock:
+            kept = rollout_id in self._unsaved
+        if not kept:
+            try:
+                rollout = self.store.update_rollout(rollout_id, change)
+            except StoreUnreachable as exc:
+                if rollout_id not in self._known:
+                    raise  # not a rollout this runner runs: nothing to keep it for
+                logger.warning(
+                    "rollout %s: %s; the rollout goes on, its steps kept here until Redis "
+                    "answers (up to %gs before its outcome)",
+                    rollout_id,
+                    exc,
+                    self.settings.redis_outage_seconds,
+                )
+            else:
+                with self._unsaved_lock:
+                    if rollout_id in self._known:
+                        self._known[rollout_id] = rollout
+                self._render_soon(rollout.id)
+                return rollout
+        with self._unsaved_lock:
+            local = self._known[rollout_id].model_copy(deep=True)
+            change(local)
+            self._known[rollout_id] = local
+            self._unsaved.setdefault(rollout_id, []).append(change)
+        return local
+
+    def _write_kept(self, rollout_id: str) -> None:
+        """Write the changes Redis could not take, in order, once it answers again.
+
+        Raises LeftToRecovery when Redis stays away past REDIS_OUTAGE_SECONDS, or when another
+        replica adopted the rollout meanwhile (its lock's TTL ran out while Redis was away).
+        """
+        with self._unsaved_lock:
+            kept = list(self._unsaved.get(rollout_id, ()))
+            known = self._known.get(rollout_id)
+        if not kept or known is None:
+            return
+        bound = self.settings.redis_outage_seconds
+        started = time.monotonic()
+        while not self.store.reachable():
+            left = bound - (time.monotonic() - started)
+            if left <= 0 or self._stop.wait(min(self.settings.redis_poll_seconds, left)):
+                raise LeftToRecovery(f"Redis did not answer for {bound:g}s (REDIS_OUTAGE_SECONDS)")
+        ttl = self.settings.lock_ttl_seconds
+        ours = self.store.renew_rollout_lock(
+            known.pipeline, rollout_id, ttl
+        ) or self.store.adopt_rollout(known.pipeline, rollout_id, ttl)
+        leased = self.store.renew_runner_lease(
+            rollout_id, self.instance_id, ttl
+        ) or self.store.take_runner_lease(rollout_id, self.instance_id, ttl)
+        if not (ours and leased):
+            raise LeftToRecovery("another replica adopted it while Redis was away")
+        for change in kept:
+            self.store.update_rollout(rollout_id, change)
+        with self._unsaved_lock:
+            del self._unsaved[rollout_id][: len(kept)]
+            if not self._unsaved[rollout_id]:
+                del self._unsaved[rollout_id]
+        logger.info(
+            "rollout %s: Redis answers again after %.1fs; %d change(s) kept meanwhile written, "
+            "in order",
+            rollout_id,
+            time.monotonic() - started,
+            len(kept),
+        )
 
     def _render_soon(self, rollout_id: str) -> None:
         with self._render_lock:
@@ -281,8 +378,10 @@ class RolloutRunner:
                     self.store.renew_runner_lease(
                         rollout_id, self.instance_id, self.settings.lock_ttl_seconds
                     )
-                except Exception:
-                    logger.exception("could not renew the lock of rollout %s", rollout_id)
+                except Exception as exc:
+                    if not self.store.is_unreachable(exc):
+                        logger.exception("could not renew the lock of rollout %s", rollout_id)
+                    # Redis away: the rollout says so once, and takes the lock back after.
 
     def _run_guarded(self, rollout_id: str, recovering: bool) -> None:
         if not self.store.take_runner_lease(
@@ -299,21 +398,55 @@ class RolloutRunner:
             return
         with self._active_lock:
             self._active[rollout_id] = rollout.pipeline
+        with self._unsaved_lock:
+            self._known[rollout_id] = rollout
+        lost = False
         try:
             if recovering:
                 self._recover(rollout)
             else:
                 self._run(rollout)
-        except Exception as exc:
-            logger.exception("rollout %s crashed", rollout_id)
-            self._fail(
-                rollout_id, f"internal error: {type(exc).__name__}: {exc}", "", restored=False
+        except LeftToRecovery as exc:
+            lost = True
+            logger.error(
+                "rollout %s of %s: %s; its outcome is not recorded here: a replica's recovery "
+                "reconciles it with the engine once Redis answers",
+                rollout_id,
+                rollout.pipeline,
+                exc,
             )
+        except Exception as exc:
+            if self.store.is_unreachable(exc):
+                lost = True
+                logger.error(
+                    "rollout %s of %s: Redis did not answer (%s); a replica's recovery "
+                    "reconciles it with the engine once Redis answers",
+                    rollout_id,
+                    rollout.pipeline,
+                    exc,
+                )
+            else:
+                logger.exception("rollout %s crashed", rollout_id)
+                try:
+                    self._fail(
+                        rollout_id,
+                        f"internal error: {type(exc).__name__}: {exc}",
+                        "",
+                        restored=False,
+                    )
+                except LeftToRecovery as left:
+                    lost = True
+                    logger.error("rollout %s: %s; left to recovery", rollout_id, left)
         finally:
             with self._active_lock:
                 self._active.pop(rollout_id, None)
-            self.store.release_rollout(rollout.pipeline, rollout_id)
-            self.store.drop_runner_lease(rollout_id, self.instance_id)
+            with self._unsaved_lock:
+                self._known.pop(rollout_id, None)
+                self._unsaved.pop(rollout_id, None)
+            if not lost:
+                # Left to recovery, the lock and lease are not ours to free: they expire.
+                self.store.release_rollout(rollout.pipeline, rollout_id)
+                self.store.drop_runner_lease(rollout_id, self.instance_id)
 
     # One rollout -------------------------------------------------------------------------
 
@@ -402,6 +535,7 @@ class RolloutRunner:
     def _went_live(
         self, rollout_id: str, pipeline: Pipeline, gap: float | None, notes: list[str]
     ) -> None:
+        self._write_kept(rollout_id)
         now = self.clock.now()
         current = self.store.rollout(rollout_id)
         assert current is not None
@@ -473,6 +607,7 @@ class RolloutRunner:
                     else f"could NOT restore {rollout.from_version}: check the engine now"
                 )
 
+        self._write_kept(rollout_id)
         current = self._release_before_outcome(rollout_id)
         if current is not None:
             record_outcome(self.store, current, "failed", detail=reason)
@@ -484,6 +619,7 @@ class RolloutRunner:
             rollout.error = reason
             rollout.finished_at = self.clock.now()
 
+        self._write_kept(rollout_id)
         current = self._release_before_outcome(rollout_id)
         if current is not None:
             record_outcome(self.store, current, status.value, detail=reason)

@@ -234,8 +234,24 @@ class PipelineSnapshot:
     live: Rollout | None
 
 
+class StoreUnreachable(Exception):
+    """Redis did not answer: the connection was refused or lost, or it timed out."""
+
+
 class Store:
     """Typed access to the bot's Redis keys."""
+
+    @staticmethod
+    def is_unreachable(error: BaseException) -> bool:
+        """Whether `error` says Redis did not answer (rather than that a command was wrong)."""
+        return isinstance(error, StoreUnreachable | redis.ConnectionError | redis.TimeoutError)
+
+    def reachable(self) -> bool:
+        """One PING; False instead of an error when Redis does not answer."""
+        try:
+            return bool(self.redis.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
 
     def __init__(
         self, client: redis.Redis, keys: Keys, clock: Clock, audit_max_age_days: float = 90.0
@@ -392,7 +408,10 @@ class Store:
 
     def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
         """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
-        updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change)
+        try:
+            updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnreachable(f"Redis did not answer ({exc})") from exc
         if updated is None:
             raise KeyError(f"rollout {rollout_id} does not exist")
         return updated
