@@ -428,44 +428,55 @@ class RolloutRunner:
         job reconciles with what Redis records as live (the old version) when it returns.
         """
         bound = self.settings.engine_wait_seconds
+        deadline = time.monotonic() + bound
         logger.warning(
-            "rollout %s of %s: %s; waiting up to %gs", rollout.id, rollout.pipeline, exc, bound
+            "rollout %s of %s: %s Waiting up to %gs",
+            rollout.id,
+            rollout.pipeline,
+            exc.message,
+            bound,
         )
-        with progress.step("engine unreachable", detail=f"{exc.message} Waiting up to {bound:g}s"):
-            back = self._wait_for_engine(target, bound)
-            progress.detail("the engine answers again" if back else f"no answer for {bound:g}s")
-        if not back:
-            self._fail(
-                rollout.id,
-                f"the engine did not answer for {bound:g}s (ENGINE_WAIT_SECONDS) "
-                + ("mid-swap" if request else "before the swap")
-                + "; when it is back, the version recorded as live is what keeps serving",
-                "",
-                restored=request is None,
-            )
-            return
-        if request is None:
-            self._fail(
-                rollout.id,
-                "the engine went away before the swap began; nothing was changed: deploy again",
-                "",
-                restored=True,
-            )
-            return
-        try:
-            with progress.step("reconcile", detail="after the engine came back"):
-                live = target.recover(request, progress)
-                keep = request.image.version if live else (rollout.from_version or "")
-                done = target.reconcile(rollout.pipeline, pipeline, keep)
-        except (RolloutFailed, EngineUnreachable, ImageNotFound) as again:
-            reason = getattr(again, "reason", None) or getattr(again, "message", str(again))
-            self._fail(
-                rollout.id,
-                f"the engine went away mid-swap; after it came back: {reason}",
-                "",
-                restored=False,
-            )
-            return
+        while True:
+            with progress.step("engine unreachable", detail=f"{exc.message} Waiting {bound:g}s"):
+                back = self._wait_for_engine(target, deadline)
+                progress.detail("the engine answers again" if back else f"no answer for {bound:g}s")
+            if not back:
+                self._fail(
+                    rollout.id,
+                    f"the engine did not answer for {bound:g}s (ENGINE_WAIT_SECONDS) "
+                    + ("mid-swap" if request else "before the swap")
+                    + "; when it is back, the version recorded as live is what keeps serving",
+                    "",
+                    restored=request is None,
+                )
+                return
+            if request is None:
+                self._fail(
+                    rollout.id,
+                    "the engine went away before the swap began; nothing was changed: deploy again",
+                    "",
+                    restored=True,
+                )
+                return
+            try:
+                with progress.step("reconcile", detail="after the engine came back"):
+                    live = target.recover(request, progress)
+                    keep = request.image.version if live else (rollout.from_version or "")
+                    done = target.reconcile(rollout.pipeline, pipeline, keep)
+                break
+            except EngineUnreachable as again:
+                # An engine shutting down still answers a ping on a kept-alive connection, and
+                # one that restarts may go away again: recovering is safe to repeat.
+                exc = again
+            except (RolloutFailed, ImageNotFound) as failed:
+                reason = getattr(failed, "reason", None) or getattr(failed, "message", "")
+                self._fail(
+                    rollout.id,
+                    f"the engine went away mid-swap; after it came back: {reason}",
+                    "",
+                    restored=False,
+                )
+                return
         how = "finished" if live else "undone"
         notes = [f"the engine went away mid-swap; {how} when it came back", *done]
         if live:
@@ -479,8 +490,7 @@ class RolloutRunner:
                 restored=True,
             )
 
-    def _wait_for_engine(self, target: Target, bound: float) -> bool:
-        deadline = time.monotonic() + bound
+    def _wait_for_engine(self, target: Target, deadline: float) -> bool:
         while True:
             if target.health().get("ok"):
                 return True

@@ -55,7 +55,7 @@ def as_unreachable(client: docker.DockerClient, exc: Exception) -> EngineUnreach
     when a ping right after fails; any other refusal is the engine's answer, not an outage.
     """
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return EngineUnreachable(f"The Docker engine does not answer ({type(exc).__name__}).")
+        return EngineUnreachable(f"The Docker engine does not answer ({_why(exc)}).")
     if isinstance(exc, docker.errors.APIError):
         if exc.is_server_error() and not _answers(client):
             return EngineUnreachable(
@@ -63,8 +63,22 @@ def as_unreachable(client: docker.DockerClient, exc: Exception) -> EngineUnreach
             )
         return None
     if isinstance(exc, docker.errors.DockerException) and not _answers(client):
-        return EngineUnreachable(f"The Docker engine does not answer ({exc}).")
+        return EngineUnreachable(f"The Docker engine does not answer ({_why(exc)}).")
     return None
+
+
+def _why(exc: Exception) -> str:
+    """The innermost reason of a connection failure: `FileNotFoundError: No such file…`."""
+    inner: BaseException = exc
+    while True:
+        deeper = inner.__cause__ or inner.__context__
+        if deeper is None and inner.args and isinstance(inner.args[-1], BaseException):
+            deeper = inner.args[-1]  # urllib3 keeps the socket's error as an argument
+        if deeper is None:
+            break
+        inner = deeper
+    detail = getattr(inner, "strerror", None) or str(inner) or ""
+    return f"{type(inner).__name__}: {detail}" if detail else type(inner).__name__
 
 
 def reaches_engine(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
@@ -77,7 +91,10 @@ def reaches_engine(method: Callable[Concatenate[S, P], R]) -> Callable[Concatena
             unreachable = as_unreachable(self.client, exc)
             if unreachable is None:
                 raise
-            raise unreachable from exc
+        # Raised outside the handler and without its cause: the library's exception holds the
+        # frames of the failed connection, and with them its socket, which would stay open as
+        # long as anything (a log record) keeps the error. Its words are in the message.
+        raise unreachable from None
 
     functools.update_wrapper(call, method)
     return call
