@@ -13,7 +13,19 @@ import threading
 class EngineStatus:
     def __init__(self) -> None:
         self._down: dict[str, float] = {}  # engine (a target's name) -> first found down
+        self._failing: set[str] = set()  # engines whose check itself fails (Redis away)
         self._lock = threading.Lock()
+
+    def check_failed(self, engine: str) -> bool:
+        """Record that checking `engine` failed; True the first time in a row (log it once)."""
+        with self._lock:
+            first = engine not in self._failing
+            self._failing.add(engine)
+            return first
+
+    def check_worked(self, engine: str) -> None:
+        with self._lock:
+            self._failing.discard(engine)
 
     def down_since(self, engine: str) -> float | None:
         with self._lock:

@@ -34,7 +34,11 @@ def check_engines(ctx: Context, targets: Mapping[str, Target]) -> None:
         try:
             check_engine(ctx, engine, target, pipelines)
         except Exception:
-            logger.exception("could not check the %s engine", engine)
+            # Redis away fails every check: logged once until a check works again.
+            if ctx.engines.check_failed(engine):
+                logger.exception("could not check the %s engine", engine)
+        else:
+            ctx.engines.check_worked(engine)
 
 
 def check_engine(
