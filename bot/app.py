@@ -22,9 +22,12 @@ from slack_sdk import WebClient
 from bot.domain.clock import Clock, SystemClock
 from bot.domain.config import PipelinesConfig
 from bot.domain.errors import SettingsError
+from bot.domain.text import utc
 from bot.plugins import Registry, Shared, default_registry, load_pipelines
 from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
+from bot.services.engine_status import EngineStatus
+from bot.services.engines import ENGINE_CHECK_SECONDS, check_engines
 from bot.services.queue import start_due
 from bot.services.recovery import (
     reconcile_live_versions,
@@ -126,6 +129,15 @@ class Immune:
             max_instances=1,
         )
         self.scheduler.add_job(
+            check_engines,
+            "interval",
+            args=[self.ctx, self.runner.targets],
+            seconds=ENGINE_CHECK_SECONDS,
+            id="check-engines",
+            coalesce=True,
+            max_instances=1,
+        )
+        self.scheduler.add_job(
             start_due,
             "interval",
             args=[self.ctx],
@@ -205,9 +217,11 @@ def build(
     targets: dict[str, Target] = {plugin.name: plugin.build(shared) for plugin in target_plugins}
     sources: dict[str, KpiSource] = {plugin.name: plugin.build(shared) for plugin in source_plugins}
     probes: dict[str, Callable[[], dict[str, object]]] = {}
+    engines = EngineStatus()
     for target_plugin in target_plugins:
         probes.setdefault(
-            target_plugin.health_key or target_plugin.name, targets[target_plugin.name].health
+            target_plugin.health_key or target_plugin.name,
+            engine_probe(target_plugin.name, targets[target_plugin.name], engines),
         )
     for source_plugin in source_plugins:
         probes.setdefault(
@@ -245,6 +259,7 @@ def build(
             lock_ttl_seconds=settings.lock_ttl_seconds,
             workers=settings.rollout_workers,
             redis_outage_seconds=settings.redis_outage_seconds,
+            engine_wait_seconds=settings.engine_wait_seconds,
         ),
         routers=routers,
     )
@@ -259,6 +274,7 @@ def build(
         notifier=notifier,
         clock=clock,
         instance_id=instance_id,
+        engines=engines,
     )
     bolt = build_bolt_app(settings, ctx, web_client)
     scheduler = BackgroundScheduler(timezone="UTC", executors={"default": SchedulerPool(20)})
@@ -282,6 +298,22 @@ def build(
             redis_client.close,
         ],
     )
+
+
+def engine_probe(
+    engine: str, target: Target, engines: EngineStatus
+) -> Callable[[], dict[str, object]]:
+    """/healthz's entry for an engine: its ping now, and since when the bot has found it down
+    (it stays down until the bot has reconciled with it after its return)."""
+
+    def probe() -> dict[str, object]:
+        report = target.health()
+        since = engines.down_since(engine)
+        if since is not None:
+            report = {**report, "down_since": utc(since)}
+        return report
+
+    return probe
 
 
 def build_bolt_app(settings: Settings, ctx: Context, web_client: Any) -> App:

@@ -11,6 +11,11 @@ ROLLOUTS = Counter(
 KPI_POLLS = Counter(
     "immune_kpi_polls_total", "KPI polls by verdict", ["pipeline", "kpi", "verdict"]
 )
+POLLS_PAUSED = Counter(
+    "immune_polls_paused_total",
+    "KPI polls skipped (not judged) because the pipeline's engine did not answer",
+    ["pipeline"],
+)
 KPI_POLL_SECONDS = Histogram(
     "immune_kpi_poll_seconds",
     "Time to query and judge one KPI",

@@ -126,6 +126,12 @@ class Target(Protocol):
         """Finish or undo a rollout a crashed bot left half done; True if the new version is live."""
         ...
 
+    def reconcile(self, pipeline_name: str, pipeline: Pipeline, live_version: str) -> list[str]:
+        """After the engine came back: make it run only `live_version` (what Redis records),
+        stopping versions its restart policies brought back and starting the live one if it
+        was stopped. Returns what was done, in words for the channel."""
+        ...
+
 
 @dataclass(frozen=True)
 class RunningVersion:
@@ -274,6 +280,10 @@ class Notifier(Protocol):
         """The proxy had lost a pipeline's routes (it restarted) and the bot put them back."""
         ...
 
+    def engine_changed(self, channel: str, pipelines: Sequence[str], text: Text) -> None:
+        """The engine these pipelines run on went away, or came back (`text` says which)."""
+        ...
+
     def canary_held(
         self, rollout: Rollout, waiting: Sequence[str], decides_at: float, policy: str
     ) -> str | None:
@@ -327,6 +337,9 @@ class SilentNotifier:
         return None
 
     def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
+        return None
+
+    def engine_changed(self, channel: str, pipelines: Sequence[str], text: Text) -> None:
         return None
 
     def canary_held(

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     # How often every replica looks for queued deploys that may start (pipeline free, window
     # open); each starts exactly once whichever replica finds it.
     queue_check_seconds: float = Field(default=2.0, gt=0)
+    # How long a rollout whose engine stops answering mid-way waits for it to come back
+    # (then finishes or undoes the swap once); past it the rollout fails, and the version
+    # Redis records as live is put back when the engine returns.
+    engine_wait_seconds: float = Field(default=60.0, ge=0)
     # Replicas that must hold a write before Slack hears of it (Redis WAIT); unset: 1 with a
     # Sentinel REDIS_URL, 0 (no WAIT) otherwise.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)

@@ -96,3 +96,13 @@ class Duplicate(ImmuneError):
     """The same request was already handled (a Slack retry or a double click)."""
 
     code = "duplicate"
+
+
+class EngineUnreachable(ImmuneError):
+    """The engine a pipeline deploys to does not answer (stopped, restarting, its socket gone).
+
+    Targets raise it for connection failures, so the use cases can wait for the engine, pause
+    what depends on it and refuse deploys, instead of treating it as a bug.
+    """
+
+    code = "engine_unreachable"

@@ -202,6 +202,29 @@ class WatchState(BaseModel):
     interval: float
     duration: float
     warmup: int
+    # After the engine came back from an outage, the polls up to this slot are warm-up again:
+    # the restarted version's metrics need a few scrapes before a rate means anything.
+    rewarm_until: int = 0
+
+    @property
+    def warmup_until(self) -> int:
+        """The last slot that is warm-up (recorded, not judged)."""
+        return max(self.warmup, self.rewarm_until)
+
+    def after_outage(self, down_since: float, back_at: float) -> WatchState:
+        """The watch once its engine is back: the slots the outage took (paused, never judged)
+        and a fresh warm-up are added to its end, so the version is still judged for as many
+        polls as its watch promised."""
+        if back_at <= down_since:
+            return self
+        back_slot = max(0, self.slot_at(back_at))
+        lost_slots = back_slot - max(0, self.slot_at(down_since)) + 1
+        return self.model_copy(
+            update={
+                "duration": self.duration + (lost_slots + self.warmup) * self.interval,
+                "rewarm_until": max(self.rewarm_until, back_slot + self.warmup),
+            }
+        )
 
     @property
     def last_slot(self) -> int:

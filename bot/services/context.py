@@ -13,6 +13,7 @@ from bot.domain.errors import UnknownPipeline
 from bot.domain.models import Rollout
 from bot.domain.text import say
 from bot.ports import Notifier, Target
+from bot.services.engine_status import EngineStatus
 from bot.services.engine_view import EngineView
 from bot.store.store import Store
 
@@ -52,6 +53,8 @@ class Context:
     instance_id: str
     # What the engine runs, read in the background for /pipeline <name> (services/status.py).
     engine_view: EngineView = field(default_factory=EngineView)
+    # Which engines this replica finds unreachable (services/engines.py pings them).
+    engines: EngineStatus = field(default_factory=EngineStatus)
 
     def pipeline(self, name: str) -> Pipeline:
         try:

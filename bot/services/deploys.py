@@ -29,6 +29,7 @@ from bot.services.policy import (
     admins_hint,
     audit_in_flight,
     check_approvable,
+    check_engine,
     check_may_run,
     check_not_in_flight,
     in_flight,
@@ -68,6 +69,7 @@ def _deploy(ctx: Context, request: CommandRequest) -> Reply:
 
 def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Reply:
     pipeline = check_may_run(ctx, args.pipeline, request)
+    check_engine(ctx, args.pipeline, pipeline, request)
     forced = args.force_reason is not None
     if forced and not ctx.config.is_admin(request.user_id):
         refuse(ctx, request, args.pipeline, "force_not_admin")
@@ -237,6 +239,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     """Never blocked by deploy windows: a rollback restores service."""
     args = parse_rollback(request.text)
     pipeline = check_may_run(ctx, args.pipeline, request)
+    check_engine(ctx, args.pipeline, pipeline, request)
     snapshot = ctx.store.pipeline_snapshot(args.pipeline)
     state = snapshot.state
     if args.version is not None:

@@ -6,10 +6,10 @@ Every refusal is audited (outcome `refused`, with why) before it is raised as an
 from __future__ import annotations
 
 from bot.domain.config import Pipeline
-from bot.domain.errors import NotAllowed, RolloutInFlight
+from bot.domain.errors import EngineUnreachable, NotAllowed, RolloutInFlight
 from bot.domain.images import ImageRef
 from bot.domain.models import Rollout
-from bot.domain.text import Channels, Moment, Text, User, Users, as_text, say
+from bot.domain.text import Channel, Channels, Moment, Text, User, Users, as_text, say
 from bot.services.context import Context
 from bot.services.requests import CommandRequest, audit_refusal
 from bot.store.store import PipelineSnapshot
@@ -24,6 +24,26 @@ def refuse(ctx: Context, request: CommandRequest, pipeline: str, why: str) -> No
         pipeline=pipeline,
         detail=why,
         command=request.typed,
+    )
+
+
+def check_engine(ctx: Context, name: str, pipeline: Pipeline, request: CommandRequest) -> None:
+    """Refuse a deploy or rollback while the pipeline's engine does not answer: it could only
+    wait for the engine, holding the pipeline, and the person would not know why."""
+    since = ctx.engines.down_since(pipeline.target)
+    if since is None:
+        return
+    refuse(ctx, request, name, "engine_unreachable")
+    raise EngineUnreachable(
+        say(
+            "The engine `{}` deploys to does not answer (since {}): nothing can be deployed "
+            "or rolled back until it is back.",
+            name,
+            Moment(since),
+        ),
+        hint=say(
+            "{} is told when it is back; run the command again then.", Channel(pipeline.channel)
+        ),
     )
 
 

@@ -159,6 +159,8 @@ def _ready(ctx: Context, name: str, pipeline: Pipeline) -> bool:
     state = ctx.store.pipeline(name)
     if state.halted or state.inflight_rollout:
         return False  # a halt freezes the queue; a rollout in flight is waited for
+    if ctx.engines.down_since(pipeline.target) is not None:
+        return False  # the engine is waited for too: a queued deploy keeps its place
     if pipeline.windows:
         return windows.check(pipeline.windows, ctx.config.zone, ctx.clock.now()).open
     return True

@@ -26,7 +26,7 @@ from typing import cast
 
 from bot.domain.clock import Clock
 from bot.domain.config import Pipeline, PipelinesConfig
-from bot.domain.errors import ImageNotFound
+from bot.domain.errors import EngineUnreachable, ImageNotFound
 from bot.domain.images import ImageRef
 from bot.domain.models import (
     Rollout,
@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 class RolloutSettings:
     lock_ttl_seconds: float = 15.0
     workers: int = 8
+    # How long a rollout whose engine went away waits for it before it fails (ENGINE_WAIT_SECONDS).
+    engine_wait_seconds: float = 60.0
+    engine_poll_seconds: float = 0.5
     # How long a rollout waits for Redis to answer again before its outcome (REDIS_OUTAGE_SECONDS).
     redis_outage_seconds: float = 60.0
     redis_poll_seconds: float = 0.2
@@ -468,6 +471,7 @@ class RolloutRunner:
             if moved is not None:
                 self._went_live(rollout.id, pipeline, moved.gap_seconds, moved.notes)
                 return
+        request: RolloutRequest | None = None  # set once the swap may have begun
         try:
             with progress.step("locate image", detail=image.reference):
                 located = target.locate(rollout.pipeline, pipeline, image)
@@ -478,7 +482,11 @@ class RolloutRunner:
                     if not result.passed:
                         why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
                         raise RolloutFailed(f"tests failed ({why})", logs_tail=result.output_tail)
-            swap = target.roll_out(_request(rollout, pipeline, image, located), progress)
+            request = _request(rollout, pipeline, image, located)
+            swap = target.roll_out(request, progress)
+        except EngineUnreachable as exc:
+            self._engine_went_away(rollout, pipeline, target, request, progress, exc)
+            return
         except ImageNotFound as exc:
             self._fail(rollout.id, exc.message, "", restored=True)
             self.notifier.tell_requester(rollout.response_url, exc.text())
@@ -510,7 +518,9 @@ class RolloutRunner:
         try:
             located = target.locate(rollout.pipeline, pipeline, image)
             live = target.recover(_request(rollout, pipeline, image, located), progress)
-        except (RolloutFailed, ImageNotFound) as exc:
+        except (RolloutFailed, ImageNotFound, EngineUnreachable) as exc:
+            # An engine away here fails the rollout; when the engine is back, the engine job
+            # makes it run what Redis records as live (the version from before this rollout).
             reason = getattr(exc, "reason", None) or getattr(exc, "message", str(exc))
             self._fail(
                 rollout.id,
@@ -529,6 +539,96 @@ class RolloutRunner:
             self._fail(
                 rollout.id, f"bot restarted mid-rollout; rolled back{restored}", "", restored=True
             )
+
+    # The engine went away --------------------------------------------------------------
+
+    def _engine_went_away(
+        self,
+        rollout: Rollout,
+        pipeline: Pipeline,
+        target: Target,
+        request: RolloutRequest | None,
+        progress: RecordedProgress,
+        exc: EngineUnreachable,
+    ) -> None:
+        """Wait for the engine (ENGINE_WAIT_SECONDS), then finish or undo the swap once.
+
+        Never a second attempt at the swap: once the engine is back, `recover` (the same
+        reconciliation as after a bot crash) keeps the new version if it runs healthy, else
+        puts the old one back; `reconcile` then stops any other version the engine's restart
+        policies brought back. If the engine stays away the rollout fails, and the engine
+        job reconciles with what Redis records as live (the old version) when it returns.
+        """
+        bound = self.settings.engine_wait_seconds
+        deadline = time.monotonic() + bound
+        logger.warning(
+            "rollout %s of %s: %s Waiting up to %gs",
+            rollout.id,
+            rollout.pipeline,
+            exc.message,
+            bound,
+        )
+        while True:
+            with progress.step("engine unreachable", detail=f"{exc.message} Waiting {bound:g}s"):
+                back = self._wait_for_engine(target, deadline)
+                progress.detail("the engine answers again" if back else f"no answer for {bound:g}s")
+            if not back:
+                self._fail(
+                    rollout.id,
+                    f"the engine did not answer for {bound:g}s (ENGINE_WAIT_SECONDS) "
+                    + ("mid-swap" if request else "before the swap")
+                    + "; when it is back, the version recorded as live is what keeps serving",
+                    "",
+                    restored=request is None,
+                )
+                return
+            if request is None:
+                self._fail(
+                    rollout.id,
+                    "the engine went away before the swap began; nothing was changed: deploy again",
+                    "",
+                    restored=True,
+                )
+                return
+            try:
+                with progress.step("reconcile", detail="after the engine came back"):
+                    live = target.recover(request, progress)
+                    keep = request.image.version if live else (rollout.from_version or "")
+                    done = target.reconcile(rollout.pipeline, pipeline, keep)
+                break
+            except EngineUnreachable as again:
+                # An engine shutting down still answers a ping on a kept-alive connection, and
+                # one that restarts may go away again: recovering is safe to repeat.
+                exc = again
+            except (RolloutFailed, ImageNotFound) as failed:
+                reason = getattr(failed, "reason", None) or getattr(failed, "message", "")
+                self._fail(
+                    rollout.id,
+                    f"the engine went away mid-swap; after it came back: {reason}",
+                    "",
+                    restored=False,
+                )
+                return
+        how = "finished" if live else "undone"
+        notes = [f"the engine went away mid-swap; {how} when it came back", *done]
+        if live:
+            self._went_live(rollout.id, pipeline, None, notes)
+        else:
+            self.change(rollout.id, lambda r: r.notes.extend(notes), wait=False)
+            self._fail(
+                rollout.id,
+                "the engine went away mid-swap; rolled back when it came back",
+                "",
+                restored=True,
+            )
+
+    def _wait_for_engine(self, target: Target, deadline: float) -> bool:
+        while True:
+            if target.health().get("ok"):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.wait(min(self.settings.engine_poll_seconds, left)):
+                return False
 
     # Outcomes ----------------------------------------------------------------------------
 

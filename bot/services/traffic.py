@@ -242,6 +242,11 @@ class BehindProxy:
                 return
             self.target.stop_version(name, pipeline, split.baseline_port)
 
+    def reconcile(self, pipeline_name: str, pipeline: Pipeline, live_version: str) -> list[str]:
+        """Nothing to stop: behind a proxy several versions run at once by design, and only
+        the routes decide which serves (restore_routes puts them back)."""
+        return []
+
     def recover(self, request: RolloutRequest, progress: Progress) -> bool:
         """A rollout whose bot died: finish it if its version runs and is healthy, else send
         everything back to what served before and stop it."""

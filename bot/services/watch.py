@@ -175,6 +175,8 @@ class Watcher:
         if rollout is None or pipeline is None or rollout.status is not RolloutStatus.live:
             self.end(rollout_id)
             return None
+        if self._engine_away(watch, pipeline, slot):
+            return PollOutcome(slot, [], None, False)
         polling_since = time.monotonic()
         metrics.POLL_LATENESS_SECONDS.labels(pipeline=watch.pipeline).observe(
             max(0.0, now - (watch.started_at + slot * watch.interval))
@@ -199,13 +201,43 @@ class Watcher:
                     watch.interval,
                 )
 
+    def _engine_away(self, watch: WatchState, pipeline: Pipeline, slot: int) -> bool:
+        """Whether this poll is paused: the pipeline's engine does not answer (or is back but
+        not reconciled yet), so what the KPIs say is the outage's doing, not the version's.
+        A paused poll neither counts nor resets a streak, and never ends the watch."""
+        since = self.ctx.engines.down_since(pipeline.target)
+        if since is None:
+            return False
+        metrics.POLLS_PAUSED.labels(pipeline=watch.pipeline).inc()
+        self._log_once(
+            watch.rollout_id,
+            f"engine-away\0{since!r}",
+            logging.WARNING,
+            "watch of %s (rollout %s): the %s engine does not answer; polls paused from slot %d",
+            watch.pipeline,
+            watch.rollout_id,
+            pipeline.target,
+            slot,
+        )
+        return True
+
+    def _engine_answers(self, pipeline: Pipeline) -> bool:
+        """Asked when a KPI has no data: is it because the engine just went away?"""
+        if self.ctx.target(pipeline).health().get("ok"):
+            return True
+        self.ctx.engines.found_down(pipeline.target, self.ctx.clock.now())
+        return False
+
     def _poll(
         self, watch: WatchState, rollout: Rollout, pipeline: Pipeline, slot: int
     ) -> PollOutcome:
         if pipeline.traffic is not None:
             # A proxy that restarted lost its routes: put them back before judging.
             traffic.restore_routes(self.ctx, [watch.pipeline])
-        samples, breached = self._poll_kpis(watch, pipeline, slot, rollout)
+        polled = self._poll_kpis(watch, pipeline, slot, rollout)
+        if polled is None:
+            return PollOutcome(slot, [], None, False)  # the engine went away: paused
+        samples, breached = polled
         self._show_judgements(rollout, pipeline, samples)
         if breached is not None:
             self.breach(rollout, pipeline, breached)
@@ -265,8 +297,12 @@ class Watcher:
 
     def _poll_kpis(
         self, watch: WatchState, pipeline: Pipeline, slot: int, rollout: Rollout
-    ) -> tuple[list[KpiSample], Kpi | None]:
-        """Query and judge every KPI; two Redis round trips whatever the number of KPIs."""
+    ) -> tuple[list[KpiSample], Kpi | None] | None:
+        """Query and judge every KPI; two Redis round trips whatever the number of KPIs.
+
+        None, with nothing recorded, when a KPI has no data because the engine just went away
+        (found before the engine job's next ping): the poll is paused, not judged.
+        """
         store = self.ctx.store
         budget = min(MAX_POLL_BUDGET_SECONDS, watch.interval * POLL_BUDGET_SHARE)
         deadline = time.monotonic() + budget
@@ -275,6 +311,7 @@ class Watcher:
         breached: Kpi | None = None
         step = rollout.traffic.step if rollout.traffic is not None else 0
         earlier: list[KpiSample] | None = None  # this step's samples so far, read once
+        engine_asked = False
         for kpi in pipeline.kpis:
             started = time.perf_counter()
             query = kpi_query(kpi, pipeline.traffic, rollout.traffic)
@@ -285,7 +322,12 @@ class Watcher:
             metrics.KPI_POLL_SECONDS.labels(pipeline=watch.pipeline).observe(
                 time.perf_counter() - started
             )
-            verdict = judge(kpi, reading, slot, watch.warmup)
+            if reading.value is None and not engine_asked:
+                engine_asked = True
+                if not self._engine_answers(pipeline):
+                    self._engine_away(watch, pipeline, slot)
+                    return None
+            verdict = judge(kpi, reading, slot, watch.warmup_until)
             baseline_value: float | None = None
             counts: tuple[float, float, float, float] | None = None
             detail = reading.detail

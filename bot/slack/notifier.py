@@ -141,6 +141,9 @@ class SlackNotifier:
     def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
         self.post(channel, ":twisted_rightwards_arrows: " + mrkdwn(text))
 
+    def engine_changed(self, channel: str, pipelines: Sequence[str], text: Text) -> None:
+        self.post(channel, ":whale: " + mrkdwn(text))
+
     def incident_opened(self, incident: Incident) -> str | None:
         """Post the alert and open its thread with the five-whys template."""
         response = self.client.chat_postMessage(

@@ -31,6 +31,9 @@ QUEUES_KEY_TEMPLATE = "{prefix}:queues"  # set of pipelines whose queue may hold
 # zset user -> the moment the taker's lease ends (a taker that died is recovered after it).
 QUEUE_STARTING_KEY_TEMPLATE = "{prefix}:queue:{pipeline}:starting"
 QUEUE_LEASES_KEY_TEMPLATE = "{prefix}:queue:{pipeline}:leases"
+# string: when the replicas first found this engine (a target's name) unreachable; deleted by
+# the replica that handled its return (Once.engine_back), so each outage is told once each way.
+ENGINE_DOWN_KEY_TEMPLATE = "{prefix}:engine-down:{engine}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class Once(Enum):
     rollback_confirm = OnceKind("rollback-confirm", 7 * 86400)  # by incident
     routes_restored = OnceKind("routes-restored", 30)  # a proxy restart told, by pipeline
     canary_decision = OnceKind("canary-decision", 7 * 86400)  # a held step, by rollout:step
+    # An engine's return handled (told, reconciled), by engine:outage start; a replica that
+    # died half-way is relieved when this expires.
+    engine_back = OnceKind("engine-back", 300)
 
     @property
     def ttl_seconds(self) -> float:
@@ -138,3 +144,6 @@ class Keys:
 
     def queue_leases(self, pipeline: str) -> str:
         return QUEUE_LEASES_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
+
+    def engine_down(self, engine: str) -> str:
+        return ENGINE_DOWN_KEY_TEMPLATE.format(prefix=self.prefix, engine=engine)

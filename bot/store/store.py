@@ -20,6 +20,14 @@ logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+# A watch changed by one replica (lengthened after an engine outage) while another may end it:
+# the change lands only if the watch still exists.
+_REPLACE_WATCH = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # A rollout may start only when no lock is held and no earlier rollout is still recorded as in
 # flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced).
 _CLAIM_ROLLOUT = """
@@ -273,6 +281,7 @@ class Store:
         self._take_queued = client.register_script(_TAKE_QUEUED)
         self._finish_starting = client.register_script(_FINISH_STARTING)
         self._reclaim_starting = client.register_script(_RECLAIM_STARTING)
+        self._replace_watch = client.register_script(_REPLACE_WATCH)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -476,6 +485,20 @@ class Store:
     def incident_for_thread(self, channel: str, thread_ts: str) -> str | None:
         return cast(str | None, self.redis.get(self.keys.incident_by_thread(channel, thread_ts)))
 
+    # The engines ----------------------------------------------------------------------
+
+    def mark_engine_down(self, engine: str, since: float) -> bool:
+        """True for the one replica that finds `engine` unreachable first (it tells people)."""
+        return bool(self.redis.set(self.keys.engine_down(engine), repr(since), nx=True))
+
+    def clear_engine_down(self, engine: str) -> None:
+        """The outage is over and handled: every replica resumes at its next ping."""
+        self.redis.delete(self.keys.engine_down(engine))
+
+    def engine_down_since(self, engine: str) -> float | None:
+        since = cast(str | None, self.redis.get(self.keys.engine_down(engine)))
+        return None if since is None else float(since)
+
     # Watches -----------------------------------------------------------------------------
 
     def start_watch(self, watch: WatchState) -> None:
@@ -488,6 +511,14 @@ class Store:
     def watch(self, rollout_id: str) -> WatchState | None:
         raw = cast(str | None, self.redis.hget(self.keys.watches(), rollout_id))
         return None if raw is None else WatchState.model_validate_json(raw)
+
+    def replace_watch(self, watch: WatchState) -> bool:
+        """Store a changed watch (lengthened after an engine outage), unless it ended meanwhile."""
+        return bool(
+            self._replace_watch(
+                keys=[self.keys.watches()], args=[watch.rollout_id, watch.model_dump_json()]
+            )
+        )
 
     def end_watch(self, rollout_id: str) -> None:
         """Forget a watch: its streaks go at once; its samples are kept SAMPLES_KEPT_SECONDS

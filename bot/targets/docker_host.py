@@ -33,7 +33,7 @@ from bot.ports import (
     SwapResult,
     TestResult,
 )
-from bot.targets.engine import engine_health
+from bot.targets.engine import engine_health, reaches_engine
 from bot.targets.hardening import container_options, hardened_defaults
 from bot.targets.health import probe
 
@@ -190,6 +190,7 @@ class DockerHostTarget:
 
     # Images ------------------------------------------------------------------------------
 
+    @reaches_engine
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
         try:
             if pipeline.pull == "always":
@@ -215,6 +216,7 @@ class DockerHostTarget:
         runs_as_root = user.split(":")[0] in ("", "0", "root")
         return LocatedImage(reference=image.reference, image_id=found.id, runs_as_root=runs_as_root)
 
+    @reaches_engine
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         """The engine's tags of the pipeline's image, newest image first (one engine call)."""
         try:
@@ -241,6 +243,7 @@ class DockerHostTarget:
 
     # The test gate -----------------------------------------------------------------------
 
+    @reaches_engine
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         assert pipeline.tests is not None
         started = time.monotonic()
@@ -290,6 +293,7 @@ class DockerHostTarget:
             if c.status in ("running", "restarting")
         ]
 
+    @reaches_engine
     def live(self, pipeline_name: str, pipeline: Pipeline) -> LiveVersion | None:
         running = self._running(pipeline_name, pipeline.container["name"])
         if not running:
@@ -302,6 +306,7 @@ class DockerHostTarget:
 
     # The swap ----------------------------------------------------------------------------
 
+    @reaches_engine
     def roll_out(self, request: RolloutRequest, progress: Progress) -> SwapResult:
         pipeline, name = request.pipeline, request.pipeline.container["name"]
         notes: list[str] = []
@@ -475,6 +480,7 @@ class DockerHostTarget:
 
     # Side by side, behind a proxy (pipelines with `traffic:`) ---------------------------
 
+    @reaches_engine
     def versions(self, pipeline_name: str, pipeline: Pipeline) -> list[RunningVersion]:
         running = []
         for container in self._running(pipeline_name, pipeline.container["name"]):
@@ -493,6 +499,7 @@ class DockerHostTarget:
         running.sort(key=lambda v: v.started_at)
         return running
 
+    @reaches_engine
     def start_beside(self, request: RolloutRequest, progress: Progress) -> RunningVersion:
         pipeline, base = request.pipeline, request.pipeline.container["name"]
         assert pipeline.traffic is not None
@@ -593,6 +600,7 @@ class DockerHostTarget:
         options["environment"] = _with_port_variable(options.get("environment"), port)
         return self._create_and_start(request, options, name, base, {LABEL_PORT: str(port)})
 
+    @reaches_engine
     def stop_version(
         self, pipeline_name: str, pipeline: Pipeline, port: int, *, keep: bool = True
     ) -> None:
@@ -605,6 +613,7 @@ class DockerHostTarget:
                 container.stop(timeout=STOP_TIMEOUT_SECONDS)
         self._prune(pipeline_name, pipeline.container["name"], pipeline.keep_versions)
 
+    @reaches_engine
     def check_health(self, pipeline_name: str, pipeline: Pipeline, port: int) -> None:
         for container in self._running(pipeline_name, pipeline.container["name"]):
             if _labels(container).get(LABEL_PORT) == str(port):
@@ -613,8 +622,55 @@ class DockerHostTarget:
                 return
         raise RolloutFailed(f"no version of `{pipeline_name}` runs on port {port}")
 
+    # After the engine came back ----------------------------------------------------------
+
+    @reaches_engine
+    def reconcile(self, pipeline_name: str, pipeline: Pipeline, live_version: str) -> list[str]:
+        """Make the engine run only `live_version` of the pipeline, as Redis records it.
+
+        An engine that restarts starts containers again by their `restart` policy: a kept old
+        version among them (stopped by the bot, but `always` brings it back) would fight the
+        live one for its port. Each other running version is stopped and kept; the live one is
+        started again if the engine's shutdown stopped it. Returns what was done, in words.
+        """
+        if pipeline.traffic is not None or not live_version:
+            # Behind a proxy versions run side by side by design; with nothing recorded live,
+            # nothing here is the bot's to correct.
+            return []
+        name = pipeline.container["name"]
+        done: list[str] = []
+        containers = self._containers(pipeline_name, name)
+        live = [c for c in containers if _labels(c).get(LABEL_VERSION) == live_version]
+        for container in containers:
+            if container in live or container.status not in ("running", "restarting"):
+                continue
+            version = _labels(container).get(LABEL_VERSION, container.short_id)
+            container.stop(timeout=STOP_TIMEOUT_SECONDS)
+            self._keep(container, name)
+            done.append(f"stopped `{version}`, which the engine had started again")
+        running = [c for c in live if c.status in ("running", "restarting")]
+        if running:
+            try:
+                if _name(running[0]) != name:
+                    self._free_name(name)
+                    running[0].rename(name)
+                # Restarted while another version held its port, it may be in back-off.
+                self._wait_healthy(running[0], pipeline)
+            except RolloutFailed as failure:
+                done.append(f"`{live_version}` runs but is not healthy: {failure.reason}")
+            return done
+        if not live:
+            done.append(f"no container of `{live_version}` is left to start: deploy it again")
+            return done
+        if not self._restore(live[:1], name, pipeline):
+            done.append(f"started `{live_version}` again, but it is not healthy")
+        else:
+            done.append(f"started `{live_version}` again (the engine had stopped it)")
+        return done
+
     # Recovery after a crash --------------------------------------------------------------
 
+    @reaches_engine
     def recover(self, request: RolloutRequest, progress: Progress) -> bool:
         name = request.pipeline.container["name"]
         new = [

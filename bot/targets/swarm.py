@@ -835,6 +835,11 @@ class SwarmTarget:
             return False
         return True
 
+    def reconcile(self, pipeline_name: str, pipeline: Pipeline, live_version: str) -> list[str]:
+        """Nothing to correct: a service has one spec, and Swarm itself puts its tasks back
+        after the engine restarts."""
+        return []
+
     # Recovery after a crash --------------------------------------------------------------
 
     def recover(self, request: RolloutRequest, progress: Progress) -> bool:

@@ -65,6 +65,9 @@ class RecordingNotifier(SilentNotifier):
     def routes_restored(self, channel: str, pipeline: str, text: Text) -> None:
         self.posts.append((channel, mrkdwn(text)))
 
+    def engine_changed(self, channel: str, pipelines: Sequence[str], text: Text) -> None:
+        self.posts.append((channel, mrkdwn(text)))
+
     def incident_opened(self, incident: Incident) -> str | None:
         self.opened.append(incident)
         return f"{START + 1000 + len(self.opened):.6f}"

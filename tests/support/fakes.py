@@ -109,6 +109,11 @@ class MemoryTarget:
         live = self.running.get(request.pipeline_name)
         return live is not None and live.version == request.image.version
 
+    def reconcile(self, pipeline_name: str, pipeline: Pipeline, live_version: str) -> list[str]:
+        with self.lock:
+            self.calls.append(("reconcile", live_version))
+        return []
+
 
 @dataclass
 class ScriptedSource:
