@@ -35,6 +35,11 @@ class RolloutCancelled(Exception):
     """Stopped at a safe point (a /halt arrived before the swap began)."""
 
 
+class LookupTimedOut(Exception):
+    """The registry did not answer a quick tag lookup in time: the rollout resolves the tag
+    as its first step instead (the ack must not wait)."""
+
+
 @dataclass(frozen=True)
 class LocatedImage:
     reference: str
@@ -94,6 +99,8 @@ class RolloutRequest:
     from_version: str | None
     # A /rollback or automatic rollback: a target may use its engine's own rollback (Swarm).
     rollback: bool = False
+    # Never pruned, container or image (`keep_versions`, `prune_images`).
+    last_good_version: str | None = None
 
 
 class Target(Protocol):
@@ -108,6 +115,14 @@ class Target(Protocol):
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         """The versions (tags) of the pipeline's image that could be deployed now, newest
         first: what the engine holds (for the deploy form's version select)."""
+        ...
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        """The manifest digest the image's tag points at in its registry now (one manifest
+        request; nothing is pulled). `quick`: inside a request's ack, LookupTimedOut when the
+        registry does not answer within the short lookup time. Raises the ImageNotFound
+        family (UnknownTag, UnknownRepository, RegistryUnreachable, RegistryAuthRefused,
+        WrongPlatform)."""
         ...
 
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # How often every replica looks for queued deploys that may start (pipeline free, window
     # open); each starts exactly once whichever replica finds it.
     queue_check_seconds: float = Field(default=2.0, gt=0)
+    # How long /deploy waits for the registry to say which digest a tag points at (one
+    # manifest request, inside Slack's 3 s ack); past it the rollout resolves the tag itself.
+    registry_lookup_seconds: float = Field(default=1.5, gt=0, le=2.5)
     # Replicas that must hold a write before Slack hears of it (Redis WAIT); unset: 1 with a
     # Sentinel REDIS_URL, 0 (no WAIT) otherwise.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)

@@ -44,8 +44,9 @@ done
 [[ $# -ge 2 ]] || usage
 repo=$1
 shift
-[[ $repo =~ ^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$ ]] ||
-    die "invalid repository name '$repo' (lower case, digits, '.', '_', '-', '/')"
+# An optional registry host first (`127.0.0.1:15000/`, `registry.example.com/`), then the path.
+[[ $repo =~ ^([A-Za-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$ ]] ||
+    die "invalid repository name '$repo' (an optional host[:port]/, then lower case, digits, '.', '_', '-', '/')"
 
 specs=()
 if [[ $1 == --standard ]]; then

@@ -43,6 +43,32 @@ class ImageRef:
         assert self.digest is not None
         return self.digest.removeprefix("sha256:")[:12]
 
+    @property
+    def tagged(self) -> str:
+        """`name:tag` (what a registry's tag points at), or the reference without a tag."""
+        return f"{self.repository}:{self.tag}" if self.tag else self.reference
+
+    def pinned(self, digest: str) -> ImageRef:
+        """The same version, pinned to the manifest digest its tag pointed at."""
+        return ImageRef(self.repository, self.tag, digest)
+
+
+def short_digest(digest: str) -> str:
+    """`sha256:` and the first 12 hex digits: enough to tell versions apart in a message."""
+    return digest[: len("sha256:") + 12]
+
+
+def registry_host(repository: str) -> str | None:
+    """The registry a repository names (`127.0.0.1:5000/web` -> `127.0.0.1:5000`), or None.
+
+    distribution/reference's rule: the first path component is a host when it has a `.` or a
+    `:`, or is `localhost`; otherwise the name is Docker Hub's.
+    """
+    first, slash, _ = repository.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
 
 def split_reference(reference: str) -> tuple[str, str | None]:
     """`name@digest` or `name:tag` into (name, digest or tag); (name, None) without either."""

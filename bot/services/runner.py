@@ -18,7 +18,7 @@ from typing import cast
 from bot.domain.clock import Clock
 from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import ImageNotFound
-from bot.domain.images import ImageRef
+from bot.domain.images import ImageRef, short_digest
 from bot.domain.models import (
     Rollout,
     RolloutKind,
@@ -39,6 +39,7 @@ from bot.ports import (
 )
 from bot.services import approvals
 from bot.services.outcomes import record_outcome
+from bot.services.pinning import check_digest, from_registry
 from bot.services.traffic import BehindProxy, Routers
 from bot.store.store import Store
 
@@ -336,6 +337,9 @@ class RolloutRunner:
                 self._went_live(rollout.id, pipeline, moved.gap_seconds, moved.notes)
                 return
         try:
+            if image.digest is None and image.tag is not None and from_registry(pipeline):
+                # The ack's quick lookup timed out: pin the tag before anything is pulled.
+                image = self._resolve(rollout.id, target, pipeline, image, progress)
             with progress.step("locate image", detail=image.reference):
                 located = target.locate(rollout.pipeline, pipeline, image)
             if pipeline.tests is not None and rollout.kind is RolloutKind.deploy:
@@ -345,7 +349,8 @@ class RolloutRunner:
                     if not result.passed:
                         why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
                         raise RolloutFailed(f"tests failed ({why})", logs_tail=result.output_tail)
-            swap = target.roll_out(_request(rollout, pipeline, image, located), progress)
+            last_good = self.store.pipeline(rollout.pipeline).last_good_version or None
+            swap = target.roll_out(_request(rollout, pipeline, image, located, last_good), progress)
         except ImageNotFound as exc:
             self._fail(rollout.id, exc.message, "", restored=True)
             self.notifier.tell_requester(rollout.response_url, exc.text())
@@ -357,6 +362,29 @@ class RolloutRunner:
             self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)
             return
         self._went_live(rollout.id, pipeline, swap.gap_seconds, swap.notes)
+
+    def _resolve(
+        self,
+        rollout_id: str,
+        target: Target,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: RecordedProgress,
+    ) -> ImageRef:
+        """The rollout's first step when the ack could not pin the tag: resolve it (with the
+        engine's own timeout) and record the digest before anything runs."""
+        with progress.step("resolve tag", detail=image.tagged):
+            digest = target.resolve(pipeline, image, quick=False)
+            check_digest(image, digest)
+            progress.detail(f"{image.tag} -> {short_digest(digest)}")
+        pinned = image.pinned(digest)
+
+        def record(rollout: Rollout) -> None:
+            rollout.image_digest = digest
+            rollout.reference = pinned.reference
+
+        self.change(rollout_id, record, wait=False)
+        return pinned
 
     def _recover(self, rollout: Rollout) -> None:
         """Reconcile a rollout whose bot died: finish it if the new version runs, else undo."""
@@ -498,7 +526,11 @@ def _mark(status: RolloutStatus) -> Callable[[Rollout], None]:
 
 
 def _request(
-    rollout: Rollout, pipeline: Pipeline, image: ImageRef, located: LocatedImage
+    rollout: Rollout,
+    pipeline: Pipeline,
+    image: ImageRef,
+    located: LocatedImage,
+    last_good_version: str | None = None,
 ) -> RolloutRequest:
     return RolloutRequest(
         pipeline_name=rollout.pipeline,
@@ -508,4 +540,5 @@ def _request(
         rollout_id=rollout.id,
         from_version=rollout.from_version,
         rollback=rollout.kind is not RolloutKind.deploy,
+        last_good_version=last_good_version,
     )

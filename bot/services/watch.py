@@ -24,7 +24,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot import metrics
 from bot.domain.config import Kpi, Pipeline
 from bot.domain.errors import ImmuneError
-from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.judging import Decision, compare, compare_counters
 from bot.domain.kpis import Reading, Verdict, counter_query, judge, kpi_query, next_streak
@@ -36,6 +35,7 @@ from bot.services.context import Context
 from bot.services.deploys import start_rollout
 from bot.services.halts import halt_pipeline
 from bot.services.outcomes import record_outcome
+from bot.services.pinning import image_that_ran
 from bot.store.keys import Once
 
 logger = logging.getLogger(__name__)
@@ -624,7 +624,9 @@ class Watcher:
                 self.ctx,
                 incident.pipeline,
                 pipeline,
-                resolve_version(pipeline.image, incident.restored_version),
+                image_that_ran(
+                    self.ctx.store, incident.pipeline, pipeline, incident.restored_version
+                ),
                 kind=RolloutKind.auto_rollback,
                 actor="immune",
                 reason=f"KPI {incident.kpi} breach",

@@ -17,6 +17,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.domain.config import Pipeline
+from bot.domain.images import short_digest, split_reference
 from bot.domain.models import (
     AuditEntry,
     PipelineState,
@@ -83,6 +84,14 @@ def rollout_title(rollout: Rollout) -> str:
     return f"{verb} of `{rollout.pipeline}` to `{rollout.version}`{origin}"
 
 
+def image_words(rollout: Rollout) -> str:
+    """`repo:1.4.2` · digest `sha256:…` for a pinned tag; the reference as it is otherwise."""
+    if rollout.image_tag and rollout.image_digest:
+        repository, _ = split_reference(rollout.reference)
+        return f"`{repository}:{rollout.image_tag}` · digest `{short_digest(rollout.image_digest)}`"
+    return f"`{rollout.reference}`"
+
+
 def rollout_text(rollout: Rollout) -> str:
     """The plain-text fallback (notifications, screen readers)."""
     return f"{rollout_title(rollout)}: {STATUS_WORDS[rollout.status]}"
@@ -117,7 +126,7 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     )
     lines = [
         status,
-        f"{who} {slack_date(rollout.created_at)} · `{rollout.reference}` · {rollout.id}",
+        f"{who} {slack_date(rollout.created_at)} · {image_words(rollout)} · {rollout.id}",
     ]
     if rollout.forced:
         lines.append(f":warning: forced outside the deploy window: {rollout.reason}")

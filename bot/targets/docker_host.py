@@ -21,8 +21,8 @@ import requests
 from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS, Container
 
 from bot.domain.config import ConfigProblem, Pipeline
-from bot.domain.errors import ImageNotFound
-from bot.domain.images import ImageRef
+from bot.domain.errors import DigestMismatch, ImageNotFound
+from bot.domain.images import ImageRef, short_digest
 from bot.ports import (
     LiveVersion,
     LocatedImage,
@@ -36,6 +36,7 @@ from bot.ports import (
 from bot.targets.engine import engine_health
 from bot.targets.hardening import container_options, hardened_defaults
 from bot.targets.health import probe
+from bot.targets.registry import RegistryLookup
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,15 @@ class DockerHostTarget:
     """Deploys to the engine the docker SDK finds (`DOCKER_HOST` or the default socket)."""
 
     def __init__(
-        self, client: docker.DockerClient, sleep: Callable[[float], None] = time.sleep
+        self,
+        client: docker.DockerClient,
+        sleep: Callable[[float], None] = time.sleep,
+        lookup_client: docker.DockerClient | None = None,
     ) -> None:
         self.client = client
         self.sleep = sleep
+        # Tag lookups inside an ack go through `lookup_client`, whose timeout is short.
+        self.registry = RegistryLookup(client, lookup_client)
         self.http = requests.Session()
         # Health URLs are the service's own; a proxy from the environment must not intercept.
         self.http.trust_env = False
@@ -187,8 +193,12 @@ class DockerHostTarget:
     def close(self) -> None:
         """Release the health checks' connections (the engine client is shared, closed apart)."""
         self.http.close()
+        self.registry.close()
 
     # Images ------------------------------------------------------------------------------
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        return self.registry.digest(image, quick=quick)
 
     def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
         try:
@@ -202,15 +212,33 @@ class DockerHostTarget:
                         raise
                     found = self._pull(image)
         except docker.errors.ImageNotFound as exc:
+            if pipeline.pull != "never":
+                raise self.registry.classify(exc, image) from exc
             raise ImageNotFound(
                 f"Image `{image.reference}` is not on the Docker engine.",
                 hint="Build or load it there (this pipeline has `pull: never`), "
                 "or check the version.",
             ) from exc
         except docker.errors.APIError as exc:
+            if pipeline.pull != "never":
+                raise self.registry.classify(exc, image) from exc
             raise ImageNotFound(
                 f"Could not get image `{image.reference}`: {exc.explanation}"
             ) from exc
+        if image.digest and pipeline.pull != "never":
+            # The engine checks the content against the digest it pulls by; this checks it
+            # pulled (or holds) the manifest that was asked for, not whatever a tag says now.
+            pinned = f"{image.repository}@{image.digest}"
+            if pinned not in (found.attrs.get("RepoDigests") or []):
+                raise DigestMismatch(
+                    f"The engine's image for `{image.reference}` has digests "
+                    + ", ".join(
+                        f"`{short_digest(d.rpartition('@')[2])}`"
+                        for d in found.attrs.get("RepoDigests") or []
+                    )
+                    + f", not `{short_digest(image.digest)}`.",
+                    hint="Deploy again: the tag is resolved anew.",
+                )
         user = (found.attrs.get("Config") or {}).get("User") or ""
         runs_as_root = user.split(":")[0] in ("", "0", "root")
         return LocatedImage(reference=image.reference, image_id=found.id, runs_as_root=runs_as_root)
@@ -397,10 +425,11 @@ class DockerHostTarget:
             }
         )
         options["name"] = name
+        # A pinned version runs as `repo@sha256:…` (what `docker ps` and inspect show); an
+        # engine-only one by its image id, which is as exact.
+        image = request.image.reference if request.image.digest else request.located.image_id
         try:
-            container = self.client.containers.create(
-                request.located.image_id, labels=labels, detach=True, **options
-            )
+            container = self.client.containers.create(image, labels=labels, detach=True, **options)
         except (docker.errors.APIError, TypeError) as exc:
             raise RolloutFailed(f"the engine refused to create the container: {exc}") from exc
         try:

@@ -16,12 +16,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.domain.config import ConfigProblem, Pipeline, Traffic, problems_of
-from bot.domain.errors import ImageNotFound
+from bot.domain.errors import ImageNotFound, UnknownTag
 from bot.domain.images import ImageRef
 from bot.domain.kpis import Reading
 from bot.ports import (
     LiveVersion,
     LocatedImage,
+    LookupTimedOut,
     Progress,
     RolloutFailed,
     RolloutRequest,
@@ -72,6 +73,8 @@ class MemoryTarget:
     running: dict[str, LiveVersion] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, version)
     healthy: bool = True
+    digests: dict[str, str] = field(default_factory=dict)  # tag -> manifest digest
+    slow: set[str] = field(default_factory=set)  # tags whose quick lookup times out
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def health(self) -> dict[str, object]:
@@ -87,6 +90,16 @@ class MemoryTarget:
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         with self.lock:
             return sorted(self.images, reverse=True)
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        """A registry in memory: `digests` maps a tag to what it points at."""
+        with self.lock:
+            self.calls.append(("resolve", image.version))
+        if quick and image.tag in self.slow:
+            raise LookupTimedOut("the memory registry is slow for this tag")
+        if image.tag is None or image.tag not in self.digests:
+            raise UnknownTag(f"`{image.tagged}` is not in the memory registry.")
+        return self.digests[image.tag]
 
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return TestResult(passed=True, exit_code=0, output_tail="", seconds=0.0)

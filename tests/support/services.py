@@ -8,6 +8,7 @@ what a killed one left behind without touching those of sessions still running.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import fcntl
@@ -365,6 +366,105 @@ class PrometheusServer(ServerProcess):
                     f"targets {health}"
                 )
             time.sleep(0.25)
+
+
+class RegistryServer(ServerProcess):
+    """Debian's `docker-registry` (the CNCF distribution registry) on 127.0.0.1, its storage
+    in `workdir`; with `user` and `password` it asks for them (htpasswd, bcrypt) and answers
+    401 without. The engine treats a loopback registry as insecure-allowed: plain HTTP."""
+
+    program = "docker-registry"
+    startup_timeout = 15.0
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(workdir, port)
+        self.user, self.password = user, password
+        self.config_path = workdir / "config.yml"
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(workdir / "data")},
+                "delete": {"enabled": True},
+            },
+            "http": {"addr": f"127.0.0.1:{self.port}"},
+        }
+        if user is not None and password is not None:
+            htpasswd = workdir / "htpasswd"
+            if shutil.which("htpasswd") is None:
+                raise ServiceUnavailable("htpasswd not found (apache2-utils): run scripts/setup.sh")
+            subprocess.run(
+                ["htpasswd", "-Bbc", str(htpasswd), user, password],
+                check=True,
+                capture_output=True,
+            )
+            config["auth"] = {"htpasswd": {"realm": "immune-test", "path": str(htpasswd)}}
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    @property
+    def host(self) -> str:
+        """What image names start with: `127.0.0.1:<port>`."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def auth_config(self) -> dict[str, str] | None:
+        if self.user is None or self.password is None:
+            return None
+        return {"username": self.user, "password": self.password}
+
+    def arguments(self) -> list[str]:
+        return ["serve", str(self.config_path)]
+
+    def answers(self) -> bool:
+        try:
+            response = requests.get(f"http://{self.host}/v2/", timeout=1)
+        except requests.RequestException:
+            return False
+        return response.status_code in (200, 401)
+
+    def write_docker_config(self, directory: Path) -> Path:
+        """A `config.json` holding this registry's credentials, as `docker login` writes it;
+        point DOCKER_CONFIG at `directory`."""
+        assert self.user is not None and self.password is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        path = directory / "config.json"
+        path.write_text(json.dumps({"auths": {self.host: {"auth": token}}}))
+        return path
+
+    def push(
+        self, client: DockerClient, source: str, repository: str, tag: str, host: str = ""
+    ) -> str:
+        """Tag the local image `source` as `<host>/<repository>:<tag>`, push it, and return
+        the manifest digest the registry now serves for that tag (`host`: another address
+        that reaches this registry, such as a proxy's)."""
+        host = host or self.host
+        name = f"{host}/{repository}"
+        client.api.tag(source, name, tag)
+        errors = [
+            line["error"]
+            for line in client.api.push(
+                name, tag=tag, stream=True, decode=True, auth_config=self.auth_config
+            )
+            if "error" in line
+        ]
+        if errors:
+            raise ServiceError(f"pushing {name}:{tag} failed: {errors}")
+        response = requests.head(
+            f"http://{host}/v2/{repository}/manifests/{tag}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            auth=(self.user, self.password) if self.user and self.password else None,
+            timeout=5,
+        )
+        response.raise_for_status()
+        return str(response.headers["Docker-Content-Digest"])
 
 
 def free_port_range(count: int, low: int = 20000, high: int = 60000) -> int:
@@ -731,9 +831,11 @@ def remove_leftovers(client: DockerClient) -> list[str]:
             removed.append(f"container {name}")
     for image in client.api.images():
         for tag in image.get("RepoTags") or []:
-            if not tag.startswith(IMAGE_PREFIX):
+            # Pushed to a test registry: `127.0.0.1:<port>/immune-test-<run>/…`.
+            repository = tag.split("/", 1)[1] if tag.startswith("127.0.0.1:") else tag
+            if not repository.startswith(IMAGE_PREFIX):
                 continue
-            run_id = tag[len(IMAGE_PREFIX) :].split("/", 1)[0]
+            run_id = repository[len(IMAGE_PREFIX) :].split("/", 1)[0]
             if run_id not in live:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     client.api.remove_image(tag, force=True)
