@@ -162,6 +162,11 @@ def _logs_tail(container: Container, lines: int = LOG_TAIL_LINES) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
+def _of_repository(name: str, repository: str) -> bool:
+    """`name` (`repo:tag` or `repo@sha256:…`) is one of `repository`'s."""
+    return name.startswith((repository + ":", repository + "@"))
+
+
 def _natural(version: str) -> tuple[tuple[int, str], ...]:
     """A sort key that orders `1.10` after `1.9`: digit runs as numbers, the rest as text."""
     return tuple(
@@ -356,7 +361,7 @@ class DockerHostTarget:
                 failure.reason, logs_tail=failure.logs_tail, restored=restored
             ) from failure
         gap = time.monotonic() - stopped_at if old else None
-        self._prune(request.pipeline_name, name, pipeline.keep_versions)
+        self._prune(request.pipeline_name, pipeline, request.last_good_version)
         return SwapResult(gap_seconds=gap, notes=notes)
 
     def _check_name_free(self, name: str, pipeline_name: str) -> None:
@@ -495,12 +500,50 @@ class DockerHostTarget:
             return False
         return True
 
-    def _prune(self, pipeline_name: str, name: str, keep: int) -> None:
-        """Keep the newest `keep` stopped versions; remove older ones."""
-        stopped = [c for c in self._containers(pipeline_name, name) if c.status not in ("running",)]
+    def _prune(self, pipeline_name: str, pipeline: Pipeline, last_good: str | None) -> None:
+        """Keep the newest `keep_versions` stopped versions, and the last good one whatever its
+        age (a rollback to it is a start); remove older ones and, with `prune_images`, their
+        images when nothing else uses them."""
+        stopped = [
+            c
+            for c in self._containers(pipeline_name, pipeline.container["name"])
+            if c.status not in ("running",)
+            and (last_good is None or _labels(c).get(LABEL_VERSION) != last_good)
+        ]
         stopped.sort(key=lambda c: c.attrs.get("Created", 0), reverse=True)
-        for container in stopped[keep:]:
+        images: dict[str, str] = {}
+        for container in stopped[pipeline.keep_versions :]:
+            images[_image_id(container)] = _labels(container).get(LABEL_VERSION, "")
             self._discard(container)
+        if pipeline.prune_images:
+            for image_id, version in images.items():
+                self._remove_image_if_unused(image_id, pipeline, version)
+
+    def _remove_image_if_unused(self, image_id: str, pipeline: Pipeline, version: str) -> None:
+        """Remove a pruned version's image unless a container (any, stopped ones too) still
+        uses it or another repository names it; a refusal is logged, never raised: pruning
+        must not fail a rollout that went live."""
+        if not image_id:
+            return
+        try:
+            if self.client.containers.list(all=True, sparse=True, filters={"ancestor": image_id}):
+                return
+            image = self.client.images.get(image_id)
+            names = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+            if any(not _of_repository(n, pipeline.image) for n in names):
+                logger.info("kept image %s of %s: other repositories name it", image_id, version)
+                return
+            # One name at a time: the last one removed takes the image and its layers.
+            for name in names:
+                self.client.images.remove(name)
+            if not names:
+                self.client.images.remove(image_id)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            logger.warning("could not remove image %s (%s): %s", image_id, version, exc.explanation)
+            return
+        logger.info("removed image %s of %s %s (prune_images)", image_id, pipeline.image, version)
 
     # Side by side, behind a proxy (pipelines with `traffic:`) ---------------------------
 
@@ -632,7 +675,8 @@ class DockerHostTarget:
                 self._discard(container)
             elif container.status in ("running", "restarting"):
                 container.stop(timeout=STOP_TIMEOUT_SECONDS)
-        self._prune(pipeline_name, pipeline.container["name"], pipeline.keep_versions)
+        # Behind a proxy the last good version is the one still serving: running, never pruned.
+        self._prune(pipeline_name, pipeline, None)
 
     def check_health(self, pipeline_name: str, pipeline: Pipeline, port: int) -> None:
         for container in self._running(pipeline_name, pipeline.container["name"]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,14 @@ from bot.domain.images import short_digest
 from bot.domain.models import RolloutStatus
 from tests.scenarios.test_deploy_loop import containers_of, deploy, finished, serving_version
 from tests.support.bot_harness import CHANNEL, InProcessBot, docker_pipeline, free_port
-from tests.support.services import IMAGE_PREFIX, DemoImages, PytestRun, RegistryServer
+from tests.support.services import (
+    BUILD_DEMO_IMAGE,
+    IMAGE_PREFIX,
+    DemoImages,
+    PytestRun,
+    RegistryServer,
+    remove_test_objects,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -97,6 +105,7 @@ def pushed(
         return made[-1]
 
     yield make
+    remove_test_objects(docker_client, unique_name)  # its containers hold the images
     for each in made:
         each.cleanup()
 
@@ -362,3 +371,71 @@ def test_slow_registry_the_ack_does_not_wait_and_the_rollout_resolves_first(
     finally:
         proxy.close()
         repo.cleanup()
+
+
+def build_distinct(repo: Pushed, tags: list[str], unique: str) -> dict[str, str]:
+    """Build demo images of their own (a label no other build has, so no image id is shared
+    with the session's demo images) as `repo:<tag>`, push them; tag -> local image id."""
+    subprocess.run(
+        [str(BUILD_DEMO_IMAGE), "--label", f"immune.test.build={unique}", repo.image]
+        + [f"{tag}:ok" for tag in tags],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    ids = {}
+    for tag in tags:
+        repo.registry.push(repo.client, f"{repo.image}:{tag}", repo.repository, tag)
+        repo.tags.add(tag)
+        ids[tag] = repo.client.images.get(f"{repo.image}:{tag}").id
+    return ids
+
+
+def image_exists(client: docker.DockerClient, image_id: str) -> bool:
+    try:
+        client.images.get(image_id)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def test_prune_images_removes_old_versions_images_but_never_the_last_good_one(
+    start_bot: Callable[..., InProcessBot],
+    pushed: Callable[..., Pushed],
+    docker_client: docker.DockerClient,
+    rig_run: PytestRun,
+    unique_name: str,
+) -> None:
+    repo = pushed()
+    ids = build_distinct(repo, ["1", "2", "3", "4", "5"], unique_name)
+    assert len(set(ids.values())) == 5
+    # Something else names 2's image: it must outlive its container.
+    other = f"{IMAGE_PREFIX}{rig_run.id}/other-{unique_name}"
+    docker_client.api.tag(ids["2"], other, "kept")
+    web = registry_pipeline(repo.image, unique_name, keep_versions=1, prune_images=True)
+    first = start_bot({"pipelines": {"web": web}})
+    deploy(first, "web 1")
+    assert finished(first, "web", "1").status is RolloutStatus.good  # no KPIs: good at once
+    first.stop()
+    # Then a watch that never ends in this test (its KPI has no data, which it ignores): each
+    # later deploy stays live until the next supersedes it, so 1 stays the last good version.
+    web["watch"] = {"interval": "1s", "duration": "10m", "warmup": 0}
+    web["kpis"] = [{"name": "errors", "query": "up", "max": 1, "no_data": "ignore"}]
+    bot = start_bot({"pipelines": {"web": web}})
+    try:
+        for version in ["2", "3", "4", "5"]:
+            deploy(bot, f"web {version}")
+            rollout = finished(bot, "web", version)
+            assert rollout.status is RolloutStatus.live, rollout.error
+        assert bot.ctx.store.pipeline("web").last_good_version == "1"
+        by_version = {
+            c.labels["immune.version"]: c.status for c in containers_of(docker_client, web)
+        }
+        assert by_version == {"5": "running", "4": "exited", "1": "exited"}, by_version
+        assert image_exists(docker_client, ids["1"]), "the last good version's image stays"
+        assert image_exists(docker_client, ids["2"]), "another repository still names it"
+        assert not image_exists(docker_client, ids["3"]), "past keep_versions and unused: removed"
+        assert image_exists(docker_client, ids["4"]) and image_exists(docker_client, ids["5"])
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.api.remove_image(f"{other}:kept")
