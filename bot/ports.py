@@ -45,6 +45,7 @@ class LocatedImage:
     reference: str
     image_id: str
     runs_as_root: bool
+    labels: Mapping[str, str] = field(default_factory=dict)  # the image's own (OCI) labels
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,66 @@ def resolve_version(repository: str, version: str) -> ImageRef:
     if tag is None and digest is None:
         raise BadVersion(f"`{text}` names no tag or digest")
     return ImageRef(repository, tag, digest)
+
+
+# Provenance: the OCI labels CI stamps on an image ----------------------------------------
+
+LABEL_REVISION = "org.opencontainers.image.revision"
+LABEL_SOURCE = "org.opencontainers.image.source"
+LABEL_CREATED = "org.opencontainers.image.created"
+LABEL_VERSION = "org.opencontainers.image.version"
+
+
+@dataclass(frozen=True)
+class SourceRepo:
+    """Where an image's source lives, as a browsable URL, and how its host links commits."""
+
+    url: str  # https://github.com/team/web (no trailing slash, no .git)
+    style: str  # "github" | "gitlab" | "" (no known link scheme)
+
+    def commit_url(self, revision: str) -> str | None:
+        if self.style == "github":
+            return f"{self.url}/commit/{revision}"
+        if self.style == "gitlab":
+            return f"{self.url}/-/commit/{revision}"
+        return None
+
+    def compare_url(self, good: str, bad: str) -> str | None:
+        """The commits from the good version to the bad one."""
+        if self.style == "github":
+            return f"{self.url}/compare/{good}...{bad}"
+        if self.style == "gitlab":
+            return f"{self.url}/-/compare/{good}...{bad}"
+        return None
+
+
+_SCP_LIKE = re.compile(r"^(?:[\w.-]+@)?(?P<host>[\w.-]+):(?P<path>(?!\d+/)[\w./-]+)$")
+
+
+def source_repo(source: str) -> SourceRepo | None:
+    """`org.opencontainers.image.source` as a SourceRepo: https and `git@host:path` forms,
+    `.git` dropped; GitHub by its host, GitLab by a host with `gitlab` in its name."""
+    text = source.strip()
+    if not text:
+        return None
+    scp = _SCP_LIKE.match(text)
+    if scp and "://" not in text:
+        text = f"https://{scp['host']}/{scp['path']}"
+    match = re.match(
+        r"^(?:https?|ssh|git)://(?:[^@/]+@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$", text
+    )
+    if match is None:
+        return None
+    path = match["path"].rstrip("/").removesuffix(".git")
+    host = match["host"].lower()
+    if not path:
+        return None
+    style = "github" if host in ("github.com", "www.github.com") else ""
+    if "gitlab" in host:
+        style = "gitlab"
+    return SourceRepo(url=f"https://{host}/{path}", style=style)
+
+
+def short_revision(revision: str) -> str:
+    """A commit as people read it: 7 characters of a hex sha, anything else as it is."""
+    return revision[:7] if re.fullmatch(r"[0-9a-f]{8,64}", revision) else revision[:40]

@@ -20,6 +20,7 @@ from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import ImageNotFound
 from bot.domain.images import ImageRef, short_digest
 from bot.domain.models import (
+    Provenance,
     Rollout,
     RolloutKind,
     RolloutStatus,
@@ -342,6 +343,7 @@ class RolloutRunner:
                 image = self._resolve(rollout.id, target, pipeline, image, progress)
             with progress.step("locate image", detail=image.reference):
                 located = target.locate(rollout.pipeline, pipeline, image)
+            self._record_provenance(rollout.id, located)
             if pipeline.tests is not None and rollout.kind is RolloutKind.deploy:
                 progress.check_cancelled()
                 with progress.step("test gate", detail=" ".join(pipeline.tests.command)):
@@ -385,6 +387,16 @@ class RolloutRunner:
 
         self.change(rollout_id, record, wait=False)
         return pinned
+
+    def _record_provenance(self, rollout_id: str, located: LocatedImage) -> None:
+        provenance = Provenance.from_labels(dict(located.labels))
+        if provenance is None:
+            return
+
+        def record(rollout: Rollout) -> None:
+            rollout.provenance = provenance
+
+        self.change(rollout_id, record, wait=False)
 
     def _recover(self, rollout: Rollout) -> None:
         """Reconcile a rollout whose bot died: finish it if the new version runs, else undo."""

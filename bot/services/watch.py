@@ -27,7 +27,7 @@ from bot.domain.errors import ImmuneError
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.judging import Decision, compare, compare_counters
 from bot.domain.kpis import Reading, Verdict, counter_query, judge, kpi_query, next_streak
-from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
+from bot.domain.models import Provenance, Rollout, RolloutKind, RolloutStatus, WatchState, new_id
 from bot.domain.traffic import watch_seconds
 from bot.ports import KpiSource
 from bot.services import incidents, traffic
@@ -533,6 +533,8 @@ class Watcher:
             samples=[s for s in self.samples(rollout.id) if s.kpi == kpi.name],
             opened_at=detected_at,
             live_at=rollout.live_at,
+            bad_provenance=rollout.provenance,
+            good_provenance=self._provenance_of(state.last_good_rollout),
         )
         halt_pipeline(
             self.ctx, rollout.pipeline, by="immune", reason="KPI breach", incident=incident.id
@@ -612,6 +614,10 @@ class Watcher:
         except Exception:
             logger.exception("could not read the history of KPI %s", kpi.name)
             return []
+
+    def _provenance_of(self, rollout_id: str) -> Provenance | None:
+        good = self.ctx.store.rollout(rollout_id) if rollout_id else None
+        return good.provenance if good is not None else None
 
     def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:
         if not incident.restored_version:

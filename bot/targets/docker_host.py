@@ -246,7 +246,12 @@ class DockerHostTarget:
                 )
         user = (found.attrs.get("Config") or {}).get("User") or ""
         runs_as_root = user.split(":")[0] in ("", "0", "root")
-        return LocatedImage(reference=image.reference, image_id=found.id, runs_as_root=runs_as_root)
+        return LocatedImage(
+            reference=image.reference,
+            image_id=found.id,
+            runs_as_root=runs_as_root,
+            labels=dict((found.attrs.get("Config") or {}).get("Labels") or {}),
+        )
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         """The engine's tags of the pipeline's image, newest image first (one engine call)."""

@@ -373,11 +373,12 @@ def test_slow_registry_the_ack_does_not_wait_and_the_rollout_resolves_first(
         repo.cleanup()
 
 
-def build_distinct(repo: Pushed, tags: list[str], unique: str) -> dict[str, str]:
+def build_distinct(repo: Pushed, tags: list[str], unique: str, *options: str) -> dict[str, str]:
     """Build demo images of their own (a label no other build has, so no image id is shared
-    with the session's demo images) as `repo:<tag>`, push them; tag -> local image id."""
+    with the session's demo images) as `repo:<tag>`, push them; tag -> local image id.
+    `options`: more of build-demo-image.sh's (`--revision SHA`, `--source URL`)."""
     subprocess.run(
-        [str(BUILD_DEMO_IMAGE), "--label", f"immune.test.build={unique}", repo.image]
+        [str(BUILD_DEMO_IMAGE), "--label", f"immune.test.build={unique}", *options, repo.image]
         + [f"{tag}:ok" for tag in tags],
         check=True,
         capture_output=True,
@@ -439,3 +440,29 @@ def test_prune_images_removes_old_versions_images_but_never_the_last_good_one(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             docker_client.api.remove_image(f"{other}:kept")
+
+
+def test_the_rollout_message_and_history_link_the_images_commit(
+    start_bot: Callable[..., InProcessBot],
+    pushed: Callable[..., Pushed],
+    emulator: Any,
+    unique_name: str,
+) -> None:
+    repo = pushed()
+    revision = "4f2a9c1e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39"
+    source = "https://github.com/example/immune-demo"
+    build_distinct(repo, ["7"], unique_name, "--revision", revision, "--source", source + ".git")
+    web = registry_pipeline(repo.image, unique_name)
+    bot = start_bot({"pipelines": {"web": web}})
+    deploy(bot, "web 7")
+    rollout = finished(bot, "web", "7")
+    assert rollout.status is RolloutStatus.good, rollout.error
+    assert rollout.provenance is not None
+    assert (rollout.provenance.revision, rollout.provenance.source) == (revision, source + ".git")
+    assert rollout.provenance.created.endswith("Z")
+    commit = f"commit <{source}/commit/{revision}|4f2a9c1>"
+    message = str(emulator.messages(CHANNEL)[-1]["blocks"])
+    assert commit in message, message
+    assert "from <https://github.com/example/immune-demo|github.com/example/immune-demo>" in message
+    response = bot.slack.command("/pipeline", "history web")
+    assert commit in str(response.json()["text"]), response.json()

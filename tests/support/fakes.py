@@ -75,6 +75,7 @@ class MemoryTarget:
     healthy: bool = True
     digests: dict[str, str] = field(default_factory=dict)  # tag -> manifest digest
     slow: set[str] = field(default_factory=set)  # tags whose quick lookup times out
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> image labels
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def health(self) -> dict[str, object]:
@@ -85,7 +86,12 @@ class MemoryTarget:
             self.calls.append(("locate", image.version))
         if image.version not in self.images:
             raise ImageNotFound(f"Image `{image.reference}` is not in memory.")
-        return LocatedImage(image.reference, f"mem:{image.version}", runs_as_root=False)
+        return LocatedImage(
+            image.reference,
+            f"mem:{image.version}",
+            runs_as_root=False,
+            labels=self.labels.get(image.version, {}),
+        )
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         with self.lock:
