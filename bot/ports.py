@@ -109,8 +109,18 @@ class Target(Protocol):
         """For /healthz: `{"ok": bool, ...}` (never raises)."""
         ...
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
-        """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there."""
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
+        """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there.
+
+        With `progress` (a rollout), a pull is a step of its own showing layers and bytes; one
+        that stalls past the pipeline's `pull_timeout` raises RolloutFailed.
+        """
         ...
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:

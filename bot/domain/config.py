@@ -462,6 +462,9 @@ class Pipeline(Strict):
     hardened: bool = True
     # Default: `missing` when `image` names a registry host, else `never` (see _default_pull).
     pull: Literal["never", "missing", "always"] = "never"
+    # A pull that receives nothing from the engine for this long has stalled: the rollout
+    # fails with the old version serving.
+    pull_timeout: Duration = Field(default=300.0, gt=0)
     keep_versions: int = Field(default=3, ge=1, le=50)
     # Remove the images of versions past keep_versions that no container uses (never the last
     # good one's).

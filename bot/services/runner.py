@@ -342,7 +342,7 @@ class RolloutRunner:
                 # The ack's quick lookup timed out: pin the tag before anything is pulled.
                 image = self._resolve(rollout.id, target, pipeline, image, progress)
             with progress.step("locate image", detail=image.reference):
-                located = target.locate(rollout.pipeline, pipeline, image)
+                located = target.locate(rollout.pipeline, pipeline, image, progress)
             self._record_provenance(rollout.id, located)
             if pipeline.tests is not None and rollout.kind is RolloutKind.deploy:
                 progress.check_cancelled()

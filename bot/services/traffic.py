@@ -90,8 +90,14 @@ class BehindProxy:
     def health(self) -> dict[str, object]:
         return self.target.health()
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
-        return self.target.locate(pipeline_name, pipeline, image)
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
+        return self.target.locate(pipeline_name, pipeline, image, progress)
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         return self.target.deployable_versions(pipeline_name, pipeline)

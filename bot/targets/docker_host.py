@@ -36,6 +36,7 @@ from bot.ports import (
 from bot.targets.engine import engine_health
 from bot.targets.hardening import container_options, hardened_defaults
 from bot.targets.health import probe
+from bot.targets.pull import PullRefused, pull
 from bot.targets.registry import RegistryLookup
 
 logger = logging.getLogger(__name__)
@@ -205,17 +206,23 @@ class DockerHostTarget:
     def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
         return self.registry.digest(image, quick=quick)
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
         try:
             if pipeline.pull == "always":
-                found = self._pull(image)
+                found = self._pull(image, pipeline, progress)
             else:
                 try:
                     found = self.client.images.get(image.reference)
                 except docker.errors.ImageNotFound:
                     if pipeline.pull == "never":
                         raise
-                    found = self._pull(image)
+                    found = self._pull(image, pipeline, progress)
         except docker.errors.ImageNotFound as exc:
             if pipeline.pull != "never":
                 raise self.registry.classify(exc, image) from exc
@@ -272,10 +279,22 @@ class DockerHostTarget:
         dated.sort(key=lambda item: (item[0], _natural(item[1])), reverse=True)
         return list(dict.fromkeys(version for _, version in dated))
 
-    def _pull(self, image: ImageRef) -> Any:
-        if image.digest:
-            return self.client.images.pull(image.repository, tag=image.digest)
-        return self.client.images.pull(image.repository, tag=image.tag)
+    def _pull(self, image: ImageRef, pipeline: Pipeline, progress: Progress | None) -> Any:
+        """Pull as its own rollout step (layers and bytes shown as they come), then the image."""
+
+        def pulled() -> str:
+            try:
+                return pull(self.client, image, progress, pipeline.pull_timeout)
+            except PullRefused as refused:
+                raise self.registry.classify_words(refused.words, None, image) from refused
+
+        if progress is None:
+            tally = pulled()
+        else:
+            with progress.step("pull", detail=image.reference):
+                tally = pulled()
+        logger.info("pulled %s: %s", image.reference, tally)
+        return self.client.images.get(image.reference)
 
     # The test gate -----------------------------------------------------------------------
 

@@ -100,7 +100,11 @@ class RegistryLookup:
 
     def classify(self, exc: docker.errors.APIError, image: ImageRef) -> ImageNotFound:
         """The domain error for the engine's answer about `image` (lookups and pulls alike)."""
-        words = str(exc.explanation or exc).lower()
+        return self.classify_words(str(exc.explanation or exc), exc.status_code, image)
+
+    def classify_words(self, said: str, status: int | None, image: ImageRef) -> ImageNotFound:
+        """The same, from the engine's words alone (an error line in a pull's stream)."""
+        words = said.lower()
         registry = registry_of(image)
         if any(w in words for w in _AUTH_WORDS):
             return RegistryAuthRefused(
@@ -111,12 +115,12 @@ class RegistryLookup:
             )
         if any(w in words for w in _UNREACHABLE_WORDS):
             return RegistryUnreachable(
-                f"The registry `{registry}` cannot be reached: {short(exc.explanation)}.",
+                f"The registry `{registry}` cannot be reached: {short(said)}.",
                 hint="Check that it runs and that the engine can reach it; nothing was changed.",
             )
-        if exc.status_code == 404 or any(w in words for w in _NOT_FOUND_WORDS):
+        if status == 404 or any(w in words for w in _NOT_FOUND_WORDS):
             return self._not_found(image, registry)
-        return ImageNotFound(f"Could not look up `{image.reference}`: {short(exc.explanation)}")
+        return ImageNotFound(f"Could not get `{image.reference}`: {short(said)}")
 
     def _not_found(self, image: ImageRef, registry: str) -> ImageNotFound:
         """Unknown tag or unknown repository: the registry's tag list tells them apart."""

@@ -333,8 +333,14 @@ class SwarmTarget:
 
     # Images and the test gate ------------------------------------------------------------
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
-        return self.host.locate(pipeline_name, pipeline, image)
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
+        return self.host.locate(pipeline_name, pipeline, image, progress)
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         return self.host.deployable_versions(pipeline_name, pipeline)

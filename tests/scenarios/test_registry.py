@@ -9,6 +9,7 @@ signed endpoint, as a pipeline whose `image` names the registry (so `pull` defau
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import threading
@@ -142,6 +143,10 @@ def test_deploy_by_tag_records_and_runs_the_digest(
     assert container.attrs["Config"]["Image"] == f"{repo.image}@{digest}"
     assert container.labels["immune.reference"] == f"{repo.image}@{digest}"
     assert f"{repo.image}@{digest}" in local_digests(docker_client, repo.image), "pulled"
+    pulled = rollout.step("pull")
+    assert pulled is not None and pulled.status.value == "done", rollout.steps
+    assert re.fullmatch(r"\d+/\d+ layers, [\d.]+ MB( of [\d.]+ MB)?", pulled.detail), pulled.detail
+    assert [s.name for s in rollout.steps][:2] == ["locate image", "pull"]
 
     message = str(emulator.messages(CHANNEL)[-1]["blocks"])
     assert f"`{repo.image}:1` · digest `{short_digest(digest)}`" in message
@@ -291,6 +296,8 @@ class SlowProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.delay = 0.0
+        self._released = threading.Event()  # close() lets every held connection go
+        self._serving: list[threading.Thread] = []
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.server.getsockname()[1])
         self._stop = threading.Event()
@@ -306,10 +313,12 @@ class SlowProxy:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client, self.delay), daemon=True).start()
+            serving = threading.Thread(target=self._serve, args=(client, self.delay), daemon=True)
+            serving.start()
+            self._serving.append(serving)
 
     def _serve(self, client: socket.socket, delay: float) -> None:
-        time.sleep(delay)
+        self._released.wait(delay)
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
         except OSError:
@@ -332,8 +341,11 @@ class SlowProxy:
 
     def close(self) -> None:
         self._stop.set()
+        self._released.set()
         self._accepting.join(5)
         self.server.close()
+        for serving in self._serving:
+            serving.join(10)
 
 
 def test_slow_registry_the_ack_does_not_wait_and_the_rollout_resolves_first(
@@ -466,3 +478,41 @@ def test_the_rollout_message_and_history_link_the_images_commit(
     assert "from <https://github.com/example/immune-demo|github.com/example/immune-demo>" in message
     response = bot.slack.command("/pipeline", "history web")
     assert commit in str(response.json()["text"]), response.json()
+
+
+def test_a_stalled_pull_fails_the_rollout_with_the_old_version_serving(
+    start_bot: Callable[..., InProcessBot],
+    registry_server: RegistryServer,
+    docker_client: docker.DockerClient,
+    demo_images: DemoImages,
+    rig_run: PytestRun,
+    unique_name: str,
+) -> None:
+    proxy = SlowProxy(registry_server.port)
+    repository = f"{IMAGE_PREFIX}{rig_run.id}/{unique_name}"
+    repo = Pushed(
+        registry_server, docker_client, demo_images, repository, host=f"127.0.0.1:{proxy.port}"
+    )
+    try:
+        repo.push("1")
+        second = repo.push("2")
+        web = registry_pipeline(repo.image, unique_name, pull_timeout="1500ms")
+        bot = start_bot({"pipelines": {"web": web}})
+        deploy(bot, "web 1")
+        assert finished(bot, "web", "1").status is RolloutStatus.good
+        proxy.delay = 20.0  # the registry stops answering (connections held, no bytes)
+        started = time.monotonic()
+        deploy(bot, f"web {second}")  # pinned: no lookup at the ack, the pull meets the stall
+        failed = finished(bot, "web", second.removeprefix("sha256:")[:12], timeout=30)
+        took = time.monotonic() - started
+        assert failed.status is RolloutStatus.failed
+        assert "stalled: nothing for 1.5s (pull_timeout" in failed.error, failed.error
+        pull_step = failed.step("pull")
+        assert pull_step is not None and pull_step.status.value == "failed"
+        assert "1 serves again" in failed.notes
+        assert serving_version(web) == "1"
+        assert took < 10, f"the stall took {took:.1f} s to fail"
+        print(f"\nstalled pull failed after {took:.2f} s (pull_timeout 1.5 s)")
+    finally:
+        proxy.close()
+        repo.cleanup()

@@ -81,7 +81,13 @@ class MemoryTarget:
     def health(self) -> dict[str, object]:
         return {"ok": self.healthy}
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
         with self.lock:
             self.calls.append(("locate", image.version))
         if image.version not in self.images:
