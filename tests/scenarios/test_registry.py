@@ -516,3 +516,25 @@ def test_a_stalled_pull_fails_the_rollout_with_the_old_version_serving(
     finally:
         proxy.close()
         repo.cleanup()
+
+
+def test_an_image_for_another_platform_is_refused_at_the_ack(
+    start_bot: Callable[..., InProcessBot],
+    pushed: Callable[..., Pushed],
+    registry_server: RegistryServer,
+    docker_client: docker.DockerClient,
+    unique_name: str,
+) -> None:
+    repo = pushed()
+    engine = docker_client.version()
+    foreign = "arm64" if engine.get("Arch") != "arm64" else "amd64"
+    registry_server.push_foreign_platform(repo.repository, "1", foreign)
+    web = registry_pipeline(repo.image, unique_name)
+    bot = start_bot({"pipelines": {"web": web}})
+    answer = deploy(bot, "web 1")
+    platform = f"{engine.get('Os')}/{engine.get('Arch')}"
+    assert (
+        f"`{repo.image}:1` has no image for this engine's platform `{platform}` "
+        f"(it offers linux/{foreign})"
+    ) in answer, answer
+    assert bot.ctx.store.recent_rollouts("web", 5) == []

@@ -13,6 +13,9 @@ import contextlib
 import ctypes
 import fcntl
 import gc
+import gzip
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -21,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -465,6 +469,73 @@ class RegistryServer(ServerProcess):
         )
         response.raise_for_status()
         return str(response.headers["Docker-Content-Digest"])
+
+    def push_foreign_platform(self, repository: str, tag: str, architecture: str) -> str:
+        """Push, through the registry's HTTP API, a one-layer image built for another
+        `architecture` (nothing this engine can run); returns its manifest digest."""
+        auth = (self.user, self.password) if self.user and self.password else None
+        base = f"http://{self.host}/v2/{repository}"
+        layer_tar = io.BytesIO()
+        with tarfile.open(fileobj=layer_tar, mode="w") as archive:
+            info = tarfile.TarInfo("hello.txt")
+            info.size = 6
+            archive.addfile(info, io.BytesIO(b"hello\n"))
+        diff_id = "sha256:" + hashlib.sha256(layer_tar.getvalue()).hexdigest()
+        layer = gzip.compress(layer_tar.getvalue(), mtime=0)
+        config = json.dumps(
+            {
+                "architecture": architecture,
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
+
+        def upload(blob: bytes) -> str:
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            started = requests.post(f"{base}/blobs/uploads/", auth=auth, timeout=5)
+            started.raise_for_status()
+            location = started.headers["Location"]
+            if location.startswith("/"):
+                location = f"http://{self.host}{location}"
+            joiner = "&" if "?" in location else "?"
+            done = requests.put(
+                f"{location}{joiner}digest={digest}",
+                data=blob,
+                headers={"Content-Type": "application/octet-stream"},
+                auth=auth,
+                timeout=5,
+            )
+            done.raise_for_status()
+            return digest
+
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "size": len(config),
+                    "digest": upload(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": len(layer),
+                        "digest": upload(layer),
+                    }
+                ],
+            }
+        ).encode()
+        put = requests.put(
+            f"{base}/manifests/{tag}",
+            data=manifest,
+            headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"},
+            auth=auth,
+            timeout=5,
+        )
+        put.raise_for_status()
+        return str(put.headers["Docker-Content-Digest"])
 
 
 def free_port_range(count: int, low: int = 20000, high: int = 60000) -> int:
