@@ -37,7 +37,7 @@ from bot.targets.engine import engine_health
 from bot.targets.hardening import container_options, hardened_defaults
 from bot.targets.health import probe
 from bot.targets.pull import PullRefused, pull
-from bot.targets.registry import RegistryLookup
+from bot.targets.registry import RegistryLookup, registry_of
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,14 @@ class DockerHostTarget:
                     dated.append((created, version))
         # Newest image first; tags of one image by name, highest first (`1.10` above `1.9`).
         dated.sort(key=lambda item: (item[0], _natural(item[1])), reverse=True)
-        return list(dict.fromkeys(version for _, version in dated))
+        versions = [version for _, version in dated]
+        if pipeline.pull != "never":
+            # What CI pushed and the engine has not pulled yet: the registry's tags, highest
+            # first, after the engine's (the registry's list carries no dates).
+            image = ImageRef(pipeline.image, None, None)
+            pushed = self.registry.tags(image, registry_of(image)) or []
+            versions += sorted(pushed, key=_natural, reverse=True)
+        return list(dict.fromkeys(versions))
 
     def _pull(self, image: ImageRef, pipeline: Pipeline, progress: Progress | None) -> Any:
         """Pull as its own rollout step (layers and bytes shown as they come), then the image."""

@@ -127,7 +127,10 @@ def test_deploy_by_tag_records_and_runs_the_digest(
     assert not local_digests(docker_client, repo.image), "the engine must pull it"
     web = registry_pipeline(repo.image, unique_name)
     bot = start_bot({"pipelines": {"web": web}})
-    assert bot.ctx.config.pipelines["web"].pull == "missing", "a registry image defaults to missing"
+    pipeline = bot.ctx.config.pipelines["web"]
+    assert pipeline.pull == "missing", "a registry image defaults to missing"
+    # The deploy form offers what CI pushed, though the engine holds none of it yet.
+    assert bot.ctx.target(pipeline).deployable_versions("web", pipeline) == ["1"]
 
     started = time.monotonic()
     answer = deploy(bot, "web 1")
