@@ -40,7 +40,7 @@ from bot.ports import (
 )
 from bot.services import approvals
 from bot.services.outcomes import record_outcome
-from bot.services.pinning import check_digest, from_registry
+from bot.services.pinning import RAN_LOOKBACK, check_digest, from_registry
 from bot.services.traffic import BehindProxy, Routers
 from bot.store.store import Store
 
@@ -335,6 +335,7 @@ class RolloutRunner:
                 self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)
                 return
             if moved is not None:
+                self._keep_provenance(rollout)  # nothing was located: the image ran before
                 self._went_live(rollout.id, pipeline, moved.gap_seconds, moved.notes)
                 return
         try:
@@ -387,6 +388,28 @@ class RolloutRunner:
 
         self.change(rollout_id, record, wait=False)
         return pinned
+
+    def _keep_provenance(self, rollout: Rollout) -> None:
+        """A version brought back without locating its image keeps the provenance the rollout
+        that last ran it recorded (the same digest, when one is pinned)."""
+        provenance = next(
+            (
+                earlier.provenance
+                for earlier in self.store.recent_rollouts(rollout.pipeline, RAN_LOOKBACK)
+                if earlier.id != rollout.id
+                and earlier.version == rollout.version
+                and earlier.provenance is not None
+                and earlier.image_digest == rollout.image_digest
+            ),
+            None,
+        )
+        if provenance is None:
+            return
+
+        def record(r: Rollout) -> None:
+            r.provenance = provenance
+
+        self.change(rollout.id, record, wait=False)
 
     def _record_provenance(self, rollout_id: str, located: LocatedImage) -> None:
         provenance = Provenance.from_labels(dict(located.labels))
