@@ -901,7 +901,8 @@ def remove_leftovers(client: DockerClient) -> list[str]:
             _remove_container(client, container_id)
             removed.append(f"container {name}")
     for image in client.api.images():
-        for tag in image.get("RepoTags") or []:
+        # A pulled-by-digest image has no tag, only `repo@sha256:…` names.
+        for tag in [*(image.get("RepoTags") or []), *(image.get("RepoDigests") or [])]:
             # Pushed to a test registry: `127.0.0.1:<port>/immune-test-<run>/…`.
             repository = tag.split("/", 1)[1] if tag.startswith("127.0.0.1:") else tag
             if not repository.startswith(IMAGE_PREFIX):
