@@ -541,3 +541,25 @@ def test_an_image_for_another_platform_is_refused_at_the_ack(
         f"(it offers linux/{foreign})"
     ) in answer, answer
     assert bot.ctx.store.recent_rollouts("web", 5) == []
+
+
+def test_pull_missing_uses_the_engines_copy_and_pull_always_pulls_again(
+    start_bot: Callable[..., InProcessBot],
+    pushed: Callable[..., Pushed],
+    unique_name: str,
+) -> None:
+    repo = pushed()
+    first = repo.push("1", keep_local=True)  # a push leaves the engine holding repo@digest
+    second = repo.push("2", keep_local=True)
+    missing = registry_pipeline(repo.image, unique_name)
+    always = registry_pipeline(repo.image, unique_name + "-a", pull="always")
+    bot = start_bot({"pipelines": {"web": missing, "api": always}})
+    deploy(bot, "web 1")
+    found = finished(bot, "web", "1")
+    assert found.status is RolloutStatus.good and found.image_digest == first
+    assert found.step("pull") is None, "missing: the engine had the digest, nothing pulled"
+    deploy(bot, "api 2")
+    pulled = finished(bot, "api", "2")
+    assert pulled.status is RolloutStatus.good and pulled.image_digest == second
+    step = pulled.step("pull")
+    assert step is not None and step.status.value == "done", "always: pulled again"
