@@ -123,6 +123,8 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
             )
     check_approvable(ctx, args.pipeline, pipeline, request)
     pinned = Pinned(resolve_version(pipeline.image, args.version))
+    # Busy is said before the registry is asked: a refusal never waits for a lookup.
+    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, pinned.image)
     if from_registry(pipeline):
         try:
             pinned = pin_in_ack(ctx.target(pipeline), pipeline, pinned.image)
@@ -144,7 +146,6 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
                 image.version,
             ),
         )
-    check_not_in_flight(ctx, args.pipeline, state.inflight_rollout, request, image)
     locate_in_ack(ctx, args.pipeline, pipeline, image)
     rollout = start_rollout(
         ctx,

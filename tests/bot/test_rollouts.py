@@ -145,6 +145,18 @@ def test_a_tag_the_ack_could_not_resolve_is_resolved_as_the_rollouts_first_step(
     ]
 
 
+def test_a_busy_pipeline_refuses_before_asking_the_registry(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(pull="missing")
+    rig.target.digests["9"] = DIGEST_9
+    queued(rig.store, "r-busy", RolloutKind.deploy, "1")
+    rig.store.update_pipeline("web", inflight_rollout="r-busy")
+    with pytest.raises(RolloutInFlight):
+        rig.command("/deploy", "web 9")
+    assert rig.target.calls == [], "refused before any registry lookup"
+
+
 def test_tag_at_digest_that_the_tag_no_longer_points_at_is_refused(
     make: Callable[..., Rig],
 ) -> None:
