@@ -45,8 +45,8 @@ class PullTally:
     def add(self, line: dict[str, object]) -> None:
         layer = str(line.get("id") or "")
         status = str(line.get("status") or "")
-        if not layer or layer.startswith(("sha256:", "latest")) or ":" in layer:
-            return  # the pull's own status lines (`Digest: …`, `Pulling from …`)
+        if not layer or status.startswith("Pulling from"):
+            return  # the pull's own lines (`Pulling from …` carries the tag or digest as id)
         detail = line.get("progressDetail")
         if isinstance(detail, dict):
             if isinstance(detail.get("total"), int) and status == "Downloading":
