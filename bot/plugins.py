@@ -97,13 +97,25 @@ def _engine(shared: Shared) -> Any:
     return shared.get("docker-engine", lambda: connect_engine(shared.settings.docker_host))
 
 
+def _lookup_engine(shared: Shared) -> Any:
+    """The engine with a short timeout, for tag lookups inside Slack's 3 s ack."""
+    return shared.get(
+        "docker-engine-lookups",
+        lambda: connect_engine(
+            shared.settings.docker_host, timeout=shared.settings.registry_lookup_seconds
+        ),
+    )
+
+
 def default_registry() -> Registry:
     return (
         Registry()
         .add_target(
             TargetPlugin(
                 name="docker",
-                build=lambda shared: docker_host.DockerHostTarget(_engine(shared)),
+                build=lambda shared: docker_host.DockerHostTarget(
+                    _engine(shared), lookup_client=_lookup_engine(shared)
+                ),
                 check=docker_host.check_pipeline,
                 health_key="docker",
                 side_by_side=True,
@@ -112,7 +124,9 @@ def default_registry() -> Registry:
         .add_target(
             TargetPlugin(
                 name="swarm",
-                build=lambda shared: swarm.SwarmTarget(_engine(shared)),
+                build=lambda shared: swarm.SwarmTarget(
+                    _engine(shared), lookup_client=_lookup_engine(shared)
+                ),
                 check=swarm.check_pipeline,
                 health_key="docker",
             )

@@ -35,11 +35,17 @@ class RolloutCancelled(Exception):
     """Stopped at a safe point (a /halt arrived before the swap began)."""
 
 
+class LookupTimedOut(Exception):
+    """The registry did not answer a quick tag lookup in time: the rollout resolves the tag
+    as its first step instead (the ack must not wait)."""
+
+
 @dataclass(frozen=True)
 class LocatedImage:
     reference: str
     image_id: str
     runs_as_root: bool
+    labels: Mapping[str, str] = field(default_factory=dict)  # the image's own (OCI) labels
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class RolloutRequest:
     from_version: str | None
     # A /rollback or automatic rollback: a target may use its engine's own rollback (Swarm).
     rollback: bool = False
+    # Never pruned, container or image (`keep_versions`, `prune_images`).
+    last_good_version: str | None = None
 
 
 class Target(Protocol):
@@ -101,13 +109,31 @@ class Target(Protocol):
         """For /healthz: `{"ok": bool, ...}` (never raises)."""
         ...
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
-        """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there."""
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
+        """Find (or pull, as the pipeline allows) the image; ImageNotFound if it is not there.
+
+        With `progress` (a rollout), a pull is a step of its own showing layers and bytes; one
+        that stalls past the pipeline's `pull_timeout` raises RolloutFailed.
+        """
         ...
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         """The versions (tags) of the pipeline's image that could be deployed now, newest
         first: what the engine holds (for the deploy form's version select)."""
+        ...
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        """The manifest digest the image's tag points at in its registry now (one manifest
+        request; nothing is pulled). `quick`: inside a request's ack, LookupTimedOut when the
+        registry does not answer within the short lookup time. Raises the ImageNotFound
+        family (UnknownTag, UnknownRepository, RegistryUnreachable, RegistryAuthRefused,
+        WrongPlatform)."""
         ...
 
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # (then finishes or undoes the swap once); past it the rollout fails, and the version
     # Redis records as live is put back when the engine returns.
     engine_wait_seconds: float = Field(default=60.0, ge=0)
+    # How long /deploy waits for the registry to say which digest a tag points at (one
+    # manifest request, inside Slack's 3 s ack); past it the rollout resolves the tag itself.
+    registry_lookup_seconds: float = Field(default=1.5, gt=0, le=2.5)
     # Replicas that must hold a write before Slack hears of it (Redis WAIT); unset: 1 with a
     # Sentinel REDIS_URL, 0 (no WAIT) otherwise.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build the demo web service image(s) from demo/Dockerfile, FROM scratch: nothing is pulled.
 #
-#   scripts/build-demo-image.sh [--label KEY=VALUE]... REPO TAG MODE [TESTS]
-#   scripts/build-demo-image.sh [--label KEY=VALUE]... REPO TAG:MODE[:TESTS]...
-#   scripts/build-demo-image.sh [--label KEY=VALUE]... REPO --standard
+#   scripts/build-demo-image.sh [OPTION]... REPO TAG MODE [TESTS]
+#   scripts/build-demo-image.sh [OPTION]... REPO TAG:MODE[:TESTS]...
+#   scripts/build-demo-image.sh [OPTION]... REPO --standard
 #
+# Options: --label KEY=VALUE (more labels); --revision SHA, --source URL, --created TIME (the
+# OCI provenance labels, as CI stamps them; --revision without --created: now, UTC).
+# REPO may start with a registry host (127.0.0.1:15000/demo/web).
 # MODE: ok | errors | unhealthy | crash.  TESTS: pass (default) | fail.
 # --standard builds the set the demo and the tests use:
 #   1:ok 2:ok 3:errors 4:unhealthy 5:crash 6:ok:fail
@@ -24,16 +27,26 @@ die() {
 }
 
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
 labels=()
-while [[ $# -gt 0 && $1 == --* ]]; do
+revision="" source="" created=""
+while [[ $# -gt 0 && $1 == --* && $1 != --standard ]]; do
     case $1 in
         --label)
             [[ $# -ge 2 && $2 == ?*=* ]] || die "--label needs KEY=VALUE"
             labels+=(--label "$2")
+            shift 2
+            ;;
+        --revision | --source | --created)
+            [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"
+            case $1 in
+                --revision) revision=$2 ;;
+                --source) source=$2 ;;
+                --created) created=$2 ;;
+            esac
             shift 2
             ;;
         --help | -h) usage ;;
@@ -44,8 +57,9 @@ done
 [[ $# -ge 2 ]] || usage
 repo=$1
 shift
-[[ $repo =~ ^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$ ]] ||
-    die "invalid repository name '$repo' (lower case, digits, '.', '_', '-', '/')"
+# An optional registry host first (`127.0.0.1:15000/`, `registry.example.com/`), then the path.
+[[ $repo =~ ^([A-Za-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$ ]] ||
+    die "invalid repository name '$repo' (an optional host[:port]/, then lower case, digits, '.', '_', '-', '/')"
 
 specs=()
 if [[ $1 == --standard ]]; then
@@ -70,6 +84,10 @@ for spec in "${specs[@]}"; do
         die "invalid TESTS '$tests' in '$spec' (pass|fail)" ;;
     esac
 done
+
+if [[ -n $revision && -z $created ]]; then
+    created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+fi
 
 command -v "$docker_bin" >/dev/null || die "'$docker_bin' not found (run scripts/setup.sh)"
 [[ -x $busybox ]] || die "$busybox not found: install busybox-static (scripts/setup.sh)"
@@ -109,6 +127,7 @@ for spec in "${specs[@]}"; do
     # The classic builder: Debian's engine has no buildx, and FROM scratch needs nothing more.
     if ! DOCKER_BUILDKIT=0 "$docker_bin" build --quiet --force-rm \
         --build-arg "VERSION=$tag" --build-arg "MODE=$mode" --build-arg "TESTS=$tests" \
+        --build-arg "REVISION=$revision" --build-arg "SOURCE=$source" --build-arg "CREATED=$created" \
         ${labels[@]+"${labels[@]}"} --tag "$repo:$tag" "$context" >"$log" 2>&1; then
         cat "$log" >&2
         die "building $repo:$tag failed"

@@ -3,7 +3,10 @@
 The real bot (`python -m bot`) runs against a local emulator of Slack's Web API; the commands
 below reach it exactly as Slack sends them (signed HTTP requests to POST /slack/events), and
 it deploys the demo service on the real Docker engine behind the real HAProxy (driven through
-its runtime API), watched by the real Prometheus from HAProxy's own per-version metrics.
+its runtime API), watched by the real Prometheus from HAProxy's own per-version metrics. The
+versions come from the local registry (127.0.0.1:15000), where scripts/demo.sh pushed them
+with their OCI labels: each tag is pinned to its digest and pulled, and the rollout message
+shows the tag, the digest and the commit.
 
     scripts/demo.sh              the scripted story: deploy, an upgrade by canary, a bad version
                                  caught at its first canary step and rolled back, halt, five
@@ -252,6 +255,22 @@ def newest_rollout(r: redis.Redis, version: str, kind: RolloutKind | None = None
     return None
 
 
+def show_pinned(rollout: Rollout) -> None:
+    """What the rollout pinned and where the image came from; the demo stops if it did not."""
+    provenance = rollout.provenance
+    if not rollout.image_digest or provenance is None or not provenance.revision:
+        raise SystemExit(
+            f"demo: version {rollout.version} was not pinned to a digest with its commit "
+            f"(digest {rollout.image_digest}, provenance {provenance})"
+        )
+    pulled = rollout.step("pull")
+    print(
+        f"\n  (pinned: tag `{rollout.image_tag}` -> {rollout.image_digest[:19]}…, "
+        f"commit {provenance.short_revision} of {provenance.source}; "
+        + (f"pulled from the registry: {pulled.detail})" if pulled else "already on the engine)")
+    )
+
+
 def wait_for_status(
     r: redis.Redis,
     transcript: Transcript,
@@ -466,7 +485,8 @@ def story(bot: BotProcess, r: redis.Redis, transcript: Transcript) -> None:
         f"once; its KPI (HAProxy's own count of its 5xx) is watched for {WATCH_SECONDS} s"
     )
     command(bot, transcript, "/deploy web 1")
-    wait_for_status(r, transcript, "1", {"live", "good", "failed", "rolled_back"}, 60)
+    first = wait_for_status(r, transcript, "1", {"live", "good", "failed", "rolled_back"}, 60)
+    show_pinned(first)
     splits = SplitLog(r).start()
     load = SteadyLoad("127.0.0.1", LISTEN_PORT, rate=LOAD_RATE, max_seconds=LOAD_MAX_SECONDS)
     load.start()
@@ -660,7 +680,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--console", action="store_true", help="type the commands yourself")
-    parser.add_argument("--image", default="demo/web", help="the demo image repository")
+    parser.add_argument(
+        "--image",
+        default="127.0.0.1:15000/demo/web",
+        help="the demo image repository (scripts/demo.sh pushes it to the local registry)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
     parser.add_argument(

@@ -2,8 +2,10 @@
 # Local services for development and the demo, on loopback only, state under var/.
 #
 #   scripts/services.sh start          dockerd (if the engine does not answer), Redis, Prometheus,
-#                                      HAProxy (when the demo's pipelines have a traffic: block)
+#                                      the registry, HAProxy (when the demo's pipelines have a
+#                                      traffic: block)
 #   scripts/services.sh start-docker   only dockerd (what CI needs: tests start their own rest)
+#   scripts/services.sh start-registry only the image registry (the demo pushes to it)
 #   scripts/services.sh stop           stops what this script started (never a dockerd it found)
 #   scripts/services.sh stop-docker    stops dockerd, if this script started it
 #   scripts/services.sh status         one line per service
@@ -13,8 +15,9 @@
 # /metrics on 127.0.0.1:3000, and job "haproxy", HAProxy's exporter on 127.0.0.1:8405.
 # HAProxy: the config `python -m bot proxy-config` prints for PIPELINES_FILE (default: the
 # demo's, var/demo/pipelines.yml, written by scripts/demo.py), in var/haproxy; its frontends
-# and runtime API are where that file's traffic: blocks say.  Logs in var/log, pid files in
-# var/run.
+# and runtime API are where that file's traffic: blocks say.  Registry (Debian's docker-registry,
+# the CNCF distribution registry): 127.0.0.1:15000, no auth, config and storage in var/registry.
+# Logs in var/log, pid files in var/run.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +31,7 @@ readonly PROMETHEUS_PORT=9090
 readonly BOT_METRICS=127.0.0.1:3000
 readonly DEMO_TARGET=127.0.0.1:18080
 readonly HAPROXY_EXPORTER=127.0.0.1:8405
+readonly REGISTRY_PORT=15000
 python=${VENV:-$root/.venv}/bin/python
 
 die() {
@@ -113,6 +117,9 @@ docker_answers() { docker info >/dev/null 2>&1; }
 redis_answers() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
 prometheus_answers() {
     curl -fsS --max-time 2 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null 2>&1
+}
+registry_answers() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1
 }
 haproxy_answers() { curl -fsS --max-time 2 "http://$HAPROXY_EXPORTER/metrics" >/dev/null 2>&1; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -212,6 +219,37 @@ start_prometheus() {
     echo "prometheus: started on http://127.0.0.1:$PROMETHEUS_PORT (pid $(<"$pidfile"), targets $dir/targets/*.json)"
 }
 
+start_registry() {
+    need docker-registry
+    need curl
+    local pidfile=$run/docker-registry.pid dir=$var/registry
+    if registry_answers; then
+        echo "registry: already running on 127.0.0.1:$REGISTRY_PORT"
+        return 0
+    fi
+    port_in_use "$REGISTRY_PORT" &&
+        die "registry: port $REGISTRY_PORT is taken by something that is not a registry"
+    mkdir -p "$run" "$logs" "$dir/data"
+    cat >"$dir/config.yml" <<EOF
+# Written by scripts/services.sh on every start: edit the script, not this file.
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+EOF
+    echo "--- $(date -Is) services.sh: starting docker-registry" >>"$logs/registry.log"
+    setsid nohup docker-registry serve "$dir/config.yml" >>"$logs/registry.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    wait_ready registry "$pidfile" "$logs/registry.log" 15 registry_answers
+    echo "registry: started on 127.0.0.1:$REGISTRY_PORT (pid $(<"$pidfile"), storage $dir/data)"
+}
+
 start_haproxy() {
     need haproxy
     need curl
@@ -274,6 +312,11 @@ status() {
     else
         echo "prometheus: not answering on 127.0.0.1:$PROMETHEUS_PORT"
     fi
+    if registry_answers; then
+        echo "registry: running on 127.0.0.1:$REGISTRY_PORT$(pid_alive "$run/docker-registry.pid" && echo " (pid $(<"$run/docker-registry.pid"))")"
+    else
+        echo "registry: not answering on 127.0.0.1:$REGISTRY_PORT"
+    fi
     if pid_alive "$run/haproxy.pid"; then
         echo "haproxy: running (pid $(<"$run/haproxy.pid"), config $var/haproxy/haproxy.cfg)$(haproxy_answers || echo ", exporter not answering on $HAPROXY_EXPORTER")"
     elif haproxy_answers; then
@@ -288,11 +331,14 @@ case ${1:-} in
         start_docker
         start_redis
         start_prometheus
+        start_registry
         start_haproxy
         ;;
     start-docker) start_docker ;;
+    start-registry) start_registry ;;
     stop)
         stop_pid haproxy "$run/haproxy.pid" haproxy_answers
+        stop_pid registry "$run/docker-registry.pid" registry_answers
         stop_pid prometheus "$run/prometheus.pid" prometheus_answers
         stop_pid redis "$run/redis.pid" redis_answers
         stop_pid docker "$run/dockerd.pid" docker_answers
@@ -300,7 +346,7 @@ case ${1:-} in
     stop-docker) stop_pid docker "$run/dockerd.pid" docker_answers ;;
     status) status ;;
     *)
-        sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+        sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
         exit 2
         ;;
 esac

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install what immune needs on Debian 12, as root: safe to run again (it skips what is there).
 #
-#   - Debian packages: docker.io, redis-server, busybox-static, prometheus, haproxy (and curl,
-#     make)
-#   - Debian's own redis-server, prometheus and haproxy services stopped and disabled:
+#   - Debian packages: docker.io, redis-server, busybox-static, prometheus, haproxy,
+#     docker-registry (the CNCF distribution registry) and apache2-utils (its htpasswd), and
+#     curl, make
+#   - Debian's own redis-server, prometheus, haproxy and docker-registry services stopped and
+#     disabled:
 #     scripts/services.sh and the test fixtures run their own, on loopback
 #   - .venv with Python >= 3.11 and `pip install -e '.[dev]'`
 #
@@ -67,7 +69,7 @@ if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     esac
 fi
 slim_packages=()
-for package in prometheus haproxy; do
+for package in prometheus haproxy docker-registry apache2-utils; do
     installed "$package" || slim_packages+=("$package")
 done
 
@@ -101,14 +103,14 @@ else
     say "Debian packages: all present"
 fi
 
-for command in docker dockerd redis-server redis-cli prometheus haproxy curl; do
+for command in docker dockerd redis-server redis-cli prometheus haproxy docker-registry htpasswd curl; do
     command -v "$command" >/dev/null || die "$command not found after installing the packages"
 done
 [[ -x /bin/busybox ]] || die "/bin/busybox not found after installing busybox-static"
 
-# --- Debian's redis-server, prometheus and haproxy services would squat ports 6379, 9090 and
-# (haproxy's default config) hold a stats socket of their own.
-for service in redis-server prometheus haproxy; do
+# --- Debian's redis-server, prometheus and docker-registry services would squat ports 6379,
+# 9090 and 5000, and haproxy's default config holds a stats socket of its own.
+for service in redis-server prometheus haproxy docker-registry; do
     if [[ -d /run/systemd/system ]]; then
         if systemctl is-active --quiet "$service" || systemctl is-enabled --quiet "$service" 2>/dev/null; then
             [[ $(id -u) -eq 0 ]] || die "Debian's $service service is enabled: run as root to disable it"

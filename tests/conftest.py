@@ -25,6 +25,7 @@ from tests.support.services import (
     PrometheusServer,
     PytestRun,
     RedisServer,
+    RegistryServer,
     ServerProcess,
     ServiceError,
     ServiceUnavailable,
@@ -36,7 +37,7 @@ from tests.support.services import (
     remove_test_objects,
 )
 
-DOCKER_FIXTURES = frozenset({"docker_client", "demo_images"})
+DOCKER_FIXTURES = frozenset({"docker_client", "demo_images", "registry_server", "auth_registry"})
 PROMETHEUS_FIXTURES = frozenset({"prometheus_server"})
 HAPROXY_FIXTURES = frozenset({"haproxy_server"})
 
@@ -232,3 +233,30 @@ def haproxy_server(tmp_path: Path) -> Iterator[HAProxyServer]:
         yield server
     finally:
         server.close()
+
+
+def _registry(workdir: Path, **auth: str) -> Iterator[RegistryServer]:
+    if shutil.which("docker-registry") is None:
+        unavailable("docker-registry not found on PATH (run scripts/setup.sh)")
+    try:
+        server = RegistryServer(workdir, **auth)
+    except ServiceUnavailable as error:
+        unavailable(str(error))
+    yield from _serve(server)
+
+
+@pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A distribution registry of this session on a free loopback port, without auth:
+    `.host` (`127.0.0.1:<port>`), `.push(client, source, repository, tag)` -> digest. A test
+    that stops it gets it started again afterwards (its storage kept)."""
+    yield from _registry(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A registry of this session that answers 401 without its user and password (htpasswd);
+    `.write_docker_config(dir)` writes the `config.json` that holds them."""
+    yield from _registry(
+        tmp_path_factory.mktemp("auth-registry"), user="immune", password="s3cret-pass"
+    )

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from bot.domain.errors import ConfigError
-from bot.domain.images import parse_repository
+from bot.domain.images import parse_repository, registry_host
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -460,8 +460,15 @@ class Pipeline(Strict):
     kpis: list[Kpi] = []
     auto_rollback: bool = True
     hardened: bool = True
+    # Default: `missing` when `image` names a registry host, else `never` (see _default_pull).
     pull: Literal["never", "missing", "always"] = "never"
+    # A pull that receives nothing from the engine for this long has stalled: the rollout
+    # fails with the old version serving.
+    pull_timeout: Duration = Field(default=300.0, gt=0)
     keep_versions: int = Field(default=3, ge=1, le=50)
+    # Remove the images of versions past keep_versions that no container uses (never the last
+    # good one's).
+    prune_images: bool = False
     command_channels: list[str] | None = None
     traffic: Traffic | None = None
 
@@ -469,6 +476,15 @@ class Pipeline(Strict):
     @classmethod
     def _image_without_tag(cls, image: str) -> str:
         return parse_repository(image)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_pull(cls, data: Any) -> Any:
+        # An image from a registry is pulled when the engine lacks it; one without a registry
+        # host is taken as built or loaded on the engine, as before registries were supported.
+        if isinstance(data, dict) and "pull" not in data and isinstance(data.get("image"), str):
+            return {**data, "pull": "missing" if registry_host(data["image"]) else "never"}
+        return data
 
     @field_validator("container")
     @classmethod

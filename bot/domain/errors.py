@@ -106,3 +106,32 @@ class EngineUnreachable(ImmuneError):
     """
 
     code = "engine_unreachable"
+
+
+# What a registry answers for an image (bot/targets/registry.py classifies the engine's words).
+# Each is an ImageNotFound: the image could not be had, so a rollout that meets one fails with
+# the old version serving, and the requester is told why.
+
+
+class UnknownTag(ImageNotFound):
+    code = "unknown_tag"
+
+
+class UnknownRepository(ImageNotFound):
+    code = "unknown_repository"
+
+
+class RegistryUnreachable(ImageNotFound):
+    code = "registry_unreachable"
+
+
+class RegistryAuthRefused(ImageNotFound):
+    code = "registry_auth_refused"
+
+
+class WrongPlatform(ImageNotFound):
+    code = "wrong_platform"
+
+
+class DigestMismatch(ImageNotFound):
+    code = "digest_mismatch"

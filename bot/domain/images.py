@@ -43,6 +43,32 @@ class ImageRef:
         assert self.digest is not None
         return self.digest.removeprefix("sha256:")[:12]
 
+    @property
+    def tagged(self) -> str:
+        """`name:tag` (what a registry's tag points at), or the reference without a tag."""
+        return f"{self.repository}:{self.tag}" if self.tag else self.reference
+
+    def pinned(self, digest: str) -> ImageRef:
+        """The same version, pinned to the manifest digest its tag pointed at."""
+        return ImageRef(self.repository, self.tag, digest)
+
+
+def short_digest(digest: str) -> str:
+    """`sha256:` and the first 12 hex digits: enough to tell versions apart in a message."""
+    return digest[: len("sha256:") + 12]
+
+
+def registry_host(repository: str) -> str | None:
+    """The registry a repository names (`127.0.0.1:5000/web` -> `127.0.0.1:5000`), or None.
+
+    distribution/reference's rule: the first path component is a host when it has a `.` or a
+    `:`, or is `localhost`; otherwise the name is Docker Hub's.
+    """
+    first, slash, _ = repository.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
 
 def split_reference(reference: str) -> tuple[str, str | None]:
     """`name@digest` or `name:tag` into (name, digest or tag); (name, None) without either."""
@@ -108,3 +134,66 @@ def resolve_version(repository: str, version: str) -> ImageRef:
     if tag is None and digest is None:
         raise BadVersion(f"`{text}` names no tag or digest")
     return ImageRef(repository, tag, digest)
+
+
+# Provenance: the OCI labels CI stamps on an image ----------------------------------------
+
+LABEL_REVISION = "org.opencontainers.image.revision"
+LABEL_SOURCE = "org.opencontainers.image.source"
+LABEL_CREATED = "org.opencontainers.image.created"
+LABEL_VERSION = "org.opencontainers.image.version"
+
+
+@dataclass(frozen=True)
+class SourceRepo:
+    """Where an image's source lives, as a browsable URL, and how its host links commits."""
+
+    url: str  # https://github.com/team/web (no trailing slash, no .git)
+    style: str  # "github" | "gitlab" | "" (no known link scheme)
+
+    def commit_url(self, revision: str) -> str | None:
+        if self.style == "github":
+            return f"{self.url}/commit/{revision}"
+        if self.style == "gitlab":
+            return f"{self.url}/-/commit/{revision}"
+        return None
+
+    def compare_url(self, good: str, bad: str) -> str | None:
+        """The commits from the good version to the bad one."""
+        if self.style == "github":
+            return f"{self.url}/compare/{good}...{bad}"
+        if self.style == "gitlab":
+            return f"{self.url}/-/compare/{good}...{bad}"
+        return None
+
+
+_SCP_LIKE = re.compile(r"^(?:[\w.-]+@)?(?P<host>[\w.-]+):(?P<path>(?!\d+/)[\w./-]+)$")
+
+
+def source_repo(source: str) -> SourceRepo | None:
+    """`org.opencontainers.image.source` as a SourceRepo: https and `git@host:path` forms,
+    `.git` dropped; GitHub by its host, GitLab by a host with `gitlab` in its name."""
+    text = source.strip()
+    if not text:
+        return None
+    scp = _SCP_LIKE.match(text)
+    if scp and "://" not in text:
+        text = f"https://{scp['host']}/{scp['path']}"
+    match = re.match(
+        r"^(?:https?|ssh|git)://(?:[^@/]+@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$", text
+    )
+    if match is None:
+        return None
+    path = match["path"].rstrip("/").removesuffix(".git")
+    host = match["host"].lower()
+    if not path:
+        return None
+    style = "github" if host in ("github.com", "www.github.com") else ""
+    if "gitlab" in host:
+        style = "gitlab"
+    return SourceRepo(url=f"https://{host}/{path}", style=style)
+
+
+def short_revision(revision: str) -> str:
+    """A commit as people read it: 7 characters of a hex sha, anything else as it is."""
+    return revision[:7] if re.fullmatch(r"[0-9a-f]{8,64}", revision) else revision[:40]

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
+from bot.domain.models import Provenance
+
 WHYS = (1, 2, 3, 4, 5)
 ROOT_CAUSE = "root cause"
 FAILING_TEST = "failing test"
@@ -94,6 +96,10 @@ class Incident(BaseModel):
     history: list[tuple[float, float]] = Field(default_factory=list)
     opened_at: float
     live_at: float | None = None
+    # The OCI labels of the bad version and of the last good one (the breach alert names the
+    # commits between them).
+    bad_provenance: Provenance | None = None
+    good_provenance: Provenance | None = None
     actions: list[str] = Field(default_factory=list)
     alert_ts: str | None = None
     thread_ts: str | None = None

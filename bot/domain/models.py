@@ -5,11 +5,21 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bot.domain.images import (
+    LABEL_CREATED,
+    LABEL_REVISION,
+    LABEL_SOURCE,
+    LABEL_VERSION,
+    SourceRepo,
+    short_revision,
+    source_repo,
+)
 from bot.domain.text import Text, User, as_text, say
 
 
@@ -97,6 +107,58 @@ class TrafficSplit(BaseModel):
         return {self.port: self.percent, self.baseline_port: 100 - self.percent}
 
 
+class Provenance(BaseModel):
+    """Where an image came from: its OCI labels, as CI stamped them (empty when absent)."""
+
+    revision: str = ""
+    source: str = ""
+    created: str = ""
+    version: str = ""
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> Provenance | None:
+        found = cls(
+            revision=labels.get(LABEL_REVISION, "").strip(),
+            source=labels.get(LABEL_SOURCE, "").strip(),
+            created=labels.get(LABEL_CREATED, "").strip(),
+            version=labels.get(LABEL_VERSION, "").strip(),
+        )
+        return found if any((found.revision, found.source, found.created)) else None
+
+    @property
+    def repo(self) -> SourceRepo | None:
+        return source_repo(self.source)
+
+    @property
+    def short_revision(self) -> str:
+        return short_revision(self.revision)
+
+    def commit_url(self) -> str | None:
+        repo = self.repo
+        return repo.commit_url(self.revision) if repo and self.revision else None
+
+
+@dataclass(frozen=True)
+class CommitRange:
+    """The commits between a good version and a bad one (both from the same source)."""
+
+    good: str
+    bad: str
+    compare_url: str | None
+
+
+def commit_range(good: Provenance | None, bad: Provenance | None) -> CommitRange | None:
+    """Known when both versions carry a revision and the same source URL."""
+    if good is None or bad is None or not good.revision or not bad.revision:
+        return None
+    good_repo, bad_repo = good.repo, bad.repo
+    if good_repo is None or bad_repo is None or good_repo.url != bad_repo.url:
+        return None
+    return CommitRange(
+        good.revision, bad.revision, bad_repo.compare_url(good.revision, bad.revision)
+    )
+
+
 class Rollout(BaseModel):
     id: str
     pipeline: str
@@ -133,6 +195,8 @@ class Rollout(BaseModel):
     judgements: dict[str, str] = Field(default_factory=dict)
     judged: dict[str, str] = Field(default_factory=dict)
     canary_prompt_ts: str | None = None  # the message asking whether to promote or abort
+    # The image's OCI labels, read when the image is located.
+    provenance: Provenance | None = None
 
     def why(self) -> Text:
         """Why it ended, as people read it: `rejected by <someone>`."""

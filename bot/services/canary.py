@@ -9,12 +9,12 @@ person, audited as theirs), which supersedes the canary when it goes live.
 from __future__ import annotations
 
 from bot.domain.errors import ImmuneError
-from bot.domain.images import resolve_version
 from bot.domain.models import RolloutKind, RolloutStatus
 from bot.domain.text import User, say
 from bot.services import traffic
 from bot.services.context import Context
 from bot.services.deploys import start_rollout
+from bot.services.pinning import image_that_ran
 from bot.services.policy import check_deployer
 from bot.services.requests import CommandRequest, Reply
 from bot.store.keys import Once
@@ -71,7 +71,7 @@ def decide(ctx: Context, rollout_id: str, user: str, decision: str, request_id: 
             ctx,
             rollout.pipeline,
             pipeline,
-            resolve_version(pipeline.image, split.baseline_version),
+            image_that_ran(ctx.store, rollout.pipeline, pipeline, split.baseline_version),
             kind=RolloutKind.rollback,
             actor=user,
             reason=f"canary of {rollout.version} aborted",

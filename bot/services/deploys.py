@@ -1,8 +1,10 @@
 """/deploy and /rollback, and the one path every rollout starts by.
 
-Everything here runs inside Slack's 3 s ack: Redis, and for `pull: never` a local look-up of
-the image on the engine. Pulling is slow, so with pulls allowed the runner's `locate image` step
-finds out, and tells the requester if the image is not there.
+Everything here runs inside Slack's 3 s ack: Redis, for `pull: never` a local look-up of the
+image on the engine, and for a registry image one manifest request that pins the tag to its
+digest (bounded by REGISTRY_LOOKUP_SECONDS; past it the rollout resolves the tag first).
+Pulling is slow, so with pulls allowed the runner's `locate image` step pulls, and tells the
+requester if the image cannot be had.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ from bot.domain import windows
 from bot.domain.config import Pipeline
 from bot.domain.errors import (
     AlreadyLive,
+    ImageNotFound,
     NotAllowed,
     NothingToRollBackTo,
     OutsideWindow,
     PipelineHalted,
     RolloutInFlight,
 )
-from bot.domain.images import ImageRef, resolve_version
+from bot.domain.images import ImageRef, resolve_version, short_digest
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
 from bot.domain.parsing import DeployArgs, parse_deploy, parse_rollback, wants_help
 from bot.domain.text import Channel, Moment, User, Users, as_text, say
 from bot.services import approvals
 from bot.services.context import Context
+from bot.services.pinning import Pinned, from_registry, image_that_ran, pin_in_ack, tag_moved
 from bot.services.policy import (
     admins_hint,
     audit_in_flight,
@@ -121,8 +125,21 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
                 + ").",
             )
     check_approvable(ctx, args.pipeline, pipeline, request)
-    image = resolve_version(pipeline.image, args.version)
-    if state.live_version == image.version and not state.inflight_rollout:
+    pinned = Pinned(resolve_version(pipeline.image, args.version))
+    # Busy is said before the registry is asked: a refusal never waits for a lookup.
+    check_not_in_flight(ctx, snapshot, request, pinned.image)
+    if from_registry(pipeline):
+        try:
+            pinned = pin_in_ack(ctx.target(pipeline), pipeline, pinned.image)
+        except ImageNotFound as missing:
+            refuse(ctx, request, args.pipeline, missing.code)
+            raise
+    image = pinned.image
+    if (
+        state.live_version == image.version
+        and not state.inflight_rollout
+        and not _tag_moved_since_live(ctx, state.live_rollout, image)
+    ):
         refuse(ctx, request, args.pipeline, "already_live")
         raise AlreadyLive(
             say("`{}` is already live on `{}`.", image.version, args.pipeline),
@@ -132,7 +149,6 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
                 image.version,
             ),
         )
-    check_not_in_flight(ctx, snapshot, request, image)
     locate_in_ack(ctx, args.pipeline, pipeline, image)
     rollout = start_rollout(
         ctx,
@@ -148,8 +164,8 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
     if rollout.status is RolloutStatus.queued:
         return Reply(
             say(
-                "Deploying `{}` to `{}` ({}); progress in {}.",
-                image.reference,
+                "Deploying {} to `{}` ({}); progress in {}.",
+                deploying_words(pinned),
                 args.pipeline,
                 rollout.id,
                 Channel(pipeline.channel),
@@ -163,6 +179,28 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
             rollout.id,
         )
     )
+
+
+def deploying_words(pinned: Pinned) -> str:
+    """`repo:1.4.2` pinned to `sha256:…` (a registry image), or the reference as it is."""
+    image = pinned.image
+    if pinned.deferred:
+        return (
+            f"`{image.tagged}` (the registry did not answer in time: "
+            "the rollout resolves the tag to its digest first)"
+        )
+    if image.tag and image.digest:
+        return f"`{image.tagged}` (digest `{short_digest(image.digest)}`)"
+    return f"`{image.reference}`"
+
+
+def _tag_moved_since_live(ctx: Context, live_rollout: str, image: ImageRef) -> bool:
+    """The live version's tag now points at another digest (CI pushed it again): deploying
+    the same tag is then a new image, not a no-op."""
+    if image.digest is None or not live_rollout:
+        return False
+    live = ctx.store.rollout(live_rollout)
+    return live is not None and live.image_digest not in (None, image.digest)
 
 
 def locate_in_ack(ctx: Context, name: str, pipeline: Pipeline, image: ImageRef) -> None:
@@ -183,6 +221,7 @@ def start_rollout(
     reason: str = "",
     response_url: str | None = None,
     command: str = "",
+    notes: list[str] | None = None,
 ) -> Rollout:
     """Claim the pipeline and hand the rollout to a worker: the one path for every rollout."""
     state = ctx.store.pipeline(name)
@@ -203,6 +242,7 @@ def start_rollout(
         channel=pipeline.channel,
         response_url=response_url,
         forced=bool(reason) and kind is RolloutKind.deploy,
+        notes=list(notes or []),
     )
     ttl = ctx.limits.lock_ttl_seconds
     if pipeline.approvals is not None and needs_approval:
@@ -243,7 +283,8 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     snapshot = ctx.store.pipeline_snapshot(args.pipeline)
     state = snapshot.state
     if args.version is not None:
-        image = resolve_version(pipeline.image, args.version)
+        # The digest that version ran with, when it ran here: a tag may have moved since.
+        image = image_that_ran(ctx.store, args.pipeline, pipeline, args.version)
         if image.version == state.live_version and not state.inflight_rollout:
             refuse(ctx, request, args.pipeline, "already_live")
             raise AlreadyLive(say("`{}` is already live on `{}`.", image.version, args.pipeline))
@@ -270,9 +311,18 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
             )
             refusal.pick_version_of = args.pipeline  # a form offers the earlier good ones
             raise refusal
-        image = resolve_version(pipeline.image, state.last_good_version)
+        image = image_that_ran(
+            ctx.store, args.pipeline, pipeline, state.last_good_version, state.last_good_rollout
+        )
     check_not_in_flight(ctx, snapshot, request, image)
     locate_in_ack(ctx, args.pipeline, pipeline, image)
+    moved = tag_moved(ctx.target(pipeline), pipeline, image) if from_registry(pipeline) else None
+    moved_note = (
+        f"tag `{image.tag}` now points at `{short_digest(moved)}`; rolling back to "
+        f"`{short_digest(image.digest)}`, the digest that ran"
+        if moved is not None and image.digest is not None
+        else ""
+    )
     rollout = start_rollout(
         ctx,
         args.pipeline,
@@ -282,15 +332,19 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
         actor=request.user_id,
         response_url=request.response_url,
         command=request.typed,
+        notes=[moved_note] if moved_note else None,
     )
+    pinned = f" (`{short_digest(image.digest)}`)" if image.digest else ""
     return Reply(
         say(
-            "Rolling `{}` back to `{}` ({}); progress in {}.",
+            "Rolling `{}` back to `{}`{} ({}); progress in {}.",
             args.pipeline,
             image.version,
+            pinned,
             rollout.id,
             Channel(pipeline.channel),
         )
+        + (say("\nNote: {}.", moved_note) if moved_note else "")
     )
 
 

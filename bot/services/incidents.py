@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 from bot import metrics
 from bot.domain.errors import ImmuneError, NotFound, NothingToRollBackTo
-from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.domain.text import Channel, User, say
 from bot.reports.incident_export import render_markdown
 from bot.services.context import Context
 from bot.services.deploys import start_rollout
+from bot.services.pinning import image_that_ran
 from bot.services.policy import check_deployer
 from bot.services.requests import CommandRequest, Reply
 from bot.store.keys import Once
@@ -130,7 +130,7 @@ def confirm_rollback(ctx: Context, incident_id: str, user: str, request_id: str)
             ctx,
             incident.pipeline,
             pipeline,
-            resolve_version(pipeline.image, restored),
+            image_that_ran(ctx.store, incident.pipeline, pipeline, restored),
             kind=RolloutKind.rollback,
             actor=user,
             reason=f"incident {incident.id}",

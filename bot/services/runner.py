@@ -27,8 +27,9 @@ from typing import cast
 from bot.domain.clock import Clock
 from bot.domain.config import Pipeline, PipelinesConfig
 from bot.domain.errors import EngineUnreachable, ImageNotFound
-from bot.domain.images import ImageRef
+from bot.domain.images import ImageRef, short_digest
 from bot.domain.models import (
+    Provenance,
     Rollout,
     RolloutKind,
     RolloutStatus,
@@ -48,6 +49,7 @@ from bot.ports import (
 )
 from bot.services import approvals
 from bot.services.outcomes import record_outcome
+from bot.services.pinning import RAN_LOOKBACK, check_digest, from_registry
 from bot.services.traffic import BehindProxy, Routers
 from bot.store.store import Store, StoreUnreachable
 
@@ -469,12 +471,17 @@ class RolloutRunner:
                 self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)
                 return
             if moved is not None:
+                self._keep_provenance(rollout)  # nothing was located: the image ran before
                 self._went_live(rollout.id, pipeline, moved.gap_seconds, moved.notes)
                 return
         request: RolloutRequest | None = None  # set once the swap may have begun
         try:
+            if image.digest is None and image.tag is not None and from_registry(pipeline):
+                # The ack's quick lookup timed out: pin the tag before anything is pulled.
+                image = self._resolve(rollout.id, target, pipeline, image, progress)
             with progress.step("locate image", detail=image.reference):
-                located = target.locate(rollout.pipeline, pipeline, image)
+                located = target.locate(rollout.pipeline, pipeline, image, progress)
+            self._record_provenance(rollout.id, located)
             if pipeline.tests is not None and rollout.kind is RolloutKind.deploy:
                 progress.check_cancelled()
                 with progress.step("test gate", detail=" ".join(pipeline.tests.command)):
@@ -482,7 +489,8 @@ class RolloutRunner:
                     if not result.passed:
                         why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
                         raise RolloutFailed(f"tests failed ({why})", logs_tail=result.output_tail)
-            request = _request(rollout, pipeline, image, located)
+            last_good = self.store.pipeline(rollout.pipeline).last_good_version or None
+            request = _request(rollout, pipeline, image, located, last_good)
             swap = target.roll_out(request, progress)
         except EngineUnreachable as exc:
             self._engine_went_away(rollout, pipeline, target, request, progress, exc)
@@ -498,6 +506,61 @@ class RolloutRunner:
             self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)
             return
         self._went_live(rollout.id, pipeline, swap.gap_seconds, swap.notes)
+
+    def _resolve(
+        self,
+        rollout_id: str,
+        target: Target,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: RecordedProgress,
+    ) -> ImageRef:
+        """The rollout's first step when the ack could not pin the tag: resolve it (with the
+        engine's own timeout) and record the digest before anything runs."""
+        with progress.step("resolve tag", detail=image.tagged):
+            digest = target.resolve(pipeline, image, quick=False)
+            check_digest(image, digest)
+            progress.detail(f"{image.tag} -> {short_digest(digest)}")
+        pinned = image.pinned(digest)
+
+        def record(rollout: Rollout) -> None:
+            rollout.image_digest = digest
+            rollout.reference = pinned.reference
+
+        self.change(rollout_id, record, wait=False)
+        return pinned
+
+    def _keep_provenance(self, rollout: Rollout) -> None:
+        """A version brought back without locating its image keeps the provenance the rollout
+        that last ran it recorded (the same digest, when one is pinned)."""
+        provenance = next(
+            (
+                earlier.provenance
+                for earlier in self.store.recent_rollouts(rollout.pipeline, RAN_LOOKBACK)
+                if earlier.id != rollout.id
+                and earlier.version == rollout.version
+                and earlier.provenance is not None
+                and earlier.image_digest == rollout.image_digest
+            ),
+            None,
+        )
+        if provenance is None:
+            return
+
+        def record(r: Rollout) -> None:
+            r.provenance = provenance
+
+        self.change(rollout.id, record, wait=False)
+
+    def _record_provenance(self, rollout_id: str, located: LocatedImage) -> None:
+        provenance = Provenance.from_labels(dict(located.labels))
+        if provenance is None:
+            return
+
+        def record(rollout: Rollout) -> None:
+            rollout.provenance = provenance
+
+        self.change(rollout_id, record, wait=False)
 
     def _recover(self, rollout: Rollout) -> None:
         """Reconcile a rollout whose bot died: finish it if the new version runs, else undo."""
@@ -734,7 +797,11 @@ def _mark(status: RolloutStatus) -> Callable[[Rollout], None]:
 
 
 def _request(
-    rollout: Rollout, pipeline: Pipeline, image: ImageRef, located: LocatedImage
+    rollout: Rollout,
+    pipeline: Pipeline,
+    image: ImageRef,
+    located: LocatedImage,
+    last_good_version: str | None = None,
 ) -> RolloutRequest:
     return RolloutRequest(
         pipeline_name=rollout.pipeline,
@@ -744,4 +811,5 @@ def _request(
         rollout_id=rollout.id,
         from_version=rollout.from_version,
         rollback=rollout.kind is not RolloutKind.deploy,
+        last_good_version=last_good_version,
     )

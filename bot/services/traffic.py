@@ -90,11 +90,20 @@ class BehindProxy:
     def health(self) -> dict[str, object]:
         return self.target.health()
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
-        return self.target.locate(pipeline_name, pipeline, image)
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
+        return self.target.locate(pipeline_name, pipeline, image, progress)
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         return self.target.deployable_versions(pipeline_name, pipeline)
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        return self.target.resolve(pipeline, image, quick=quick)
 
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return self.target.run_tests(pipeline, located, rollout_id)

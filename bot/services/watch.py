@@ -24,11 +24,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot import metrics
 from bot.domain.config import Kpi, Pipeline
 from bot.domain.errors import ImmuneError
-from bot.domain.images import resolve_version
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.judging import Decision, compare, compare_counters
 from bot.domain.kpis import Reading, Verdict, counter_query, judge, kpi_query, next_streak
-from bot.domain.models import Rollout, RolloutKind, RolloutStatus, WatchState, new_id
+from bot.domain.models import Provenance, Rollout, RolloutKind, RolloutStatus, WatchState, new_id
 from bot.domain.traffic import watch_seconds
 from bot.ports import KpiSource
 from bot.services import incidents, traffic
@@ -36,6 +35,7 @@ from bot.services.context import Context
 from bot.services.deploys import start_rollout
 from bot.services.halts import halt_pipeline
 from bot.services.outcomes import record_outcome
+from bot.services.pinning import image_that_ran
 from bot.store.keys import Once
 
 logger = logging.getLogger(__name__)
@@ -575,6 +575,8 @@ class Watcher:
             samples=[s for s in self.samples(rollout.id) if s.kpi == kpi.name],
             opened_at=detected_at,
             live_at=rollout.live_at,
+            bad_provenance=rollout.provenance,
+            good_provenance=self._provenance_of(state.last_good_rollout),
         )
         halt_pipeline(
             self.ctx, rollout.pipeline, by="immune", reason="KPI breach", incident=incident.id
@@ -655,6 +657,10 @@ class Watcher:
             logger.exception("could not read the history of KPI %s", kpi.name)
             return []
 
+    def _provenance_of(self, rollout_id: str) -> Provenance | None:
+        good = self.ctx.store.rollout(rollout_id) if rollout_id else None
+        return good.provenance if good is not None else None
+
     def _roll_back(self, incident: Incident, pipeline: Pipeline) -> str | None:
         if not incident.restored_version:
             incident.actions.append(
@@ -666,7 +672,9 @@ class Watcher:
                 self.ctx,
                 incident.pipeline,
                 pipeline,
-                resolve_version(pipeline.image, incident.restored_version),
+                image_that_ran(
+                    self.ctx.store, incident.pipeline, pipeline, incident.restored_version
+                ),
                 kind=RolloutKind.auto_rollback,
                 actor="immune",
                 reason=f"KPI {incident.kpi} breach",

@@ -20,6 +20,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
+from bot.domain.images import short_revision
 from bot.domain.incidents import (
     ANALYSIS_FIELDS,
     FAILING_TEST,
@@ -28,10 +29,11 @@ from bot.domain.incidents import (
     Incident,
     KpiSample,
 )
+from bot.domain.models import commit_range
 from bot.domain.text import shorten
 from bot.slack.ids import ActionId, BlockId, CallbackId, InputActionId
 from bot.slack.messages import SECTION_TEXT_LIMIT
-from bot.slack.render import escape, mention, slack_date
+from bot.slack.render import escape, link, mention, slack_date
 
 MAX_SAMPLES_LISTED = 10
 ANSWER_MAX_LENGTH = 3000  # Slack's limit for a plain_text_input
@@ -112,6 +114,8 @@ def build_breach_alert(incident: Incident) -> list[Block]:
     )
     if incident.judgement:
         summary += f"\n*Judged against the baseline:* {escape(incident.judgement)}"
+    if (commits := commit_range_words(incident)) is not None:
+        summary += f"\n*Commits:* {commits}"
     breached = incident.breaching_samples()[-MAX_SAMPLES_LISTED:]
     samples = (
         "\n".join(f"• {slack_date(s.at)}: `{_value(s)}` (poll {s.slot})" for s in breached)
@@ -252,6 +256,22 @@ def analysis_quote(incident: Incident) -> list[str]:
             shown = escape(shorten(" ".join(answer.split()), 500)) if answer else "_(missing)_"
         lines.append(f">*{_field_label(field)}:* {shown}")
     return lines
+
+
+def commit_range_words(incident: Incident) -> str | None:
+    """The commits between the last good version and the bad one, with a compare link where
+    the source is a GitHub or GitLab URL; None unless both images carry revision and source."""
+    commits = commit_range(incident.good_provenance, incident.bad_provenance)
+    if commits is None:
+        return None
+    good, bad = short_revision(commits.good), short_revision(commits.bad)
+    words = (
+        f"`{escape(good)}` (`{incident.restored_version or 'last good'}`) to "
+        f"`{escape(bad)}` (`{incident.bad_version}`)"
+    )
+    if commits.compare_url:
+        words += f": {link(commits.compare_url, 'compare')}"
+    return words
 
 
 def resume_summary(incident: Incident) -> str:

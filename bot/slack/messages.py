@@ -17,9 +17,11 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.domain.config import Pipeline
+from bot.domain.images import short_digest, split_reference
 from bot.domain.models import (
     AuditEntry,
     PipelineState,
+    Provenance,
     Rollout,
     RolloutKind,
     RolloutStatus,
@@ -29,7 +31,7 @@ from bot.domain.text import shorten
 from bot.domain.traffic import watch_seconds
 from bot.ports import LiveVersion
 from bot.slack.ids import ActionId, BlockId
-from bot.slack.render import channel_link, escape, mention, mrkdwn, slack_date
+from bot.slack.render import channel_link, escape, link, mention, mrkdwn, slack_date
 
 SECTION_TEXT_LIMIT = 3000
 
@@ -83,6 +85,39 @@ def rollout_title(rollout: Rollout) -> str:
     return f"{verb} of `{rollout.pipeline}` to `{rollout.version}`{origin}"
 
 
+def image_words(rollout: Rollout) -> str:
+    """`repo:1.4.2` · digest `sha256:…` for a pinned tag; the reference as it is otherwise."""
+    if rollout.image_tag and rollout.image_digest:
+        repository, _ = split_reference(rollout.reference)
+        return f"`{repository}:{rollout.image_tag}` · digest `{short_digest(rollout.image_digest)}`"
+    return f"`{rollout.reference}`"
+
+
+def commit_words(provenance: Provenance | None) -> str:
+    """`commit <link|abc1234>` from the image's OCI labels; "" when it carries no revision."""
+    if provenance is None or not provenance.revision:
+        return ""
+    url = provenance.commit_url()
+    short = provenance.short_revision
+    return f"commit {link(url, short)}" if url else f"commit `{escape(short)}`"
+
+
+def provenance_line(provenance: Provenance | None) -> str | None:
+    """:label: commit, source and build time, as the image's labels say."""
+    if provenance is None:
+        return None
+    parts = [commit_words(provenance)]
+    repo = provenance.repo
+    if repo is not None:
+        parts.append(f"from {link(repo.url, repo.url.removeprefix('https://'))}")
+    elif provenance.source:
+        parts.append(f"from {escape(provenance.source)}")
+    if provenance.created:
+        parts.append(f"built {escape(provenance.created)}")
+    words = " ".join(part for part in parts if part)
+    return f":label: {words}" if words else None
+
+
 def rollout_text(rollout: Rollout) -> str:
     """The plain-text fallback (notifications, screen readers)."""
     return f"{rollout_title(rollout)}: {STATUS_WORDS[rollout.status]}"
@@ -117,8 +152,10 @@ def build_rollout_message(rollout: Rollout) -> list[Block]:
     )
     lines = [
         status,
-        f"{who} {slack_date(rollout.created_at)} · `{rollout.reference}` · {rollout.id}",
+        f"{who} {slack_date(rollout.created_at)} · {image_words(rollout)} · {rollout.id}",
     ]
+    if (provenance := provenance_line(rollout.provenance)) is not None:
+        lines.append(provenance)
     if rollout.forced:
         lines.append(f":warning: forced outside the deploy window: {rollout.reason}")
     traffic = traffic_line(rollout)
@@ -227,6 +264,7 @@ def history_text(name: str, rollouts: list[Rollout], audit: list[AuditEntry]) ->
             f"{STATUS_EMOJI[rollout.status]} {slack_date(rollout.created_at)} {rollout.kind.value} "
             f"`{rollout.version}` by {mention(rollout.requested_by)}: {STATUS_WORDS[rollout.status]}{took}"
             + (f" ({mrkdwn(rollout.why())})" if rollout.error else "")
+            + (f" · {commit}" if (commit := commit_words(rollout.provenance)) else "")
             + f" · {rollout.id}"
         )
     if audit:

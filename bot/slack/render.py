@@ -35,6 +35,14 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def link(url: str, label: str) -> str:
+    """`<url|label>`; a URL with mrkdwn's control characters (from an image label, say) is
+    shown as text rather than trusted as a link."""
+    if any(c in url for c in "<>| \n") or not url.startswith(("https://", "http://")):
+        return escape(label)
+    return f"<{url.replace('&', '&amp;')}|{escape(label)}>"
+
+
 def reference(part: Reference) -> str:
     if isinstance(part, User):
         return mention(part.id)

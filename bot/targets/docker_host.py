@@ -21,8 +21,8 @@ import requests
 from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS, Container
 
 from bot.domain.config import ConfigProblem, Pipeline
-from bot.domain.errors import ImageNotFound
-from bot.domain.images import ImageRef
+from bot.domain.errors import DigestMismatch, ImageNotFound
+from bot.domain.images import ImageRef, short_digest
 from bot.ports import (
     LiveVersion,
     LocatedImage,
@@ -36,6 +36,8 @@ from bot.ports import (
 from bot.targets.engine import engine_health, reaches_engine
 from bot.targets.hardening import container_options, hardened_defaults
 from bot.targets.health import probe
+from bot.targets.pull import PullRefused, pull
+from bot.targets.registry import RegistryLookup, registry_of
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,11 @@ def _logs_tail(container: Container, lines: int = LOG_TAIL_LINES) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
+def _of_repository(name: str, repository: str) -> bool:
+    """`name` (`repo:tag` or `repo@sha256:…`) is one of `repository`'s."""
+    return name.startswith((repository + ":", repository + "@"))
+
+
 def _natural(version: str) -> tuple[tuple[int, str], ...]:
     """A sort key that orders `1.10` after `1.9`: digit runs as numbers, the rest as text."""
     return tuple(
@@ -173,10 +180,15 @@ class DockerHostTarget:
     """Deploys to the engine the docker SDK finds (`DOCKER_HOST` or the default socket)."""
 
     def __init__(
-        self, client: docker.DockerClient, sleep: Callable[[float], None] = time.sleep
+        self,
+        client: docker.DockerClient,
+        sleep: Callable[[float], None] = time.sleep,
+        lookup_client: docker.DockerClient | None = None,
     ) -> None:
         self.client = client
         self.sleep = sleep
+        # Tag lookups inside an ack go through `lookup_client`, whose timeout is short.
+        self.registry = RegistryLookup(client, lookup_client)
         self.http = requests.Session()
         # Health URLs are the service's own; a proxy from the environment must not intercept.
         self.http.trust_env = False
@@ -187,34 +199,67 @@ class DockerHostTarget:
     def close(self) -> None:
         """Release the health checks' connections (the engine client is shared, closed apart)."""
         self.http.close()
+        self.registry.close()
 
     # Images ------------------------------------------------------------------------------
 
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        return self.registry.digest(image, quick=quick)
+
     @reaches_engine
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
         try:
             if pipeline.pull == "always":
-                found = self._pull(image)
+                found = self._pull(image, pipeline, progress)
             else:
                 try:
                     found = self.client.images.get(image.reference)
                 except docker.errors.ImageNotFound:
                     if pipeline.pull == "never":
                         raise
-                    found = self._pull(image)
+                    found = self._pull(image, pipeline, progress)
         except docker.errors.ImageNotFound as exc:
+            if pipeline.pull != "never":
+                raise self.registry.classify(exc, image) from exc
             raise ImageNotFound(
                 f"Image `{image.reference}` is not on the Docker engine.",
                 hint="Build or load it there (this pipeline has `pull: never`), "
                 "or check the version.",
             ) from exc
         except docker.errors.APIError as exc:
+            if pipeline.pull != "never":
+                raise self.registry.classify(exc, image) from exc
             raise ImageNotFound(
                 f"Could not get image `{image.reference}`: {exc.explanation}"
             ) from exc
+        if image.digest and pipeline.pull != "never":
+            # The engine checks the content against the digest it pulls by; this checks it
+            # pulled (or holds) the manifest that was asked for, not whatever a tag says now.
+            pinned = f"{image.repository}@{image.digest}"
+            if pinned not in (found.attrs.get("RepoDigests") or []):
+                raise DigestMismatch(
+                    f"The engine's image for `{image.reference}` has digests "
+                    + ", ".join(
+                        f"`{short_digest(d.rpartition('@')[2])}`"
+                        for d in found.attrs.get("RepoDigests") or []
+                    )
+                    + f", not `{short_digest(image.digest)}`.",
+                    hint="Deploy again: the tag is resolved anew.",
+                )
         user = (found.attrs.get("Config") or {}).get("User") or ""
         runs_as_root = user.split(":")[0] in ("", "0", "root")
-        return LocatedImage(reference=image.reference, image_id=found.id, runs_as_root=runs_as_root)
+        return LocatedImage(
+            reference=image.reference,
+            image_id=found.id,
+            runs_as_root=runs_as_root,
+            labels=dict((found.attrs.get("Config") or {}).get("Labels") or {}),
+        )
 
     @reaches_engine
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
@@ -234,12 +279,31 @@ class DockerHostTarget:
                     dated.append((created, version))
         # Newest image first; tags of one image by name, highest first (`1.10` above `1.9`).
         dated.sort(key=lambda item: (item[0], _natural(item[1])), reverse=True)
-        return list(dict.fromkeys(version for _, version in dated))
+        versions = [version for _, version in dated]
+        if pipeline.pull != "never":
+            # What CI pushed and the engine has not pulled yet: the registry's tags, highest
+            # first, after the engine's (the registry's list carries no dates).
+            image = ImageRef(pipeline.image, None, None)
+            pushed = self.registry.tags(image, registry_of(image)) or []
+            versions += sorted(pushed, key=_natural, reverse=True)
+        return list(dict.fromkeys(versions))
 
-    def _pull(self, image: ImageRef) -> Any:
-        if image.digest:
-            return self.client.images.pull(image.repository, tag=image.digest)
-        return self.client.images.pull(image.repository, tag=image.tag)
+    def _pull(self, image: ImageRef, pipeline: Pipeline, progress: Progress | None) -> Any:
+        """Pull as its own rollout step (layers and bytes shown as they come), then the image."""
+
+        def pulled() -> str:
+            try:
+                return pull(self.client, image, progress, pipeline.pull_timeout)
+            except PullRefused as refused:
+                raise self.registry.classify_words(refused.words, None, image) from refused
+
+        if progress is None:
+            tally = pulled()
+        else:
+            with progress.step("pull", detail=image.reference):
+                tally = pulled()
+        logger.info("pulled %s: %s", image.reference, tally)
+        return self.client.images.get(image.reference)
 
     # The test gate -----------------------------------------------------------------------
 
@@ -333,7 +397,7 @@ class DockerHostTarget:
                 failure.reason, logs_tail=failure.logs_tail, restored=restored
             ) from failure
         gap = time.monotonic() - stopped_at if old else None
-        self._prune(request.pipeline_name, name, pipeline.keep_versions)
+        self._prune(request.pipeline_name, pipeline, request.last_good_version)
         return SwapResult(gap_seconds=gap, notes=notes)
 
     def _check_name_free(self, name: str, pipeline_name: str) -> None:
@@ -402,10 +466,11 @@ class DockerHostTarget:
             }
         )
         options["name"] = name
+        # A pinned version runs as `repo@sha256:…` (what `docker ps` and inspect show); an
+        # engine-only one by its image id, which is as exact.
+        image = request.image.reference if request.image.digest else request.located.image_id
         try:
-            container = self.client.containers.create(
-                request.located.image_id, labels=labels, detach=True, **options
-            )
+            container = self.client.containers.create(image, labels=labels, detach=True, **options)
         except (docker.errors.APIError, TypeError) as exc:
             raise RolloutFailed(f"the engine refused to create the container: {exc}") from exc
         try:
@@ -471,12 +536,50 @@ class DockerHostTarget:
             return False
         return True
 
-    def _prune(self, pipeline_name: str, name: str, keep: int) -> None:
-        """Keep the newest `keep` stopped versions; remove older ones."""
-        stopped = [c for c in self._containers(pipeline_name, name) if c.status not in ("running",)]
+    def _prune(self, pipeline_name: str, pipeline: Pipeline, last_good: str | None) -> None:
+        """Keep the newest `keep_versions` stopped versions, and the last good one whatever its
+        age (a rollback to it is a start); remove older ones and, with `prune_images`, their
+        images when nothing else uses them."""
+        stopped = [
+            c
+            for c in self._containers(pipeline_name, pipeline.container["name"])
+            if c.status not in ("running",)
+            and (last_good is None or _labels(c).get(LABEL_VERSION) != last_good)
+        ]
         stopped.sort(key=lambda c: c.attrs.get("Created", 0), reverse=True)
-        for container in stopped[keep:]:
+        images: dict[str, str] = {}
+        for container in stopped[pipeline.keep_versions :]:
+            images[_image_id(container)] = _labels(container).get(LABEL_VERSION, "")
             self._discard(container)
+        if pipeline.prune_images:
+            for image_id, version in images.items():
+                self._remove_image_if_unused(image_id, pipeline, version)
+
+    def _remove_image_if_unused(self, image_id: str, pipeline: Pipeline, version: str) -> None:
+        """Remove a pruned version's image unless a container (any, stopped ones too) still
+        uses it or another repository names it; a refusal is logged, never raised: pruning
+        must not fail a rollout that went live."""
+        if not image_id:
+            return
+        try:
+            if self.client.containers.list(all=True, sparse=True, filters={"ancestor": image_id}):
+                return
+            image = self.client.images.get(image_id)
+            names = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+            if any(not _of_repository(n, pipeline.image) for n in names):
+                logger.info("kept image %s of %s: other repositories name it", image_id, version)
+                return
+            # One name at a time: the last one removed takes the image and its layers.
+            for name in names:
+                self.client.images.remove(name)
+            if not names:
+                self.client.images.remove(image_id)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            logger.warning("could not remove image %s (%s): %s", image_id, version, exc.explanation)
+            return
+        logger.info("removed image %s of %s %s (prune_images)", image_id, pipeline.image, version)
 
     # Side by side, behind a proxy (pipelines with `traffic:`) ---------------------------
 
@@ -611,7 +714,8 @@ class DockerHostTarget:
                 self._discard(container)
             elif container.status in ("running", "restarting"):
                 container.stop(timeout=STOP_TIMEOUT_SECONDS)
-        self._prune(pipeline_name, pipeline.container["name"], pipeline.keep_versions)
+        # Behind a proxy the last good version is the one still serving: running, never pruned.
+        self._prune(pipeline_name, pipeline, None)
 
     @reaches_engine
     def check_health(self, pipeline_name: str, pipeline: Pipeline, port: int) -> None:

@@ -23,9 +23,15 @@ class OnEngine(Protocol):
 S = TypeVar("S", bound=OnEngine)
 
 
-def connect_engine(docker_host: str | None) -> docker.DockerClient:
-    """A client for `docker_host` (DOCKER_HOST), or the one the environment names."""
-    client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+def connect_engine(docker_host: str | None, timeout: float | None = None) -> docker.DockerClient:
+    """A client for `docker_host` (DOCKER_HOST), or the one the environment names; `timeout`
+    (seconds) bounds each engine call (the SDK's default is 60)."""
+    extra = {"timeout": timeout} if timeout is not None else {}
+    client = (
+        docker.DockerClient(base_url=docker_host, **extra)
+        if docker_host
+        else docker.from_env(**extra)
+    )
     # The engine API is never reached through an HTTP proxy; skipping requests' per-call look-up
     # of proxy settings halves the cost of each engine call.
     client.api.trust_env = False

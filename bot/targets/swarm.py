@@ -312,12 +312,13 @@ class SwarmTarget:
         client: docker.DockerClient,
         sleep: Callable[[float], None] = time.sleep,
         poll_seconds: float = POLL_SECONDS,
+        lookup_client: docker.DockerClient | None = None,
     ) -> None:
         self.client = client
         self.sleep = sleep
         self.poll_seconds = poll_seconds
-        # Images and the test gate are the manager engine's, as for one host.
-        self.host = DockerHostTarget(client, sleep)
+        # Images, tag lookups and the test gate are the manager engine's, as for one host.
+        self.host = DockerHostTarget(client, sleep, lookup_client)
         self.http = requests.Session()
         self.http.trust_env = False
         # Failed tasks seen while following a rollout: spec's rollout label -> task id -> task.
@@ -332,11 +333,20 @@ class SwarmTarget:
 
     # Images and the test gate ------------------------------------------------------------
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
-        return self.host.locate(pipeline_name, pipeline, image)
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
+        return self.host.locate(pipeline_name, pipeline, image, progress)
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         return self.host.deployable_versions(pipeline_name, pipeline)
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        return self.host.resolve(pipeline, image, quick=quick)
 
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return self.host.run_tests(pipeline, located, rollout_id)

@@ -136,3 +136,25 @@ def test_start_up_refuses_missing_settings(tmp_path: Path) -> None:
     result = start_bot(env, tmp_path)
     assert result.returncode == 2 and "missing.yml: file not found" in result.stderr
     assert Settings(_env_file=None).redis_prefix == "immune"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("image", "pull", "expected"),
+    [
+        ("demo/web", None, "never"),  # built or loaded on the engine
+        ("127.0.0.1:15000/demo/web", None, "missing"),
+        ("registry.example.com/team/web", None, "missing"),
+        ("localhost/web", None, "missing"),
+        ("registry.example.com/team/web", "always", "always"),  # said: kept
+        ("127.0.0.1:15000/demo/web", "never", "never"),
+    ],
+)
+def test_pull_defaults_to_missing_when_the_image_names_a_registry(
+    tmp_path: Path, image: str, pull: str | None, expected: str
+) -> None:
+    config = broken(lambda web: web.update({"image": image}))
+    if pull is not None:
+        config["pipelines"]["web"]["pull"] = pull
+    pipeline = load_pipelines(write(tmp_path, config)).pipelines["web"]
+    assert pipeline.pull == expected
+    assert pipeline.prune_images is False

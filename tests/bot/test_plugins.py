@@ -20,6 +20,8 @@ from bot.plugins import KpiSourcePlugin, Registry, TargetPlugin, default_registr
 from bot.services import deploys
 from bot.services.requests import CommandRequest
 from bot.settings import Settings
+from bot.slack.incident_messages import build_breach_alert
+from bot.slack.messages import build_rollout_message, history_text
 from tests.support.domain import CHANNEL, START, RecordingNotifier
 from tests.support.fakes import (
     MEMORY,
@@ -179,6 +181,64 @@ def test_a_registered_target_and_source_carry_the_whole_loop(
     while not notifier.charts and time.monotonic() < deadline:
         time.sleep(0.01)
     assert notifier.charts == [incident.id]
+
+
+def oci_labels(revision: str, source: str = "https://github.com/example/web.git") -> dict[str, str]:
+    return {
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.source": source,
+        "org.opencontainers.image.created": "2026-12-04T10:00:00Z",
+    }
+
+
+def test_the_breach_alert_names_the_commits_between_the_good_and_the_bad_version(
+    immune: Immune, target: MemoryTarget, source: ScriptedSource
+) -> None:
+    good_sha, bad_sha = "a" * 40, "b" * 40
+    target.labels = {"1": oci_labels(good_sha), "2": oci_labels(bad_sha)}
+    source.values[QUERY] = [0.01, 0.02]
+    first = deploy(immune, "1")
+    first = settled(immune, first.id, lambda r: r.status is RolloutStatus.live)
+    assert first.provenance is not None and first.provenance.revision == good_sha
+    watch_through(immune, first.id, 2)
+    source.values[QUERY] = [0.5]
+    second = deploy(immune, "2")
+    settled(immune, second.id, lambda r: r.status is RolloutStatus.live)
+    watch_through(immune, second.id, 1)
+    notifier = immune.ctx.notifier
+    assert isinstance(notifier, RecordingNotifier)
+    [incident] = notifier.opened
+    assert incident.good_provenance is not None and incident.good_provenance.revision == good_sha
+    assert incident.bad_provenance is not None and incident.bad_provenance.revision == bad_sha
+    alert = str(build_breach_alert(incident))
+    assert "*Commits:* `aaaaaaa` (`1`) to `bbbbbbb` (`2`)" in alert, alert
+    assert f"<https://github.com/example/web/compare/{good_sha}...{bad_sha}|compare>" in alert
+    rollout = immune.ctx.store.rollout(second.id)
+    assert rollout is not None
+    message = str(build_rollout_message(rollout))
+    assert f"commit <https://github.com/example/web/commit/{bad_sha}|bbbbbbb>" in message, message
+    assert "built 2026-12-04T10:00:00Z" in message
+    history = history_text("web", immune.ctx.store.recent_rollouts("web", 5), [])
+    assert f"commit <https://github.com/example/web/commit/{good_sha}|aaaaaaa>" in history
+
+
+def test_without_both_revisions_the_alert_names_no_commit_range(
+    immune: Immune, target: MemoryTarget, source: ScriptedSource
+) -> None:
+    target.labels = {"2": oci_labels("b" * 40)}  # 1 was built without labels
+    source.values[QUERY] = [0.01, 0.02]
+    first = deploy(immune, "1")
+    settled(immune, first.id, lambda r: r.status is RolloutStatus.live)
+    watch_through(immune, first.id, 2)
+    source.values[QUERY] = [0.5]
+    second = deploy(immune, "2")
+    settled(immune, second.id, lambda r: r.status is RolloutStatus.live)
+    watch_through(immune, second.id, 1)
+    notifier = immune.ctx.notifier
+    assert isinstance(notifier, RecordingNotifier)
+    [incident] = notifier.opened
+    assert incident.good_provenance is None
+    assert "Commits" not in str(build_breach_alert(incident))
 
 
 @pytest.mark.parametrize(

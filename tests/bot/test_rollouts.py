@@ -15,7 +15,14 @@ import pytest
 import redis
 
 from bot.domain.approvals import APPROVED, REJECTED
-from bot.domain.errors import AlreadyLive, ImageNotFound, NotAllowed, RolloutInFlight
+from bot.domain.errors import (
+    AlreadyLive,
+    DigestMismatch,
+    ImageNotFound,
+    NotAllowed,
+    RolloutInFlight,
+    UnknownTag,
+)
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import TargetPlugin, default_registry, parse_pipelines
 from bot.services import approvals
@@ -23,6 +30,8 @@ from bot.slack.render import mrkdwn
 from bot.store.store import Store
 from tests.support.domain import CHANNEL, START, ContextRig
 from tests.support.fakes import MEMORY, MemoryTarget, check_memory_pipeline, memory_config
+
+DIGEST_9 = "sha256:" + "9" * 64
 
 REGISTRY = default_registry().add_target(
     TargetPlugin(name=MEMORY, build=lambda shared: MemoryTarget(), check=check_memory_pipeline)
@@ -85,16 +94,77 @@ def test_with_pulls_allowed_the_ack_does_not_pull_the_runner_locates_once(
     make: Callable[..., Rig],
 ) -> None:
     rig = make(pull="missing")
+    rig.target.digests["9"] = DIGEST_9
     answer = rig.command("/deploy", "web 9")
-    assert answer.startswith("Deploying `example/web:9` to `web`"), answer
+    assert answer.startswith("Deploying `example/web:9` (digest `sha256:999999999999`) to `web`"), (
+        answer
+    )
     failed = rig.finished(rig.newest().id)
     assert failed.status is RolloutStatus.failed
-    assert rig.target.calls == [("locate", "9")], "located once, by the runner, not in the ack"
+    assert failed.image_digest == DIGEST_9 and failed.reference == f"example/web@{DIGEST_9}"
+    assert rig.target.calls == [("resolve", "9"), ("locate", "9")], (
+        "the tag resolved in the ack (no pull), located once by the runner"
+    )
     deadline = time.monotonic() + 5  # the requester hears of it just after the rollout fails
     while not rig.notifier.told and time.monotonic() < deadline:
         time.sleep(0.01)
     [(url, told)] = rig.notifier.told
     assert url == "http://127.0.0.1:9/r" and "is not in memory" in told
+
+
+def test_with_pulls_allowed_an_unknown_tag_is_refused_in_the_ack_and_nothing_starts(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(pull="missing")
+    with pytest.raises(UnknownTag):
+        rig.command("/deploy", "web 9")
+    assert rig.target.calls == [("resolve", "9")]
+    assert rig.store.recent_rollouts("web", 5) == []
+    assert rig.store.pipeline("web").inflight_rollout == ""
+    [refusal] = rig.store.audit_entries(pipeline="web", limit=5)
+    assert (refusal.outcome, refusal.detail) == ("refused", "unknown_tag")
+
+
+def test_a_tag_the_ack_could_not_resolve_is_resolved_as_the_rollouts_first_step(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(
+        pull="missing", target=MemoryTarget(images={"9"}, digests={"9": DIGEST_9}, slow={"9"})
+    )
+    answer = rig.command("/deploy", "web 9")
+    assert "the rollout resolves the tag to its digest first" in answer, answer
+    good = rig.finished(rig.newest().id)
+    assert good.status is RolloutStatus.good, good.error
+    assert good.image_digest == DIGEST_9 and good.reference == f"example/web@{DIGEST_9}"
+    assert [s.name for s in good.steps][:2] == ["resolve tag", "locate image"]
+    assert rig.target.calls == [
+        ("resolve", "9"),
+        ("resolve", "9"),
+        ("locate", "9"),
+        ("roll_out", "9"),
+    ]
+
+
+def test_a_busy_pipeline_refuses_before_asking_the_registry(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(pull="missing")
+    rig.target.digests["9"] = DIGEST_9
+    queued(rig.store, "r-busy", RolloutKind.deploy, "1")
+    rig.store.update_pipeline("web", inflight_rollout="r-busy")
+    with pytest.raises(RolloutInFlight):
+        rig.command("/deploy", "web 9")
+    assert rig.target.calls == [], "refused before any registry lookup"
+
+
+def test_tag_at_digest_that_the_tag_no_longer_points_at_is_refused(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(pull="missing")
+    rig.target.digests["9"] = DIGEST_9
+    with pytest.raises(DigestMismatch, match="points at `sha256:999999999999`"):
+        rig.command("/deploy", f"web example/web:9@sha256:{'a' * 64}")
+    assert rig.store.recent_rollouts("web", 5) == []
 
 
 # The runner's state machine -----------------------------------------------------------------

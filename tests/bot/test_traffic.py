@@ -180,6 +180,7 @@ def test_a_breach_sends_every_request_back_with_one_route_and_starts_nothing(
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
+    rig.target.labels["1"] = {"org.opencontainers.image.revision": "a" * 40}
     good_first(rig)
     bad = rig.deploy("2", RolloutStatus.live)
     old, new = rig.port_of("1"), rig.port_of("2")
@@ -196,6 +197,9 @@ def test_a_breach_sends_every_request_back_with_one_route_and_starts_nothing(
     )
     assert [s.name for s in restore.steps] == ["move traffic", "drain"], (
         "the traffic moves first: no image look-up, no start"
+    )
+    assert restore.provenance is not None and restore.provenance.revision == "a" * 40, (
+        "the restored version keeps the commit its first rollout read from the image"
     )
     rig.wait_for(lambda: new not in rig.target.by_port, "the bad version drained and stopped")
     assert rig.weights() == {old: 100}

@@ -16,12 +16,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.domain.config import ConfigProblem, Pipeline, Traffic, problems_of
-from bot.domain.errors import ImageNotFound
+from bot.domain.errors import ImageNotFound, UnknownTag
 from bot.domain.images import ImageRef
 from bot.domain.kpis import Reading
 from bot.ports import (
     LiveVersion,
     LocatedImage,
+    LookupTimedOut,
     Progress,
     RolloutFailed,
     RolloutRequest,
@@ -72,21 +73,45 @@ class MemoryTarget:
     running: dict[str, LiveVersion] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, version)
     healthy: bool = True
+    digests: dict[str, str] = field(default_factory=dict)  # tag -> manifest digest
+    slow: set[str] = field(default_factory=set)  # tags whose quick lookup times out
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> image labels
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def health(self) -> dict[str, object]:
         return {"ok": self.healthy}
 
-    def locate(self, pipeline_name: str, pipeline: Pipeline, image: ImageRef) -> LocatedImage:
+    def locate(
+        self,
+        pipeline_name: str,
+        pipeline: Pipeline,
+        image: ImageRef,
+        progress: Progress | None = None,
+    ) -> LocatedImage:
         with self.lock:
             self.calls.append(("locate", image.version))
         if image.version not in self.images:
             raise ImageNotFound(f"Image `{image.reference}` is not in memory.")
-        return LocatedImage(image.reference, f"mem:{image.version}", runs_as_root=False)
+        return LocatedImage(
+            image.reference,
+            f"mem:{image.version}",
+            runs_as_root=False,
+            labels=self.labels.get(image.version, {}),
+        )
 
     def deployable_versions(self, pipeline_name: str, pipeline: Pipeline) -> list[str]:
         with self.lock:
             return sorted(self.images, reverse=True)
+
+    def resolve(self, pipeline: Pipeline, image: ImageRef, *, quick: bool) -> str:
+        """A registry in memory: `digests` maps a tag to what it points at."""
+        with self.lock:
+            self.calls.append(("resolve", image.version))
+        if quick and image.tag in self.slow:
+            raise LookupTimedOut("the memory registry is slow for this tag")
+        if image.tag is None or image.tag not in self.digests:
+            raise UnknownTag(f"`{image.tagged}` is not in the memory registry.")
+        return self.digests[image.tag]
 
     def run_tests(self, pipeline: Pipeline, located: LocatedImage, rollout_id: str) -> TestResult:
         return TestResult(passed=True, exit_code=0, output_tail="", seconds=0.0)

@@ -8,10 +8,14 @@ what a killed one left behind without touching those of sessions still running.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import fcntl
 import gc
+import gzip
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -20,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -365,6 +370,172 @@ class PrometheusServer(ServerProcess):
                     f"targets {health}"
                 )
             time.sleep(0.25)
+
+
+class RegistryServer(ServerProcess):
+    """Debian's `docker-registry` (the CNCF distribution registry) on 127.0.0.1, its storage
+    in `workdir`; with `user` and `password` it asks for them (htpasswd, bcrypt) and answers
+    401 without. The engine treats a loopback registry as insecure-allowed: plain HTTP."""
+
+    program = "docker-registry"
+    startup_timeout = 15.0
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(workdir, port)
+        self.user, self.password = user, password
+        self.config_path = workdir / "config.yml"
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(workdir / "data")},
+                "delete": {"enabled": True},
+            },
+            "http": {"addr": f"127.0.0.1:{self.port}"},
+        }
+        if user is not None and password is not None:
+            htpasswd = workdir / "htpasswd"
+            if shutil.which("htpasswd") is None:
+                raise ServiceUnavailable("htpasswd not found (apache2-utils): run scripts/setup.sh")
+            subprocess.run(
+                ["htpasswd", "-Bbc", str(htpasswd), user, password],
+                check=True,
+                capture_output=True,
+            )
+            config["auth"] = {"htpasswd": {"realm": "immune-test", "path": str(htpasswd)}}
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    @property
+    def host(self) -> str:
+        """What image names start with: `127.0.0.1:<port>`."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def auth_config(self) -> dict[str, str] | None:
+        if self.user is None or self.password is None:
+            return None
+        return {"username": self.user, "password": self.password}
+
+    def arguments(self) -> list[str]:
+        return ["serve", str(self.config_path)]
+
+    def answers(self) -> bool:
+        try:
+            response = requests.get(f"http://{self.host}/v2/", timeout=1)
+        except requests.RequestException:
+            return False
+        return response.status_code in (200, 401)
+
+    def write_docker_config(self, directory: Path) -> Path:
+        """A `config.json` holding this registry's credentials, as `docker login` writes it;
+        point DOCKER_CONFIG at `directory`."""
+        assert self.user is not None and self.password is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        path = directory / "config.json"
+        path.write_text(json.dumps({"auths": {self.host: {"auth": token}}}))
+        return path
+
+    def push(
+        self, client: DockerClient, source: str, repository: str, tag: str, host: str = ""
+    ) -> str:
+        """Tag the local image `source` as `<host>/<repository>:<tag>`, push it, and return
+        the manifest digest the registry now serves for that tag (`host`: another address
+        that reaches this registry, such as a proxy's)."""
+        host = host or self.host
+        name = f"{host}/{repository}"
+        client.api.tag(source, name, tag)
+        errors = [
+            line["error"]
+            for line in client.api.push(
+                name, tag=tag, stream=True, decode=True, auth_config=self.auth_config
+            )
+            if "error" in line
+        ]
+        if errors:
+            raise ServiceError(f"pushing {name}:{tag} failed: {errors}")
+        response = requests.head(
+            f"http://{host}/v2/{repository}/manifests/{tag}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            auth=(self.user, self.password) if self.user and self.password else None,
+            timeout=5,
+        )
+        response.raise_for_status()
+        return str(response.headers["Docker-Content-Digest"])
+
+    def push_foreign_platform(self, repository: str, tag: str, architecture: str) -> str:
+        """Push, through the registry's HTTP API, a one-layer image built for another
+        `architecture` (nothing this engine can run); returns its manifest digest."""
+        auth = (self.user, self.password) if self.user and self.password else None
+        base = f"http://{self.host}/v2/{repository}"
+        layer_tar = io.BytesIO()
+        with tarfile.open(fileobj=layer_tar, mode="w") as archive:
+            info = tarfile.TarInfo("hello.txt")
+            info.size = 6
+            archive.addfile(info, io.BytesIO(b"hello\n"))
+        diff_id = "sha256:" + hashlib.sha256(layer_tar.getvalue()).hexdigest()
+        layer = gzip.compress(layer_tar.getvalue(), mtime=0)
+        config = json.dumps(
+            {
+                "architecture": architecture,
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
+
+        def upload(blob: bytes) -> str:
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            started = requests.post(f"{base}/blobs/uploads/", auth=auth, timeout=5)
+            started.raise_for_status()
+            location = started.headers["Location"]
+            if location.startswith("/"):
+                location = f"http://{self.host}{location}"
+            joiner = "&" if "?" in location else "?"
+            done = requests.put(
+                f"{location}{joiner}digest={digest}",
+                data=blob,
+                headers={"Content-Type": "application/octet-stream"},
+                auth=auth,
+                timeout=5,
+            )
+            done.raise_for_status()
+            return digest
+
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "size": len(config),
+                    "digest": upload(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": len(layer),
+                        "digest": upload(layer),
+                    }
+                ],
+            }
+        ).encode()
+        put = requests.put(
+            f"{base}/manifests/{tag}",
+            data=manifest,
+            headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"},
+            auth=auth,
+            timeout=5,
+        )
+        put.raise_for_status()
+        return str(put.headers["Docker-Content-Digest"])
 
 
 def free_port_range(count: int, low: int = 20000, high: int = 60000) -> int:
@@ -730,10 +901,13 @@ def remove_leftovers(client: DockerClient) -> list[str]:
             _remove_container(client, container_id)
             removed.append(f"container {name}")
     for image in client.api.images():
-        for tag in image.get("RepoTags") or []:
-            if not tag.startswith(IMAGE_PREFIX):
+        # A pulled-by-digest image has no tag, only `repo@sha256:…` names.
+        for tag in [*(image.get("RepoTags") or []), *(image.get("RepoDigests") or [])]:
+            # Pushed to a test registry: `127.0.0.1:<port>/immune-test-<run>/…`.
+            repository = tag.split("/", 1)[1] if tag.startswith("127.0.0.1:") else tag
+            if not repository.startswith(IMAGE_PREFIX):
                 continue
-            run_id = tag[len(IMAGE_PREFIX) :].split("/", 1)[0]
+            run_id = repository[len(IMAGE_PREFIX) :].split("/", 1)[0]
             if run_id not in live:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     client.api.remove_image(tag, force=True)
