@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     # Skip auth.test at start-up: only for local runs against an emulator that starts later.
     slack_token_verification: bool = True
+    # Slack failing (bot/slack/link.py): each Web API call gives up after the timeout; while
+    # Slack fails, the first waiting message is tried again every SLACK_RETRY_SECONDS, and a
+    # message that has waited SLACK_GIVE_UP_SECONDS is given up with a log line.
+    slack_timeout_seconds: float = Field(default=10.0, ge=1, le=120)
+    slack_retry_seconds: float = Field(default=5.0, gt=0, le=600)
+    slack_give_up_seconds: float = Field(default=3600.0, gt=0)
 
     redis_url: str = "redis://127.0.0.1:6379/0"  # or redis+sentinel://h:p[,h:p]/service[/db]
     redis_prefix: str = Field(default="immune", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -30,7 +30,6 @@ from bot.domain.models import (
 from bot.ports import (
     LocatedImage,
     Notifier,
-    NotifierBusy,
     RolloutCancelled,
     RolloutFailed,
     RolloutRequest,
@@ -142,7 +141,6 @@ class RolloutRunner:
         self._active_lock = threading.Lock()
         self._render_lock = threading.Lock()
         self._message_locks: dict[str, threading.Lock] = {}
-        self._deferred: dict[str, threading.Timer] = {}
         self._queued: set[str] = set()
         self._render_pool = ThreadPoolExecutor(4, thread_name_prefix="render")
         self._stop = threading.Event()
@@ -181,7 +179,8 @@ class RolloutRunner:
 
         With wait=False (the steps of a swap) the message is updated by the render pool, so
         Slack's latency never sits between stopping the old container and starting the new
-        one; outcomes (wait=True) are shown before the caller moves on.
+        one; outcomes (wait=True) are shown before the caller moves on while Slack answers
+        within the outbox's short wait (bot/slack/link.py), and after it otherwise.
         """
         rollout = self.store.update_rollout(rollout_id, change)
         if wait:
@@ -206,10 +205,12 @@ class RolloutRunner:
         self._render_pool.submit(render)
 
     def _render(self, rollout: Rollout) -> None:
-        """Show the rollout's latest state in its message, unless Slack asked us to wait."""
+        """Show the rollout's latest state in its message.
+
+        The notifier never raises for Slack's failures and waits for Slack only briefly, while
+        it works; a message that goes out later has its ts recorded by bot.services.posted.
+        """
         with self._render_lock:
-            if rollout.id in self._deferred:
-                return  # a timer shows the latest state once Slack's back-off is over
             lock = self._message_locks.setdefault(rollout.id, threading.Lock())
         with lock:
             # Renders of one rollout are serialised and re-read, so an older state never
@@ -217,14 +218,6 @@ class RolloutRunner:
             latest = self.store.rollout(rollout.id) or rollout
             try:
                 ts = self.notifier.rollout_changed(latest)
-            except NotifierBusy as busy:
-                logger.warning(
-                    "Slack rate-limits rollout %s messages; next update in %.0fs",
-                    rollout.id,
-                    busy.retry_after,
-                )
-                self._render_later(rollout.id, busy.retry_after)
-                return
             except Exception:
                 logger.exception("could not update the message of rollout %s", rollout.id)
                 return
@@ -237,22 +230,6 @@ class RolloutRunner:
             if latest.status.finished:
                 with self._render_lock:
                     self._message_locks.pop(rollout.id, None)
-
-    def _render_later(self, rollout_id: str, delay: float) -> None:
-        def render() -> None:
-            with self._render_lock:
-                self._deferred.pop(rollout_id, None)
-            latest = self.store.rollout(rollout_id)
-            if latest is not None:
-                self._render(latest)
-
-        timer = threading.Timer(delay, render)
-        timer.daemon = True
-        with self._render_lock:
-            if rollout_id in self._deferred:
-                return
-            self._deferred[rollout_id] = timer
-        timer.start()
 
     # Submission --------------------------------------------------------------------------
 

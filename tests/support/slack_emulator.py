@@ -1592,12 +1592,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
             reply = self.server.emulator._route(self.command, self.path, headers, raw)
         except Exception as exc:  # a bug in the emulator: say so instead of dropping the line
             reply = _Reply.json({"ok": False, "error": "emulator_error", "detail": repr(exc)}, 500)
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a held call outlasted its timeout): nobody reads this
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: the call log is the record."""
