@@ -251,7 +251,9 @@ class Notifier(Protocol):
     def approval_changed(
         self, rollout: Rollout, policy: Approvals, expires_at: float
     ) -> str | None:
-        """Post the rollout's approval request, or update it in place; returns its ts."""
+        """Post the rollout's approval request, or update it in place; returns its ts (None
+        when it goes out later). Raises when the chat service refuses it for good (a channel
+        the bot cannot post in): a request nobody sees must not stand."""
         ...
 
     def tell_requester(self, response_url: str | None, text: Text) -> None:

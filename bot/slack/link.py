@@ -63,6 +63,14 @@ class SlackState(StrEnum):
     unreachable = "unreachable"
 
 
+class MessageRefused(Exception):
+    """Slack refused this message for good (a channel it cannot post in, a bad request)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class SlackUnreachable(Exception):
     """Slack (or a response_url) answered with a server error: try again later."""
 
@@ -118,6 +126,7 @@ class _Entry:
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
     late: bool = False  # nobody waits for it any more: its result goes to on_late
+    refused: str = ""  # Slack's error, when it refused the message for good
     sending: bool = False
 
 
@@ -167,6 +176,7 @@ class SlackLink:
         channel: str | None = None,
         key: str | None = None,
         on_late: Callable[[_T], None] | None = None,
+        raise_refused: bool = False,
     ) -> _T | None:
         """Queue `call`; its result if it went through within the wait, else None.
 
@@ -175,6 +185,8 @@ class SlackLink:
             key: a queued message with the same key is replaced by this one, in its place.
             on_late: gets the result of a call that went through after its caller stopped
                 waiting (a message's ts, to be recorded).
+            raise_refused: raise MessageRefused when Slack refuses the message for good
+                within the wait (a request that must not stand without its message).
         """
         with self._cond:
             entry = self._queued(key)
@@ -198,6 +210,8 @@ class SlackLink:
         entry.done.wait(self.wait_seconds)
         with self._cond:
             if entry.done.is_set():
+                if entry.refused and raise_refused:
+                    raise MessageRefused(entry.refused)
                 return cast(_T, entry.result)
             entry.late = True
             return None
@@ -319,6 +333,7 @@ class SlackLink:
                         self.give_up_seconds,
                     )
                 return
+            entry.refused = failure.reason
             self._finish(entry, None)
             if failure.channel_error and entry.channel is not None:
                 refused = (entry.channel, failure.channel_error)

@@ -118,6 +118,8 @@ class SlackNotifier:
         ts: str | None,
         text: str,
         blocks: Sequence[Block],
+        *,
+        raise_refused: bool = False,
     ) -> str | None:
         key = f"{kind}:{id}"
         return self.link.send(
@@ -126,6 +128,7 @@ class SlackNotifier:
             channel=channel,
             key=key,
             on_late=self._late(kind, id),
+            raise_refused=raise_refused,
         )
 
     def post(self, channel: str, text: str, *, thread_ts: str | None = None) -> str | None:
@@ -160,6 +163,8 @@ class SlackNotifier:
             rollout.approval_ts,
             approval_messages.approval_text(rollout, policy),
             approval_messages.build_approval_request(rollout, policy, expires_at),
+            # A request nobody can see must not stand: the requester is told at once.
+            raise_refused=True,
         )
 
     def tell_requester(self, response_url: str | None, text: Text) -> None:
