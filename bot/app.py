@@ -36,7 +36,7 @@ from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.status import refresh_engine_view
 from bot.services.traffic import Routers
 from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
-from bot.settings import Settings
+from bot.settings import Settings, held_secrets, redact_logs
 from bot.slack.home import refresh_homes
 from bot.slack.link import SlackLink
 from bot.slack.notifier import SlackNotifier, build_outbox_client, build_web_client
@@ -193,6 +193,8 @@ def build(
     clock = clock or SystemClock()
     registry = registry or default_registry()
     config = config or load_pipelines(settings.pipelines_file, registry)
+    # Every log line from here on hides the tokens and the pipelines' secret values.
+    redact_logs([*held_secrets(settings), *config.secret_values])
     redis_client = connect(settings.redis_url)
     # An evicting Redis is refused here (SettingsError: `python -m bot` exits 2 with one line).
     try:

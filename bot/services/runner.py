@@ -27,6 +27,7 @@ from bot.domain.models import (
     StepStatus,
     TrafficSplit,
 )
+from bot.domain.secrets import redact
 from bot.ports import (
     LocatedImage,
     Notifier,
@@ -84,7 +85,7 @@ class RecordedProgress:
                 if step.name == name and step.ended_at is None:
                     step.status, step.ended_at = status, now
                     if detail:
-                        step.detail = detail[:300]
+                        step.detail = self.runner.redact(self.pipeline, detail)[:300]
                     return
 
         self.runner.change(self.rollout_id, finish, wait=False)
@@ -92,7 +93,7 @@ class RecordedProgress:
     def detail(self, text: str) -> None:
         def set_detail(rollout: Rollout) -> None:
             if rollout.steps:
-                rollout.steps[-1].detail = text[:300]
+                rollout.steps[-1].detail = self.runner.redact(self.pipeline, text)[:300]
 
         self.runner.change(self.rollout_id, set_detail, wait=False)
 
@@ -437,7 +438,18 @@ class RolloutRunner:
         with suppress(KeyError):
             self.change(rollout_id, supersede)
 
+    def redact(self, pipeline: str, text: str) -> str:
+        """`text` from the engine or the image (a failure, the logs' tail) without the
+        pipeline's secret values: it is kept in Redis and shown in Slack and the exports."""
+        known = self.config.pipelines.get(pipeline)
+        return redact(text, known.secret_values if known else [])
+
     def _fail(self, rollout_id: str, reason: str, logs_tail: str, *, restored: bool) -> None:
+        failing = self.store.rollout(rollout_id)
+        if failing is not None:
+            reason = self.redact(failing.pipeline, reason)
+            logs_tail = self.redact(failing.pipeline, logs_tail)
+
         def fail(rollout: Rollout) -> None:
             rollout.status = RolloutStatus.failed
             rollout.error = reason
