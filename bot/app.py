@@ -123,7 +123,12 @@ class Immune:
         self.scheduler.add_job(
             refresh_homes,
             "interval",
-            args=[self.ctx, self.web_client, self.settings.home_refresh_seconds],
+            args=[
+                self.ctx,
+                self.web_client,
+                self.settings.home_refresh_seconds,
+                self.slack_link,
+            ],
             seconds=self.settings.home_refresh_seconds,
             id="refresh-homes",
             coalesce=True,

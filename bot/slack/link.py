@@ -123,7 +123,7 @@ class _Entry:
     call: Callable[[], object]
     on_late: Callable[[Any], None] | None
     queued_at: float
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # its caller may go on
     result: object = None
     late: bool = False  # nobody waits for it any more: its result goes to on_late
     refused: str = ""  # Slack's error, when it refused the message for good
@@ -310,6 +310,7 @@ class SlackLink:
         with self._cond:
             if failure.retry_after:
                 entry.sending = False
+                self._release(entry)
                 self._next_try = time.monotonic() + failure.retry_after
                 logger.warning(
                     "Slack rate-limits %s; the outbox waits %.0fs", entry.what, failure.retry_after
@@ -317,7 +318,7 @@ class SlackLink:
                 return
             if failure.state is not None:
                 entry.sending = False
-                entry.late = True  # nobody waits on a failing Slack
+                self._release(entry)  # nobody waits on a failing Slack
                 self._next_try = time.monotonic() + self.retry_seconds
                 if self._state is not failure.state or self._reason != failure.reason:
                     self._set_state(failure.state, failure.reason)
@@ -349,6 +350,11 @@ class SlackLink:
                     )
                 return
         logger.error("Slack refused %s: %s", entry.what, failure.reason, exc_info=exc)
+
+    def _release(self, entry: _Entry) -> None:
+        """Let whoever waits for `entry` go on without it; it stays queued; under the lock."""
+        entry.late = True
+        entry.done.set()
 
     def _finish(self, entry: _Entry, result: object) -> None:
         """Take the message out of the outbox and release whoever waits; under the lock."""
