@@ -49,11 +49,11 @@ SERVER_ERRORS = frozenset(
     {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
 CHANNEL_ADVICE = {
-    "not_in_channel": "invite the bot to <#{channel}> (type /invite @immune there)",
+    "not_in_channel": "invite the bot to channel {channel} (type /invite @immune in it)",
     "channel_not_found": (
         "check `channel:` in pipelines.yml; a private channel must invite the bot first"
     ),
-    "is_archived": "unarchive <#{channel}>, or point `channel:` in pipelines.yml elsewhere",
+    "is_archived": "unarchive channel {channel}, or point `channel:` in pipelines.yml elsewhere",
 }
 
 

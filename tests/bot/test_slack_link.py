@@ -135,8 +135,8 @@ def test_a_refused_channel_is_logged_once_not_retried_and_raised_when_asked(
     assert len(emulator.calls("chat.postMessage")) == 2, "each tried once"
     lines = [r.getMessage() for r in caplog.records if "refuses messages" in r.getMessage()]
     assert lines == [
-        "Slack refuses messages to channel C0OUT (not_in_channel): invite the bot to <#C0OUT> "
-        "(type /invite @immune there); its messages are dropped, not retried"
+        "Slack refuses messages to channel C0OUT (not_in_channel): invite the bot to channel "
+        "C0OUT (type /invite @immune in it); its messages are dropped, not retried"
     ]
     assert link.state is SlackState.ok, "a channel's refusal is not Slack failing"
     link.stop()
