@@ -19,7 +19,7 @@ from bot.domain.errors import ConfigError, ImmuneError, SettingsError
 from bot.plugins import Shared, default_registry, load_pipelines
 from bot.server import HttpServer, start_socket_mode
 from bot.services.kpi_check import QueryState, check_queries
-from bot.settings import configure_logging, load_settings
+from bot.settings import configure_logging, held_secrets, load_settings, redact_logs
 from bot.traffic.haproxy_config import DEFAULT_EXPORTER, render, traffic_group
 
 logger = logging.getLogger("bot")
@@ -78,6 +78,7 @@ def check_kpis(pipelines_file: str | None) -> int:
     except ImmuneError as exc:
         print(f"immune: check: {exc.message}", file=sys.stderr)
         return 2
+    redact_logs([*held_secrets(settings), *config.secret_values])
     shared = Shared(settings)
     _, source_plugins = registry.used(config)
     sources = {plugin.name: plugin.build(shared) for plugin in source_plugins}
@@ -117,7 +118,7 @@ def serve(clock: Clock | None = None) -> int:
     system's)."""
     try:
         settings = load_settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, held_secrets(settings))
         settings.require_slack()
         immune = build(settings, clock=clock)
     except (SettingsError, ConfigError) as exc:

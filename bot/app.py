@@ -28,6 +28,7 @@ from bot.ports import KpiSource, Notifier, Target
 from bot.services.context import Context, Limits
 from bot.services.engine_status import EngineStatus
 from bot.services.engines import ENGINE_CHECK_SECONDS, check_engines
+from bot.services.posted import record_posted
 from bot.services.queue import start_due
 from bot.services.recovery import (
     reconcile_live_versions,
@@ -38,9 +39,10 @@ from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.status import refresh_engine_view
 from bot.services.traffic import Routers
 from bot.services.watch import SYNC_INTERVAL_SECONDS, Watcher
-from bot.settings import Settings
+from bot.settings import Settings, held_secrets, redact_logs
 from bot.slack.home import refresh_homes
-from bot.slack.notifier import SlackNotifier, build_progress_client, build_web_client
+from bot.slack.link import SlackLink
+from bot.slack.notifier import SlackNotifier, build_outbox_client, build_web_client
 from bot.store.connection import connect
 from bot.store.durability import ReplicationBarrier, durable
 from bot.store.keys import Keys
@@ -83,6 +85,8 @@ class Immune:
     replicated: ReplicationBarrier | None = None
     # Redis' eviction policy and persistence as read at start (shown in /healthz).
     redis_durability: RedisDurability | None = None
+    # The outbox every message to Slack goes through, and Slack's state (shown in /healthz).
+    slack_link: SlackLink | None = None
 
     def start(self) -> None:
         """Reconcile with the engine, then start the background jobs."""
@@ -122,7 +126,12 @@ class Immune:
         self.scheduler.add_job(
             refresh_homes,
             "interval",
-            args=[self.ctx, self.web_client, self.settings.home_refresh_seconds],
+            args=[
+                self.ctx,
+                self.web_client,
+                self.settings.home_refresh_seconds,
+                self.slack_link,
+            ],
             seconds=self.settings.home_refresh_seconds,
             id="refresh-homes",
             coalesce=True,
@@ -171,6 +180,8 @@ class Immune:
             # jobs, and the watch sync job takes that lock (get_jobs) - a deadlock.
             self.scheduler.shutdown(wait=False)
         self.runner.shutdown(wait=wait)
+        if self.slack_link is not None:
+            self.slack_link.stop()
         if wait:  # nothing runs any more: its connections may go (not while work still runs)
             for close in self.closers:
                 try:
@@ -199,6 +210,8 @@ def build(
     clock = clock or SystemClock()
     registry = registry or default_registry()
     config = config or load_pipelines(settings.pipelines_file, registry)
+    # Every log line from here on hides the tokens and the pipelines' secret values.
+    redact_logs([*held_secrets(settings), *config.secret_values])
     redis_client = connect(settings.redis_url)
     # An evicting Redis is refused here (SettingsError: `python -m bot` exits 2 with one line).
     try:
@@ -234,10 +247,23 @@ def build(
                 f"{pipeline.traffic.proxy} {pipeline.traffic.runtime_api}",
                 routers.for_traffic(pipeline.traffic).health,
             )
-    web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
-    notifier = notifier or SlackNotifier(
-        web_client, build_progress_client(settings.slack_bot_token, settings.slack_api_url)
+    web_client = build_web_client(
+        settings.slack_bot_token, settings.slack_api_url, settings.slack_timeout_seconds
     )
+    slack_link = None
+    if notifier is None:
+        slack_link = SlackLink(
+            timeout_seconds=settings.slack_timeout_seconds,
+            retry_seconds=settings.slack_retry_seconds,
+            give_up_seconds=settings.slack_give_up_seconds,
+        )
+        notifier = SlackNotifier(
+            build_outbox_client(
+                settings.slack_bot_token, settings.slack_api_url, settings.slack_timeout_seconds
+            ),
+            slack_link,
+            on_posted=lambda posted: record_posted(store, posted),
+        )
     instance_id = instance_id or instance_name()
     barrier = None
     if settings.wait_replicas:
@@ -291,6 +317,7 @@ def build(
         probes=probes,
         replicated=barrier,
         redis_durability=redis_durability,
+        slack_link=slack_link,
         closers=[
             *(c for c in (getattr(t, "close", None) for t in targets.values()) if callable(c)),
             *(c for c in (getattr(s, "close", None) for s in sources.values()) if callable(c)),
@@ -374,6 +401,8 @@ def dependency_health(immune: Immune) -> tuple[bool, dict[str, Any]]:
         "ok": immune.scheduler.running,
         "jobs": len(immune.scheduler.get_jobs()) if immune.scheduler.running else 0,
     }
+    if immune.slack_link is not None:
+        report["slack"] = immune.slack_link.health()
     report["instance"] = immune.ctx.instance_id
     return bool(report["redis"]["ok"]), report
 

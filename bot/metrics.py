@@ -40,3 +40,8 @@ REDIS_UNREPLICATED = Counter(
     "immune_redis_unreplicated_total",
     "Answers to Slack sent before the wanted Redis replicas acknowledged (WAIT timed out)",
 )
+SLACK_UP = Gauge("immune_slack_up", "1 while Slack takes the bot's messages, 0 while it fails")
+SLACK_QUEUED = Gauge("immune_slack_queued", "Messages waiting in this replica's Slack outbox")
+SLACK_GIVEN_UP = Counter(
+    "immune_slack_given_up_total", "Messages given up after SLACK_GIVE_UP_SECONDS in the outbox"
+)

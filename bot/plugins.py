@@ -7,6 +7,7 @@ line in `default_registry()`; docs/ARCHITECTURE.md walks through it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,7 @@ def parse_pipelines(
 ) -> PipelinesConfig:
     """The schema first, then each pipeline's target and KPI sources check what is theirs."""
     registry = registry or default_registry()
+    raw = _read_environment_files(raw, source)
     config = parse_schema(raw, source)
     problems: list[ConfigProblem] = []
     for name, pipeline in config.pipelines.items():
@@ -174,6 +176,74 @@ def parse_pipelines(
     if problems:
         raise ConfigError(format_problems(source, problems))
     return config
+
+
+def _read_environment_files(raw: object, source: str) -> object:
+    """`container.environment_from: <file>` (relative to the pipelines file): its `NAME=value`
+    lines join container.environment, every one of them secret. The file is read here, once
+    at load, so the engine gets plain values and the domain never reads a file."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("pipelines"), dict):
+        return raw
+    base = Path(source).parent
+    pipelines = dict(raw["pipelines"])
+    problems: list[ConfigProblem] = []
+    for name, pipeline in pipelines.items():
+        if not isinstance(pipeline, dict) or not isinstance(pipeline.get("container"), dict):
+            continue
+        container = dict(pipeline["container"])
+        if "environment_from" not in container:
+            continue
+        where = f"pipelines.{name}.container.environment_from"
+        file = container.pop("environment_from")
+        environment = container.get("environment") or {}
+        if not isinstance(file, str) or not file:
+            problems.append(ConfigProblem(where, "must name a file of NAME=value lines"))
+            continue
+        if not isinstance(environment, dict):
+            problems.append(
+                ConfigProblem(where, "needs container.environment as a mapping, not a list")
+            )
+            continue
+        path = base / file
+        try:
+            read = _environment_file(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            problems.append(ConfigProblem(where, f"cannot read {path}: {exc.strerror}"))
+            continue
+        except ValueError as exc:
+            problems.append(ConfigProblem(where, f"{path}: {exc}"))
+            continue
+        twice = sorted(set(read) & set(environment))
+        if twice:
+            problems.append(
+                ConfigProblem(where, f"{', '.join(twice)} also set in container.environment")
+            )
+            continue
+        container["environment"] = {**environment, **read}
+        secret = list(pipeline.get("secret_environment") or [])
+        pipelines[name] = {
+            **pipeline,
+            "container": container,
+            "secret_environment": [*secret, *(n for n in read if n not in secret)],
+        }
+    if problems:
+        raise ConfigError(format_problems(source, problems))
+    return {**raw, "pipelines": pipelines}
+
+
+def _environment_file(text: str) -> dict[str, str]:
+    """Docker's env-file format: `NAME=value` per line; blank lines and `#` comments skipped.
+    Errors name the line, never its value."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, equals, value = stripped.partition("=")
+        if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"line {number} is not NAME=value")
+        values[name] = value
+    return values
 
 
 def _pipeline_problems(pipeline: Pipeline, registry: Registry) -> list[ConfigProblem]:

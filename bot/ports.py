@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bot.domain.config import Approvals, Pipeline, Traffic
 from bot.domain.images import ImageRef
@@ -254,29 +254,38 @@ class KpiSource(Protocol):
 # Telling people ----------------------------------------------------------------------------
 
 
-class NotifierBusy(Exception):
-    """The chat service asked to slow down (rate limited); try again after `retry_after` s."""
+PostedKind = Literal["rollout", "approval", "canary", "alert"]
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"rate limited; retry after {retry_after:g}s")
-        self.retry_after = retry_after
+
+@dataclass(frozen=True)
+class Posted:
+    """A message the chat service took after its sender had moved on: its ts, to record
+    (a rollout's, approval's or canary question's message; an incident's alert)."""
+
+    kind: PostedKind
+    id: str
+    """The rollout's id, or the incident's for an alert."""
+    ts: str
 
 
 class Notifier(Protocol):
     """What people are told, as domain events; the chat adapter chooses the words and markup."""
 
     def rollout_changed(self, rollout: Rollout) -> str | None:
-        """Post the rollout's progress message, or update it in place; returns its ts.
+        """Post the rollout's progress message, or update it in place; returns its ts, or
+        None when the message went out too late to wait for (its ts comes as a `Posted`).
 
-        Raises NotifierBusy instead of waiting when rate limited: a rollout (a rollback above
-        all) must never wait for a chat service's back-off.
+        Never raises for the chat service's failures and never waits long: a rollout (a
+        rollback above all) must never wait for a chat service's back-off or outage.
         """
         ...
 
     def approval_changed(
         self, rollout: Rollout, policy: Approvals, expires_at: float
     ) -> str | None:
-        """Post the rollout's approval request, or update it in place; returns its ts."""
+        """Post the rollout's approval request, or update it in place; returns its ts (None
+        when it goes out later). Raises when the chat service refuses it for good (a channel
+        the bot cannot post in): a request nobody sees must not stand."""
         ...
 
     def tell_requester(self, response_url: str | None, text: Text) -> None:

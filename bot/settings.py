@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
-from typing import Literal
+import os
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.domain.errors import SettingsError
+from bot.domain.secrets import Redactor
 from bot.store.connection import check_url, is_sentinel_url
 
 
@@ -21,6 +30,12 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     # Skip auth.test at start-up: only for local runs against an emulator that starts later.
     slack_token_verification: bool = True
+    # Slack failing (bot/slack/link.py): each Web API call gives up after the timeout; while
+    # Slack fails, the first waiting message is tried again every SLACK_RETRY_SECONDS, and a
+    # message that has waited SLACK_GIVE_UP_SECONDS is given up with a log line.
+    slack_timeout_seconds: float = Field(default=10.0, ge=1, le=120)
+    slack_retry_seconds: float = Field(default=5.0, gt=0, le=600)
+    slack_give_up_seconds: float = Field(default=3600.0, gt=0)
 
     redis_url: str = "redis://127.0.0.1:6379/0"  # or redis+sentinel://h:p[,h:p]/service[/db]
     redis_prefix: str = Field(default="immune", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -114,9 +129,90 @@ def load_settings() -> Settings:
         raise SettingsError(f"{name}: {message}") from exc
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    redact_logs(secrets)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
     )
+
+
+# Secrets in logs --------------------------------------------------------------------------
+
+_LOG_REDACTOR = Redactor()
+
+
+def held_secrets(settings: Settings) -> list[str]:
+    """The tokens and passwords the bot holds: Slack's tokens and signing secret, Redis'
+    passwords, and the registry credentials in the Docker client config (DOCKER_CONFIG)."""
+    values = [
+        settings.slack_bot_token or "",
+        settings.slack_signing_secret or "",
+        settings.slack_app_token or "",
+    ]
+    url = urlsplit(settings.redis_url)
+    values.append(url.password or "")
+    values += parse_qs(url.query).get("sentinel_password", [])
+    return [value for value in values + registry_secrets() if value]
+
+
+def registry_secrets(config_dir: str | None = None) -> list[str]:
+    """Passwords and tokens of `auths` in the Docker client config (what `docker login`
+    wrote), as the docker SDK finds it: $DOCKER_CONFIG/config.json or ~/.docker/config.json."""
+    where = config_dir or os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    try:
+        config: Any = json.loads((Path(where) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    auths = config.get("auths") if isinstance(config, dict) else None
+    values: list[str] = []
+    for entry in auths.values() if isinstance(auths, dict) else []:
+        if not isinstance(entry, dict):
+            continue
+        values += [
+            str(entry[key])
+            for key in ("auth", "password", "identitytoken", "registrytoken")
+            if entry.get(key)
+        ]
+        try:
+            user_password = base64.b64decode(str(entry.get("auth") or ""), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        values.append(user_password.decode("utf-8", "replace").partition(":")[2])
+    return values
+
+
+def redact_logs(values: Iterable[str]) -> None:
+    """Redact `values` (and anything shaped like a Slack token) from every log line.
+
+    The redaction is a hook on the log record factory, installed once per process: every
+    record is redacted as it is made, so every handler gets it, including handlers added
+    after start (a test's, a library's), which a filter on today's handlers would miss.
+    """
+    _LOG_REDACTOR.add(values)
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "redacts_secrets", False):
+        return
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    make_record.redacts_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_record)
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    message = record.getMessage()
+    redacted = _LOG_REDACTOR.redact(message)
+    if redacted != message:
+        record.msg, record.args = redacted, None
+    if record.exc_info and record.exc_info[1] is not None:
+        # Formatters use exc_text when it is set: the traceback is formatted (and redacted)
+        # once here, as logging.Formatter.formatException would.
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        record.exc_text = _LOG_REDACTOR.redact(text)
+    if record.stack_info:
+        record.stack_info = _LOG_REDACTOR.redact(record.stack_info)

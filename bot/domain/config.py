@@ -471,6 +471,61 @@ class Pipeline(Strict):
     prune_images: bool = False
     command_channels: list[str] | None = None
     traffic: Traffic | None = None
+    # Names of container.environment variables whose values are secret: never shown in Slack,
+    # /pipeline, the exports or logs. Filled from `{value: …, secret: true}` entries and
+    # `container.environment_from` (read by bot.plugins), or listed here.
+    secret_environment: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_secrets(cls, data: Any) -> Any:
+        """`NAME: {value: …, secret: true}` in container.environment becomes `NAME: …`, its
+        name listed in secret_environment (the engine takes plain strings)."""
+        if not isinstance(data, dict) or not isinstance(data.get("container"), dict):
+            return data
+        container = data["container"]
+        environment = container.get("environment")
+        if not isinstance(environment, dict):
+            return data
+        secret = list(data.get("secret_environment") or [])
+        plain: dict[str, Any] = {}
+        for name, value in environment.items():
+            if not isinstance(value, dict):
+                plain[name] = value
+                continue
+            if "value" not in value or set(value) - {"value", "secret"}:
+                raise ValueError(
+                    f"container.environment.{name}: a mapping takes `value:` and "
+                    "`secret: true` (or a plain string)"
+                )
+            if not isinstance(value["value"], str | int | float):
+                raise ValueError(f"container.environment.{name}.value must be a string")
+            plain[name] = str(value["value"])
+            if value.get("secret") is True and name not in secret:
+                secret.append(name)
+        return {
+            **data,
+            "container": {**container, "environment": plain},
+            "secret_environment": secret,
+        }
+
+    @model_validator(mode="after")
+    def _secrets_are_set(self) -> Pipeline:
+        environment = self.container.get("environment")
+        names = set(environment) if isinstance(environment, dict) else set()
+        missing = [name for name in self.secret_environment if name not in names]
+        if missing:
+            raise ValueError(
+                f"secret_environment names {', '.join(missing)}, not set in "
+                "container.environment (as a mapping)"
+            )
+        return self
+
+    @property
+    def secret_values(self) -> list[str]:
+        """The values of the secret variables, to redact wherever text leaves the bot."""
+        environment = self.container.get("environment") or {}
+        return [str(environment[name]) for name in self.secret_environment]
 
     @field_validator("image")
     @classmethod
@@ -583,6 +638,11 @@ class PipelinesConfig(Strict):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def secret_values(self) -> list[str]:
+        """Every pipeline's secret environment values."""
+        return [value for pipeline in self.pipelines.values() for value in pipeline.secret_values]
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.admins

@@ -37,10 +37,10 @@ from bot.domain.models import (
     StepStatus,
     TrafficSplit,
 )
+from bot.domain.secrets import redact
 from bot.ports import (
     LocatedImage,
     Notifier,
-    NotifierBusy,
     RolloutCancelled,
     RolloutFailed,
     RolloutRequest,
@@ -106,7 +106,7 @@ class RecordedProgress:
                 if step.name == name and step.ended_at is None:
                     step.status, step.ended_at = status, now
                     if detail:
-                        step.detail = detail[:300]
+                        step.detail = self.runner.redact(self.pipeline, detail)[:300]
                     return
 
         self.runner.change(self.rollout_id, finish, wait=False)
@@ -114,7 +114,7 @@ class RecordedProgress:
     def detail(self, text: str) -> None:
         def set_detail(rollout: Rollout) -> None:
             if rollout.steps:
-                rollout.steps[-1].detail = text[:300]
+                rollout.steps[-1].detail = self.runner.redact(self.pipeline, text)[:300]
 
         self.runner.change(self.rollout_id, set_detail, wait=False)
 
@@ -168,7 +168,6 @@ class RolloutRunner:
         self._active_lock = threading.Lock()
         self._render_lock = threading.Lock()
         self._message_locks: dict[str, threading.Lock] = {}
-        self._deferred: dict[str, threading.Timer] = {}
         self._queued: set[str] = set()
         self._render_pool = ThreadPoolExecutor(4, thread_name_prefix="render")
         self._stop = threading.Event()
@@ -212,9 +211,10 @@ class RolloutRunner:
 
         With wait=False (the steps of a swap) the message is updated by the render pool, so
         Slack's latency never sits between stopping the old container and starting the new
-        one, and a change Redis cannot take is kept here (`_keep`) instead of stopping the
-        swap; outcomes (wait=True) are written after whatever was kept, and shown before the
-        caller moves on.
+        one, and a change Redis cannot take is kept here (`_change_or_keep`) instead of stopping
+        the swap; outcomes (wait=True) are written after whatever was kept, and shown before the
+        caller moves on while Slack answers within the outbox's short wait (bot/slack/link.py),
+        and after it otherwise.
         """
         if not wait:
             return self._change_or_keep(rollout_id, change)
@@ -308,10 +308,12 @@ class RolloutRunner:
         self._render_pool.submit(render)
 
     def _render(self, rollout: Rollout) -> None:
-        """Show the rollout's latest state in its message, unless Slack asked us to wait."""
+        """Show the rollout's latest state in its message.
+
+        The notifier never raises for Slack's failures and waits for Slack only briefly, while
+        it works; a message that goes out later has its ts recorded by bot.services.posted.
+        """
         with self._render_lock:
-            if rollout.id in self._deferred:
-                return  # a timer shows the latest state once Slack's back-off is over
             lock = self._message_locks.setdefault(rollout.id, threading.Lock())
         with lock:
             # Renders of one rollout are serialised and re-read, so an older state never
@@ -319,14 +321,6 @@ class RolloutRunner:
             latest = self.store.rollout(rollout.id) or rollout
             try:
                 ts = self.notifier.rollout_changed(latest)
-            except NotifierBusy as busy:
-                logger.warning(
-                    "Slack rate-limits rollout %s messages; next update in %.0fs",
-                    rollout.id,
-                    busy.retry_after,
-                )
-                self._render_later(rollout.id, busy.retry_after)
-                return
             except Exception:
                 logger.exception("could not update the message of rollout %s", rollout.id)
                 return
@@ -339,22 +333,6 @@ class RolloutRunner:
             if latest.status.finished:
                 with self._render_lock:
                     self._message_locks.pop(rollout.id, None)
-
-    def _render_later(self, rollout_id: str, delay: float) -> None:
-        def render() -> None:
-            with self._render_lock:
-                self._deferred.pop(rollout_id, None)
-            latest = self.store.rollout(rollout_id)
-            if latest is not None:
-                self._render(latest)
-
-        timer = threading.Timer(delay, render)
-        timer.daemon = True
-        with self._render_lock:
-            if rollout_id in self._deferred:
-                return
-            self._deferred[rollout_id] = timer
-        timer.start()
 
     # Submission --------------------------------------------------------------------------
 
@@ -757,7 +735,18 @@ class RolloutRunner:
         with suppress(KeyError):
             self.change(rollout_id, supersede)
 
+    def redact(self, pipeline: str, text: str) -> str:
+        """`text` from the engine or the image (a failure, the logs' tail) without the
+        pipeline's secret values: it is kept in Redis and shown in Slack and the exports."""
+        known = self.config.pipelines.get(pipeline)
+        return redact(text, known.secret_values if known else [])
+
     def _fail(self, rollout_id: str, reason: str, logs_tail: str, *, restored: bool) -> None:
+        failing = self.store.rollout(rollout_id)
+        if failing is not None:
+            reason = self.redact(failing.pipeline, reason)
+            logs_tail = self.redact(failing.pipeline, logs_tail)
+
         def fail(rollout: Rollout) -> None:
             rollout.status = RolloutStatus.failed
             rollout.error = reason

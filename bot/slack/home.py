@@ -33,6 +33,7 @@ from bot.services import home
 from bot.services.context import Context
 from bot.services.home import HomePipeline, HomeReport
 from bot.slack.ids import ActionId, BlockId
+from bot.slack.link import SlackLink, SlackState
 from bot.slack.messages import SECTION_TEXT_LIMIT, STATUS_WORDS, traffic_line
 from bot.slack.render import channel_link, escape, mention, mentions, slack_date
 
@@ -205,9 +206,17 @@ def turn_page(ctx: Context, client: WebClient, user: str, page: int) -> None:
     publish(ctx, client, home.report_for(ctx, user, home.gather(ctx)), force=True)
 
 
-def refresh_homes(ctx: Context, client: WebClient, interval_seconds: float) -> int:
+def refresh_homes(
+    ctx: Context, client: WebClient, interval_seconds: float, link: SlackLink | None = None
+) -> int:
     """The scheduler job: republish the tabs of recent viewers whose view changed, at most
-    what Slack's rate limit allows for one interval. Returns how many were published."""
+    what Slack's rate limit allows for one interval. Returns how many were published.
+
+    Skipped while the outbox finds Slack failing (`link`): a publish per viewer would only
+    fail and log, every interval; the next refresh after Slack works again catches up.
+    """
+    if link is not None and link.state is not SlackState.ok:
+        return 0
     viewers = home.recent_viewers(ctx)
     if not viewers:
         return 0

@@ -58,6 +58,13 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 _T = TypeVar("_T")
 
+AUTH_ERRORS = ("invalid_auth", "account_inactive", "token_revoked")
+"""Slack's answers to a token that no longer works (every method answers them alike)."""
+CHANNEL_ERRORS = ("channel_not_found", "not_in_channel", "is_archived")
+"""Slack's answers to a post into a channel the bot cannot write to."""
+ALL_METHODS = "*"
+"""`methods` of a lasting fault that every Web API call and response_url post meets."""
+
 
 class _ApiError(Exception):
     """An `{"ok": false}` answer, raised from inside a method implementation."""
@@ -77,6 +84,18 @@ class _ApiError(Exception):
 
 def _missing(name: str, pointer: str = "") -> _ApiError:
     return _ApiError("invalid_arguments", f"[ERROR] missing required field: {name}{pointer}")
+
+
+@dataclass(frozen=True)
+class _Outage:
+    """A lasting fault: every call it covers meets it until `heal()`."""
+
+    error: str | None = None
+    """Answer `{"ok": false, "error": error}` (HTTP 200), as Slack does."""
+    status: int | None = None
+    """Answer this HTTP status (a 5xx) with a body that is not JSON, as Slack's edge does."""
+    hold_seconds: float = 0.0
+    """Hold the request this long (longer than the client's timeout), then answer 504."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +288,7 @@ class SlackEmulator:
         self._latency: dict[str, float] = {}
         self._rate_limits: dict[str, deque[int]] = {}
         self._failures: dict[str, deque[str]] = {}
+        self._outages: dict[str, _Outage] = {}
         self._reset_state()
         # Where apps.connections.open sends Socket Mode clients (tests/support/socket_mode_server).
         self.socket_mode_url: str | None = None
@@ -464,6 +484,46 @@ class SlackEmulator:
         with self._cond:
             self._rate_limits.setdefault(method, deque()).extend([retry_after] * times)
 
+    def fail_calls(self, error: str, methods: Iterable[str] = (ALL_METHODS,)) -> None:
+        """From now on until `heal()`, answer calls of `methods` (default: every Web API call
+        and response_url post) with `{"ok": false, "error": error}`, Slack's real shape: an
+        auth error (`AUTH_ERRORS`), a channel error (`CHANNEL_ERRORS`) or any other."""
+        self._break(methods, _Outage(error=error))
+
+    def fail_with_status(self, status: int = 503, methods: Iterable[str] = (ALL_METHODS,)) -> None:
+        """From now on until `heal()`, answer calls of `methods` with HTTP `status` (a 5xx)
+        and an HTML body, as Slack's edge does when Slack is down."""
+        if not 500 <= status <= 599:
+            raise ValueError(f"a server error is a 5xx, not {status}")
+        self._break(methods, _Outage(status=status))
+
+    def hold_calls(self, seconds: float, methods: Iterable[str] = (ALL_METHODS,)) -> None:
+        """From now on until `heal()`, hold calls of `methods` for `seconds` (make it longer
+        than the client's timeout, which then gives up), then answer 504 with nothing done."""
+        if seconds <= 0:
+            raise ValueError("hold calls for a positive number of seconds")
+        self._break(methods, _Outage(hold_seconds=seconds))
+
+    def heal(self, methods: Iterable[str] | None = None) -> None:
+        """End the lasting faults of `methods` (default: all of them)."""
+        with self._cond:
+            if methods is None:
+                self._outages.clear()
+            for method in methods or ():
+                self._outages.pop(method, None)
+
+    def _break(self, methods: Iterable[str], outage: _Outage) -> None:
+        names = [methods] if isinstance(methods, str) else list(methods)
+        if not names:
+            raise ValueError("name at least one method, or ALL_METHODS")
+        with self._cond:
+            for method in names:
+                self._outages[method] = outage
+
+    def _outage(self, method: str) -> _Outage | None:
+        with self._cond:
+            return self._outages.get(method) or self._outages.get(ALL_METHODS)
+
     def set_latency(self, method: str, seconds: float) -> None:
         """Delay answers to `method` (also `upload` and `response_url`); 0 removes it."""
         with self._cond:
@@ -492,6 +552,7 @@ class SlackEmulator:
             self._latency.clear()
             self._rate_limits.clear()
             self._failures.clear()
+            self._outages.clear()
 
     def wait_for(
         self,
@@ -731,6 +792,9 @@ class SlackEmulator:
         except ValueError:
             params, parse_error = {}, "invalid_json"
         self._delay(method)
+        outage = self._outage(method)
+        if outage is not None and (outage.status or outage.hold_seconds):
+            return self._outage_reply(method, headers, params, outage)
         with self._cond:
             status, extra_headers, response = self._answer(
                 method, headers, params, is_json=is_json, parse_error=parse_error
@@ -755,6 +819,9 @@ class SlackEmulator:
         retry_after = _take(self._rate_limits, method)
         if retry_after is not None:
             return 429, {"Retry-After": str(retry_after)}, {"ok": False, "error": "ratelimited"}
+        outage = self._outages.get(method) or self._outages.get(ALL_METHODS)
+        if outage is not None and outage.error is not None:
+            return 200, {}, {"ok": False, "error": outage.error}
         injected = _take(self._failures, method)
         if injected is not None:
             return 200, {}, {"ok": False, "error": injected}
@@ -772,6 +839,21 @@ class SlackEmulator:
             return 200, {}, implementation(params)
         except _ApiError as err:
             return 200, {}, err.as_response()
+
+    def _outage_reply(
+        self, method: str, headers: dict[str, str], params: JsonDict, outage: _Outage
+    ) -> _Reply:
+        """A 5xx, or a request held past the client's patience: recorded, nothing changed."""
+        if outage.hold_seconds:
+            time.sleep(outage.hold_seconds)
+            status = 504
+        else:
+            status = outage.status or 503
+        body = f"<html><body><h1>{status}</h1>Slack is having trouble.</body></html>"
+        with self._cond:
+            response = {"ok": False, "error": f"http_{status}"}
+            self._record(Call(method, headers, params, response, status, time.time()))
+        return _Reply(status, {"Content-Type": "text/html; charset=utf-8"}, body.encode())
 
     def _record(self, call: Call) -> None:
         self._calls.append(call)
@@ -1391,6 +1473,20 @@ class SlackEmulator:
 
     def _handle_response_url(self, response_id: str, headers: dict[str, str], raw: bytes) -> _Reply:
         self._delay("response_url")
+        # A response_url carries no token, so only a 5xx or a hold reaches it, not an error.
+        outage = self._outage("response_url")
+        if outage is not None and (outage.status or outage.hold_seconds):
+            if outage.hold_seconds:
+                time.sleep(outage.hold_seconds)
+            status = 504 if outage.hold_seconds else (outage.status or 503)
+            with self._cond:
+                url = f"{self.root_url}/response/{quote(response_id, safe='')}"
+                body = {"_raw": raw.decode("utf-8", "replace"), "_outage": status}
+                self._response_posts.append(
+                    ResponseUrlPost(response_id, url, headers, body, status, time.time())
+                )
+                self._cond.notify_all()
+            return _Reply.text("Slack is having trouble.", status)
         try:
             body = json.loads(raw.decode("utf-8") or "{}")
             if not isinstance(body, dict):
@@ -1496,12 +1592,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
             reply = self.server.emulator._route(self.command, self.path, headers, raw)
         except Exception as exc:  # a bug in the emulator: say so instead of dropping the line
             reply = _Reply.json({"ok": False, "error": "emulator_error", "detail": repr(exc)}, 500)
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a held call outlasted its timeout): nobody reads this
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: the call log is the record."""

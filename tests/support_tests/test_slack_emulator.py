@@ -22,7 +22,12 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from tests.support.slack_client import SignedSlackClient
-from tests.support.slack_emulator import SlackEmulator
+from tests.support.slack_emulator import (
+    ALL_METHODS,
+    AUTH_ERRORS,
+    CHANNEL_ERRORS,
+    SlackEmulator,
+)
 
 SIGNING_SECRET = "test-signing-secret"
 TS = re.compile(r"^\d{10}\.\d{6}$")
@@ -325,6 +330,73 @@ def test_fail_next_and_latency(emulator: SlackEmulator, client: WebClient) -> No
     started = time.monotonic()
     client.auth_test()
     assert time.monotonic() - started >= 0.3
+
+
+@pytest.mark.parametrize("error", [*AUTH_ERRORS, *CHANNEL_ERRORS])
+def test_fail_calls_answers_slacks_error_shape_until_healed(
+    emulator: SlackEmulator, client: WebClient, error: str
+) -> None:
+    emulator.fail_calls(error)
+    for call in (
+        lambda: client.chat_postMessage(channel="C0DEPLOY", text="hi"),
+        lambda: client.chat_update(channel="C0DEPLOY", ts="1.2", text="x"),
+        client.auth_test,
+    ):
+        with pytest.raises(SlackApiError) as failed:
+            call()
+        assert failed.value.response.status_code == 200
+        assert failed.value.response.data == {"ok": False, "error": error}
+    assert emulator.messages("C0DEPLOY") == [], "a failed call changes nothing"
+
+    emulator.heal()
+    assert client.chat_postMessage(channel="C0DEPLOY", text="hi")["ok"]
+    assert [c.error for c in emulator.calls()] == [error, error, error, None]
+
+
+def test_fail_calls_of_one_method_leaves_the_others(
+    emulator: SlackEmulator, client: WebClient
+) -> None:
+    emulator.fail_calls("not_in_channel", methods=["chat.postMessage"])
+    with pytest.raises(SlackApiError) as refused:
+        client.chat_postMessage(channel="C0DEPLOY", text="hi")
+    assert refused.value.response["error"] == "not_in_channel"
+    assert client.auth_test()["ok"]
+    emulator.heal(["chat.postMessage"])
+    assert client.chat_postMessage(channel="C0DEPLOY", text="hi")["ok"]
+
+
+def test_a_5xx_with_a_body_that_is_not_json(emulator: SlackEmulator, client: WebClient) -> None:
+    emulator.fail_with_status(503)
+    with pytest.raises(SlackApiError) as down:
+        client.chat_postMessage(channel="C0DEPLOY", text="hi")
+    assert down.value.response.status_code == 503
+    assert "<html>" in str(down.value.response["error"]), "slack_sdk reports the body it got"
+    assert emulator.messages("C0DEPLOY") == []
+    [call] = emulator.calls("chat.postMessage")
+    assert call.status == 503 and call.body["text"] == "hi"
+
+    webhook = WebhookClient(emulator.response_url("R1"))
+    assert webhook.send(text="later").status_code == 503
+    with pytest.raises(ValueError):
+        emulator.fail_with_status(404)
+    emulator.heal()
+    assert client.chat_postMessage(channel="C0DEPLOY", text="hi")["ok"]
+    assert webhook.send(text="now").status_code == 200
+
+
+def test_held_calls_outlast_the_clients_timeout(emulator: SlackEmulator) -> None:
+    emulator.hold_calls(1.5, methods=[ALL_METHODS])
+    impatient = emulator.web_client(timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        impatient.chat_postMessage(channel="C0DEPLOY", text="hi")
+    assert 0.5 <= time.monotonic() - started < 1.4
+    # The emulator answers 504 once the hold is over, and nothing was posted.
+    [call] = emulator.wait_for("chat.postMessage", timeout=5)
+    assert call.status == 504
+    assert emulator.messages("C0DEPLOY") == []
+    emulator.heal()
+    assert impatient.chat_postMessage(channel="C0DEPLOY", text="hi")["ok"]
 
 
 def test_views_open_update_and_trigger_reuse(emulator: SlackEmulator, client: WebClient) -> None:
