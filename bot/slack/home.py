@@ -34,7 +34,13 @@ from bot.services.context import Context
 from bot.services.home import HomePipeline, HomeReport
 from bot.slack.ids import ActionId, BlockId
 from bot.slack.link import SlackLink, SlackState
-from bot.slack.messages import SECTION_TEXT_LIMIT, STATUS_WORDS, traffic_line
+from bot.slack.messages import (
+    SECTION_TEXT_LIMIT,
+    STATUS_WORDS,
+    commit_words,
+    image_words,
+    traffic_line,
+)
 from bot.slack.render import channel_link, escape, mention, mentions, slack_date
 
 logger = logging.getLogger(__name__)
@@ -118,9 +124,12 @@ def pipeline_blocks(item: HomePipeline) -> list[Block]:
     live = f"live: `{state.live_version or '(none)'}`"
     if item.live is not None and item.live.version == state.live_version:
         if item.live.reference != item.live.version:
-            live += f" (`{item.live.reference}`)"
+            live += f" ({image_words(item.live)})"  # the tag and the digest it was pinned to
         if item.live.live_at is not None:
             live += f" since {slack_date(item.live.live_at)}"
+        commit = commit_words(item.live.provenance)
+        if commit:
+            live += f", {commit}"
     lines.append(f"{live} · last good: `{state.last_good_version or '(none)'}`")
     if item.inflight is not None:
         rollout = item.inflight

@@ -8,6 +8,7 @@ from bot.domain.incidents import Incident
 from bot.domain.models import (
     PipelineState,
     PipelineStatus,
+    Provenance,
     Rollout,
     RolloutKind,
     RolloutStatus,
@@ -115,6 +116,25 @@ def test_a_pipeline_shows_live_since_last_good_rollout_step_and_incident() -> No
     assert "missing: why 3, why 4, why 5, root cause, failing test" in shown
     [button] = [b["accessory"] for b in view["blocks"] if b.get("accessory")]
     assert (button["action_id"], button["value"]) == ("five_whys_open", "i-1")
+
+
+def test_a_pinned_live_version_shows_its_tag_digest_and_commit() -> None:
+    state = PipelineState(name="web", live_version="2", live_rollout="r-2", last_good_version="2")
+    live = rollout(
+        "2",
+        status=RolloutStatus.good,
+        live_at=1_700_000_050,
+        image_tag="2",
+        image_digest=DIGEST,
+        provenance=Provenance(
+            revision="b284a864ff1c" + "0" * 28, source="https://github.com/example/web"
+        ),
+    )
+    shown = texts(build_home_view(report([item(state=state, live=live)])).to_dict())
+    assert "live: `2` (`demo/web:2` · digest `sha256:aaaaaaaaaaaa`) since <!date^" in shown
+    assert (
+        ", commit <https://github.com/example/web/commit/b284a864ff1c" + "0" * 28 + "|b284a86>"
+    ) in shown
 
 
 def test_long_lists_are_paged_within_slacks_block_limit() -> None:
