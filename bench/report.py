@@ -262,6 +262,11 @@ def soak_table(soak: JsonDict) -> list[str]:
         "",
         f"Statuses: {soak['statuses']}. Keys kept without a TTL after the soak: {lasting or 'none'} "
         f"({_num(soak['redis_keys_per_rollout_kept'], digits=1)} keys per rollout).",
+        *(
+            f"- `{r['id']}` ended {r['status']}: {r['error'] or 'no reason recorded'}"
+            + (f" ({'; '.join(r['notes'])})" if r["notes"] else "")
+            for r in soak.get("not_good", [])
+        ),
         "",
     ]
 

@@ -235,6 +235,12 @@ def run(rig: BenchRig, profile: SoakProfile) -> dict[str, Any]:
     rollouts = [json.loads(raw) if raw is not None else None for raw in records]
     client.close()
     statuses = Counter(r["status"] for r in rollouts if r is not None)
+    # Why each rollout that did not end good ended as it did (a kill mid-swap may roll back).
+    not_good = [
+        {"id": r["id"], "status": r["status"], "error": r.get("error") or "", "notes": r["notes"]}
+        for r in rollouts
+        if r is not None and r["status"] != "good"
+    ]
     by_command = [r for r in rollouts if r is not None and r["kind"] in ("deploy", "rollback")]
     lost = [i for i in acked if store_status(rollouts, i) not in _FINAL]
     duplicated = len(by_command) - len(set(acked))
@@ -255,6 +261,7 @@ def run(rig: BenchRig, profile: SoakProfile) -> dict[str, Any]:
         "rollouts_acknowledged": len(acked),
         "refused": dict(refused),
         "statuses": dict(statuses),
+        "not_good": not_good,
         "rollouts_lost": len(lost),
         "rollouts_duplicated": duplicated,
         "replica_kills": kills,
