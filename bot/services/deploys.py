@@ -138,7 +138,7 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
     if (
         state.live_version == image.version
         and not state.inflight_rollout
-        and not _tag_moved_since_live(ctx, state.live_rollout, image)
+        and not _tag_moved_since_live(snapshot.live, image)
     ):
         refuse(ctx, request, args.pipeline, "already_live")
         raise AlreadyLive(
@@ -194,13 +194,13 @@ def deploying_words(pinned: Pinned) -> str:
     return f"`{image.reference}`"
 
 
-def _tag_moved_since_live(ctx: Context, live_rollout: str, image: ImageRef) -> bool:
+def _tag_moved_since_live(live: Rollout | None, image: ImageRef) -> bool:
     """The live version's tag now points at another digest (CI pushed it again): deploying
-    the same tag is then a new image, not a no-op."""
-    if image.digest is None or not live_rollout:
+    the same tag is then a new image, not a no-op. `live` is the snapshot's live rollout,
+    read with the pipeline's state."""
+    if image.digest is None or live is None:
         return False
-    live = ctx.store.rollout(live_rollout)
-    return live is not None and live.image_digest not in (None, image.digest)
+    return live.image_digest not in (None, image.digest)
 
 
 def locate_in_ack(ctx: Context, name: str, pipeline: Pipeline, image: ImageRef) -> None:

@@ -389,21 +389,13 @@ class RolloutRunner:
                 self._recover(rollout)
             else:
                 self._run(rollout)
-        except LeftToRecovery as exc:
-            lost = True
-            logger.error(
-                "rollout %s of %s: %s; its outcome is not recorded here: a replica's recovery "
-                "reconciles it with the engine once Redis answers",
-                rollout_id,
-                rollout.pipeline,
-                exc,
-            )
         except Exception as exc:
-            if self.store.is_unreachable(exc):
+            # LeftToRecovery, or Redis gone where nothing could wait for it: not ours to end.
+            if isinstance(exc, LeftToRecovery) or self.store.is_unreachable(exc):
                 lost = True
                 logger.error(
-                    "rollout %s of %s: Redis did not answer (%s); a replica's recovery "
-                    "reconciles it with the engine once Redis answers",
+                    "rollout %s of %s: %s; its outcome is not recorded here: a replica's "
+                    "recovery reconciles it with the engine once Redis answers",
                     rollout_id,
                     rollout.pipeline,
                     exc,

@@ -246,20 +246,17 @@ class StoreUnreachable(Exception):
     """Redis did not answer: the connection was refused or lost, or it timed out."""
 
 
+_UNANSWERED = (redis.ConnectionError, redis.TimeoutError)
+"""What redis-py raises when Redis does not answer (rather than refusing a command)."""
+
+
 class Store:
     """Typed access to the bot's Redis keys."""
 
     @staticmethod
     def is_unreachable(error: BaseException) -> bool:
         """Whether `error` says Redis did not answer (rather than that a command was wrong)."""
-        return isinstance(error, StoreUnreachable | redis.ConnectionError | redis.TimeoutError)
-
-    def reachable(self) -> bool:
-        """One PING; False instead of an error when Redis does not answer."""
-        try:
-            return bool(self.redis.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
+        return isinstance(error, (StoreUnreachable, *_UNANSWERED))
 
     def __init__(
         self, client: redis.Redis, keys: Keys, clock: Clock, audit_max_age_days: float = 90.0
@@ -285,6 +282,13 @@ class Store:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+    def reachable(self) -> bool:
+        """One PING; False instead of an error when Redis does not answer."""
+        try:
+            return self.ping()
+        except _UNANSWERED:
+            return False
 
     # Pipelines ---------------------------------------------------------------------------
 
@@ -419,7 +423,7 @@ class Store:
         """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
         try:
             updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _UNANSWERED as exc:
             raise StoreUnreachable(f"Redis did not answer ({exc})") from exc
         if updated is None:
             raise KeyError(f"rollout {rollout_id} does not exist")

@@ -46,13 +46,6 @@ def engine_health(client: docker.DockerClient) -> dict[str, object]:
     return {"ok": True}
 
 
-def _answers(client: docker.DockerClient) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
 def as_unreachable(client: docker.DockerClient, exc: Exception) -> EngineUnreachable | None:
     """The domain's EngineUnreachable when `exc` means the engine is gone, else None.
 
@@ -63,12 +56,12 @@ def as_unreachable(client: docker.DockerClient, exc: Exception) -> EngineUnreach
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return EngineUnreachable(f"The Docker engine does not answer ({_why(exc)}).")
     if isinstance(exc, docker.errors.APIError):
-        if exc.is_server_error() and not _answers(client):
+        if exc.is_server_error() and not engine_health(client)["ok"]:
             return EngineUnreachable(
                 f"The Docker engine stopped answering ({exc.status_code} then no ping)."
             )
         return None
-    if isinstance(exc, docker.errors.DockerException) and not _answers(client):
+    if isinstance(exc, docker.errors.DockerException) and not engine_health(client)["ok"]:
         return EngineUnreachable(f"The Docker engine does not answer ({_why(exc)}).")
     return None
 
