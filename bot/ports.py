@@ -75,7 +75,13 @@ class SwapResult:
 class Progress(Protocol):
     """How a target reports its steps; the runner records them in Redis and in Slack."""
 
-    def step(self, name: str, detail: str = "") -> AbstractContextManager[None]: ...
+    def step(
+        self, name: str, detail: str = "", *, quick: bool = False
+    ) -> AbstractContextManager[None]:
+        """A step of the rollout, recorded as it begins and as it ends. `quick` (a step of
+        about a millisecond, such as moving traffic back): recorded once, when it ends, so
+        that no write sits before it."""
+        ...
 
     def detail(self, text: str) -> None:
         """Update the detail of the running step (e.g. `1/2 tasks updated`)."""
@@ -196,6 +202,11 @@ class SideBySideTarget(Target, Protocol):
         """Wait for the version on `port` to answer its health check; RolloutFailed if not."""
         ...
 
+    def listens(self, port: int) -> bool:
+        """Whether something listens on `port` now (no request is made: tens of microseconds),
+        the check before traffic goes back to a version without asking the engine."""
+        ...
+
 
 # Traffic (a proxy in front of a pipeline's versions) ---------------------------------------
 
@@ -221,6 +232,15 @@ class Router(Protocol):
         Every other slot goes to maintenance. Commands are ordered so some server always
         has weight: new or raised weights first, then lowered ones, then slots taken out.
         Raises TrafficError; a refusal before the first command changes nothing.
+        """
+        ...
+
+    def shift(self, traffic: Traffic, weights: Mapping[int, int]) -> bool:
+        """Re-weight slots that already serve their ports, in one round trip with no read
+        first: how traffic goes back to a version that still runs. True when the backend is
+        then served by exactly these ports at these weights; False (nothing changed but these
+        slots' weights) when it is not, e.g. after a proxy restart: then route(). Raises
+        TrafficError when the proxy cannot be reached.
         """
         ...
 

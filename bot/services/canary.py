@@ -76,6 +76,7 @@ def decide(ctx: Context, rollout_id: str, user: str, decision: str, request_id: 
             actor=user,
             reason=f"canary of {rollout.version} aborted",
             command=request.typed,
+            traffic_split=traffic.way_back(rollout, pipeline, split.baseline_version),
         )
     except ImmuneError:
         ctx.store.release_once(Once.canary_decision, subject)  # nothing started: try again

@@ -23,10 +23,10 @@ from bot.domain.errors import (
     RolloutInFlight,
 )
 from bot.domain.images import ImageRef, resolve_version, short_digest
-from bot.domain.models import Rollout, RolloutKind, RolloutStatus, new_id
+from bot.domain.models import Rollout, RolloutKind, RolloutStatus, TrafficSplit, new_id
 from bot.domain.parsing import DeployArgs, parse_deploy, parse_rollback, wants_help
 from bot.domain.text import Channel, Moment, User, Users, as_text, say
-from bot.services import approvals
+from bot.services import approvals, traffic
 from bot.services.context import Context
 from bot.services.pinning import Pinned, from_registry, image_that_ran, pin_in_ack, tag_moved
 from bot.services.policy import (
@@ -222,8 +222,12 @@ def start_rollout(
     response_url: str | None = None,
     command: str = "",
     notes: list[str] | None = None,
+    traffic_split: TrafficSplit | None = None,
 ) -> Rollout:
-    """Claim the pipeline and hand the rollout to a worker: the one path for every rollout."""
+    """Claim the pipeline and hand the rollout to a worker: the one path for every rollout.
+
+    `traffic_split`: where a rollback behind a proxy sends the requests, known at once
+    (traffic.way_back); recorded before the proxy is told, like every split."""
     state = ctx.store.pipeline(name)
     needs_approval = kind is RolloutKind.deploy and pipeline.approvals is not None
     rollout = Rollout(
@@ -243,6 +247,7 @@ def start_rollout(
         response_url=response_url,
         forced=bool(reason) and kind is RolloutKind.deploy,
         notes=list(notes or []),
+        traffic=traffic_split,
     )
     ttl = ctx.limits.lock_ttl_seconds
     if pipeline.approvals is not None and needs_approval:
@@ -315,7 +320,11 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
             ctx.store, args.pipeline, pipeline, state.last_good_version, state.last_good_rollout
         )
     check_not_in_flight(ctx, snapshot, request, image)
-    locate_in_ack(ctx, args.pipeline, pipeline, image)
+    # Back to the live version's baseline behind a proxy: it runs, so no image look-up; the
+    # split is recorded with the rollback and the runner moves the requests first.
+    back = traffic.way_back(snapshot.live, pipeline, image.version)
+    if back is None:
+        locate_in_ack(ctx, args.pipeline, pipeline, image)
     moved = tag_moved(ctx.target(pipeline), pipeline, image) if from_registry(pipeline) else None
     moved_note = (
         f"tag `{image.tag}` now points at `{short_digest(moved)}`; rolling back to "
@@ -333,6 +342,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
         response_url=request.response_url,
         command=request.typed,
         notes=[moved_note] if moved_note else None,
+        traffic_split=back,
     )
     pinned = f" (`{short_digest(image.digest)}`)" if image.digest else ""
     return Reply(

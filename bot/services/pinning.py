@@ -75,10 +75,12 @@ def image_that_ran(
         recorded = store.rollout(rollout_id)
         if recorded is not None and recorded.version == image.version and recorded.image_digest:
             return image.pinned(recorded.image_digest)
-    for rollout in store.recent_rollouts(name, RAN_LOOKBACK):
-        if rollout.version == image.version and rollout.image_digest and rollout.live_at:
-            return image.pinned(rollout.image_digest)
-    return image
+    ran = store.newest_rollout(
+        name,
+        lambda r: r.version == image.version and bool(r.image_digest) and r.live_at is not None,
+        RAN_LOOKBACK,
+    )
+    return image.pinned(ran.image_digest) if ran is not None and ran.image_digest else image
 
 
 def tag_moved(target: Target, pipeline: Pipeline, image: ImageRef) -> str | None:

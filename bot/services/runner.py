@@ -82,26 +82,29 @@ class RecordedProgress:
         self.cancellable = deploy
 
     @contextmanager
-    def step(self, name: str, detail: str = "") -> Iterator[None]:
+    def step(self, name: str, detail: str = "", *, quick: bool = False) -> Iterator[None]:
         now = self.runner.clock.now()
-        self.runner.change(
-            self.rollout_id,
-            lambda r: r.steps.append(Step(name=name, started_at=now, detail=detail)),
-            wait=False,
-        )
+        begun = Step(name=name, started_at=now, detail=detail)
+        if not quick:
+            self.runner.change(self.rollout_id, lambda r: r.steps.append(begun), wait=False)
         try:
             yield
         except BaseException as exc:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             status = StepStatus.skipped if isinstance(exc, RolloutCancelled) else StepStatus.failed
-            self._finish(name, status, reason)
+            self._finish(name, status, reason, begun if quick else None)
             raise
-        self._finish(name, StepStatus.done, None)
+        self._finish(name, StepStatus.done, None, begun if quick else None)
 
-    def _finish(self, name: str, status: StepStatus, detail: str | None) -> None:
+    def _finish(
+        self, name: str, status: StepStatus, detail: str | None, unrecorded: Step | None = None
+    ) -> None:
+        """End the step `name`; `unrecorded` is a quick step's beginning, written with its end."""
         now = self.runner.clock.now()
 
         def finish(rollout: Rollout) -> None:
+            if unrecorded is not None:
+                rollout.steps.append(unrecorded.model_copy())
             for step in reversed(rollout.steps):
                 if step.name == name and step.ended_at is None:
                     step.status, step.ended_at = status, now
@@ -431,12 +434,21 @@ class RolloutRunner:
         progress = RecordedProgress(
             self, rollout.id, rollout.pipeline, deploy=rollout.kind is RolloutKind.deploy
         )
-        rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
         image = ImageRef(pipeline.image, rollout.image_tag, rollout.image_digest)
         if rollout.kind is not RolloutKind.deploy and isinstance(target, BehindProxy):
             # Behind a proxy a rollback to a version that still runs is one route: first.
+            # With the split recorded at the ack (traffic.way_back) it comes before any
+            # other write, the in-flight mark included.
+            planned = rollout.traffic
             try:
-                moved = target.return_to(rollout.pipeline, pipeline, image.version, progress)
+                first = (
+                    planned
+                    if planned is not None
+                    and target.move_back(pipeline, image.version, progress, planned)
+                    else None
+                )
+                rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
+                moved = target.return_to(rollout.pipeline, pipeline, image.version, progress, first)
             except RolloutFailed as exc:
                 self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)
                 return
@@ -444,6 +456,8 @@ class RolloutRunner:
                 self._keep_provenance(rollout)  # nothing was located: the image ran before
                 self._went_live(rollout.id, pipeline, moved.gap_seconds, moved.notes)
                 return
+        else:
+            rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
         request: RolloutRequest | None = None  # set once the swap may have begun
         try:
             if image.digest is None and image.tag is not None and from_registry(pipeline):
@@ -503,19 +517,19 @@ class RolloutRunner:
     def _keep_provenance(self, rollout: Rollout) -> None:
         """A version brought back without locating its image keeps the provenance the rollout
         that last ran it recorded (the same digest, when one is pinned)."""
-        provenance = next(
-            (
-                earlier.provenance
-                for earlier in self.store.recent_rollouts(rollout.pipeline, RAN_LOOKBACK)
-                if earlier.id != rollout.id
-                and earlier.version == rollout.version
-                and earlier.provenance is not None
-                and earlier.image_digest == rollout.image_digest
+        earlier = self.store.newest_rollout(
+            rollout.pipeline,
+            lambda r: (
+                r.id != rollout.id
+                and r.version == rollout.version
+                and r.provenance is not None
+                and r.image_digest == rollout.image_digest
             ),
-            None,
+            RAN_LOOKBACK,
         )
-        if provenance is None:
+        if earlier is None or earlier.provenance is None:
             return
+        provenance = earlier.provenance
 
         def record(r: Rollout) -> None:
             r.provenance = provenance

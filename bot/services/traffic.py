@@ -183,15 +183,66 @@ class BehindProxy:
             )
         return SwapResult(gap_seconds=None, notes=notes)
 
+    def send_to(self, pipeline: Pipeline, split: TrafficSplit) -> bool:
+        """Every request where `split` says, at once: the way back to a version that still
+        runs. One runtime-API round trip when the proxy's slots already serve these ports
+        (Router.shift), a full route when they do not (the proxy restarted). False, nothing
+        moved, when no process listens on a port that would get requests (its container
+        died): the caller takes the full path. TrafficError when the proxy refuses.
+        """
+        if not self._listening(split):
+            return False
+        self._shift_or_route(pipeline, split)
+        return True
+
+    def _listening(self, split: TrafficSplit) -> bool:
+        """Something listens on every port the split gives requests to."""
+        return all(self.target.listens(port) for port, weight in split.weights().items() if weight)
+
+    def _shift_or_route(self, pipeline: Pipeline, split: TrafficSplit) -> None:
+        router, traffic, weights = self.router(pipeline), _traffic(pipeline), split.weights()
+        if not router.shift(traffic, weights):
+            router.route(traffic, weights)
+
+    def move_back(
+        self, pipeline: Pipeline, version: str, progress: Progress, planned: TrafficSplit
+    ) -> bool:
+        """A rollback's first act when it was accepted with its split (`way_back`): the
+        requests go back, with no engine call, proxy read or other write before them. False
+        when the version no longer listens: `return_to` then finds it the long way."""
+        if not self._listening(planned):
+            return False
+        with progress.step("move traffic", detail=describe(planned, version), quick=True):
+            try:
+                self._shift_or_route(pipeline, planned)
+            except TrafficError as exc:
+                raise RolloutFailed(
+                    f"{_traffic(pipeline).proxy} refused to move traffic back: {exc.reason}",
+                    restored=True,
+                ) from exc
+        return True
+
     def return_to(
-        self, name: str, pipeline: Pipeline, version: str, progress: Progress
+        self,
+        name: str,
+        pipeline: Pipeline,
+        version: str,
+        progress: Progress,
+        moved: TrafficSplit | None = None,
     ) -> SwapResult | None:
         """A rollback to a version that still runs (the watch's baseline): only the traffic
         moves, before anything else (no image look-up, no start). None when it does not run.
 
+        `moved`: the split `move_back` already sent the requests to; what else runs is put
+        in order after it. Without one the engine and the proxy are read first.
+
         The running container is the exact image that ran before, even if its tag has moved.
         """
         traffic = _traffic(pipeline)
+        if moved is not None:
+            self._stop_strays(name, pipeline, self.target.versions(name, pipeline), moved)
+            self.retire(name, pipeline, moved, progress)
+            return SwapResult(gap_seconds=None)
         running = self.target.versions(name, pipeline)
         if not any(v.version == version for v in running):
             return None
@@ -217,11 +268,17 @@ class BehindProxy:
                 raise RolloutFailed(
                     f"{traffic.proxy} refused to move traffic back: {exc.reason}", restored=True
                 ) from exc
-        for stray in running:
-            if stray.port not in (back.port, split.baseline_port):
-                self.target.stop_version(name, pipeline, stray.port)
+        self._stop_strays(name, pipeline, running, split)
         self.retire(name, pipeline, split, progress)
         return SwapResult(gap_seconds=None)
+
+    def _stop_strays(
+        self, name: str, pipeline: Pipeline, running: list[RunningVersion], split: TrafficSplit
+    ) -> None:
+        """Stop (and keep) every running version the split gives no place."""
+        for stray in running:
+            if stray.port not in (split.port, split.baseline_port):
+                self.target.stop_version(name, pipeline, stray.port)
 
     def retire(
         self, name: str, pipeline: Pipeline, split: TrafficSplit, progress: Progress | None
@@ -461,23 +518,50 @@ def hold(ctx: Context, rollout: Rollout, pipeline: Pipeline, waiting: list[str])
     return False
 
 
-def send_back(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> TrafficSplit | None:
-    """On a breach: every request to the baseline at once (it still runs), before anything
-    else happens; returns the split that went out, or None when there is no baseline."""
-    split = rollout.traffic
+def all_back(ctx: Context, split: TrafficSplit | None, pipeline: Pipeline) -> TrafficSplit | None:
+    """On a breach: the split that sends every request to the baseline, when the rollout has
+    one behind the proxy that still runs (listens on its port); else None. The watch records
+    it with the breach itself, before the proxy is told (`send_back`)."""
     if split is None or pipeline.traffic is None:
         return None
     if split.baseline_port is None or split.baseline_retired:
         return None
-    back = split.model_copy(update={"percent": 0})
-
-    _record(ctx, rollout.id, back, wait=False)
-    try:
-        served(ctx, pipeline).router(pipeline).route(pipeline.traffic, back.weights())
-    except TrafficError as exc:
-        logger.error("%s: could not send traffic back: %s", rollout.pipeline, exc.reason)
+    if not served(ctx, pipeline).target.listens(split.baseline_port):
         return None
-    return back
+    return split.model_copy(update={"percent": 0})
+
+
+def send_back(ctx: Context, name: str, pipeline: Pipeline, back: TrafficSplit) -> bool:
+    """Move every request to the baseline, as `all_back` planned and the breach recorded:
+    the first thing a breach does after claiming. False when it could not."""
+    try:
+        moved = served(ctx, pipeline).send_to(pipeline, back)
+    except TrafficError as exc:
+        logger.error("%s: could not send traffic back: %s", name, exc.reason)
+        return False
+    if not moved:
+        logger.error(
+            "%s: could not send traffic back: nothing listens on port %s any more",
+            name,
+            back.baseline_port,
+        )
+    return moved
+
+
+def way_back(live: Rollout | None, pipeline: Pipeline, version: str) -> TrafficSplit | None:
+    """The split of a rollback to `version` when it is the live rollout's baseline and, by
+    Redis, still runs: all requests to its port, the live version kept at weight 0 until it
+    is drained like any baseline. Recorded with the rollback when it is accepted, so the
+    runner moves the requests before anything else (`BehindProxy.return_to`); None when the
+    full path must find the version (no proxy, another version, the baseline retired)."""
+    if pipeline.traffic is None or live is None or live.traffic is None:
+        return None
+    split = live.traffic
+    if split.baseline_port is None or split.baseline_retired or split.baseline_version != version:
+        return None
+    return TrafficSplit(
+        port=split.baseline_port, baseline_port=split.port, baseline_version=live.version
+    )
 
 
 def retire_baseline(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:

@@ -27,7 +27,15 @@ from bot.domain.errors import ImmuneError
 from bot.domain.incidents import Incident, KpiSample
 from bot.domain.judging import Decision, compare, compare_counters
 from bot.domain.kpis import Reading, Verdict, counter_query, judge, kpi_query, next_streak
-from bot.domain.models import Provenance, Rollout, RolloutKind, RolloutStatus, WatchState, new_id
+from bot.domain.models import (
+    Provenance,
+    Rollout,
+    RolloutKind,
+    RolloutStatus,
+    TrafficSplit,
+    WatchState,
+    new_id,
+)
 from bot.domain.traffic import watch_seconds
 from bot.ports import KpiSource
 from bot.services import incidents, traffic
@@ -519,12 +527,19 @@ class Watcher:
         """Roll back (or offer to), halt, record the incident, raise the alarm: once."""
         detected_at = self.ctx.clock.now()
         claimed = False
+        back: TrafficSplit | None = None
 
         def mark_breached(r: Rollout) -> None:
-            nonlocal claimed
+            nonlocal claimed, back
+            claimed, back = False, None  # a WATCH retry reads the record again
             if r.status is RolloutStatus.live:
                 r.status = RolloutStatus.rolled_back
                 r.finished_at = detected_at
+                # Behind a proxy, where the requests go back is recorded with the claim: one
+                # write, then the proxy is told, before anything else.
+                back = traffic.all_back(self.ctx, r.traffic, pipeline)
+                if back is not None:
+                    r.traffic = back
                 r.notes.append(
                     f"KPI {kpi.name} could not be judged (not enough data) by the watch's end: "
                     "inconclusive, rolled back"
@@ -547,13 +562,17 @@ class Watcher:
                 and current.status is RolloutStatus.live
                 and self.ctx.store.claim_once(Once.breach, rollout.id)
             )
+        # Behind a proxy the baseline still runs: every request goes back to it first.
+        sent_back = (
+            back
+            if claimed
+            and back is not None
+            and traffic.send_back(self.ctx, rollout.pipeline, pipeline, back)
+            else None
+        )
         self.end(rollout.id)
         if not claimed:
             return None
-        # Behind a proxy the baseline still runs: every request goes back to it first.
-        sent_back = (
-            traffic.send_back(self.ctx, rollout, pipeline) if pipeline.auto_rollback else None
-        )
         traffic.close_question(self.ctx, rollout, pipeline)  # a held step's question, if any
         metrics.BREACHES.labels(pipeline=rollout.pipeline, kpi=kpi.name).inc()
         state = self.ctx.store.pipeline(rollout.pipeline)

@@ -456,6 +456,23 @@ class Store:
         )
         return self._rollouts(ids)
 
+    def newest_rollout(
+        self, pipeline: str, matches: Callable[[Rollout], bool], limit: int
+    ) -> Rollout | None:
+        """The newest of the pipeline's last `limit` rollouts that `matches`: one round trip
+        for the records, parsed newest first only until one matches (a rollback's look-up of
+        the digest a version ran with sits in Slack's ack)."""
+        ids = cast(
+            list[str], self.redis.zrevrange(self.keys.pipeline_rollouts(pipeline), 0, limit - 1)
+        )
+        if not ids:
+            return None
+        raws = cast(list[str | None], self.redis.mget([self.keys.rollout(i) for i in ids]))
+        for raw in raws:
+            if raw is not None and matches(rollout := Rollout.model_validate_json(raw)):
+                return rollout
+        return None
+
     def _rollouts(self, ids: Iterable[str]) -> list[Rollout]:
         ids = list(ids)
         if not ids:

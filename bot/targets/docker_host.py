@@ -726,6 +726,9 @@ class DockerHostTarget:
                 return
         raise RolloutFailed(f"no version of `{pipeline_name}` runs on port {port}")
 
+    def listens(self, port: int) -> bool:
+        return port_taken(port)
+
     # After the engine came back ----------------------------------------------------------
 
     @reaches_engine

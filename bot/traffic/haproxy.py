@@ -201,7 +201,10 @@ class HAProxyRouter:
     def slots(self, traffic: Traffic) -> dict[str, Slot]:
         """Every server of `traffic.backend` by name (`show servers state <backend>`)."""
         command = f"show servers state {traffic.backend}"
-        answer = self.api_for(traffic).ask(command)
+        return self._parse_slots(traffic, command, self.api_for(traffic).ask(command))
+
+    @staticmethod
+    def _parse_slots(traffic: Traffic, command: str, answer: str) -> dict[str, Slot]:
         lines = answer.splitlines()
         if len(lines) < 2 or lines[0].strip() != "1" or not lines[1].startswith("# "):
             raise TrafficError(f"HAProxy refused `{command}`: {_quote(answer)}")
@@ -233,8 +236,12 @@ class HAProxyRouter:
 
     def routes(self, traffic: Traffic) -> dict[int, int]:
         """Port -> weight of each slot that is ready and sends to its own port."""
+        return self._routes_of(self.slots(traffic))
+
+    @staticmethod
+    def _routes_of(slots: Mapping[str, Slot]) -> dict[int, int]:
         routed = {}
-        for slot in self.slots(traffic).values():
+        for slot in slots.values():
             port = port_of(slot.name)
             if port is not None and slot.serves(port):
                 routed[port] = slot.weight
@@ -288,6 +295,26 @@ class HAProxyRouter:
         for line in (raised, coming_in, lowered, taken_out):
             if line:
                 self._run(api, line)
+
+    def shift(self, traffic: Traffic, weights: Mapping[int, int]) -> bool:
+        """Re-weight slots that already serve their ports: one line, one round trip, no read
+        first. The line ends with `show servers state`, so the answer says whether the backend
+        is now served by exactly these ports at these weights; False when it is not (HAProxy
+        restarted, a slot in maintenance, another slot still serving), with nothing changed
+        but these slots' weights: the caller then routes. The highest weight is set first, so
+        some server always has weight, as in route().
+        """
+        self._check_weights(traffic, weights)
+        commands = [
+            f"set server {traffic.backend}/{server_name(port)} weight {weight}"
+            for port, weight in sorted(weights.items(), key=lambda item: -item[1])
+        ]
+        command = f"show servers state {traffic.backend}"
+        answers = self.api_for(traffic).batch([*commands, command])
+        if not all(_succeeded(c, a) for c, a in zip(commands, answers, strict=False)):
+            return False
+        slots = self._parse_slots(traffic, command, answers[-1])
+        return self._routes_of(slots) == dict(weights)
 
     def drain(self, traffic: Traffic, port: int) -> None:
         """`state drain` for the port's slot; a slot in maintenance is left there (HAProxy

@@ -76,3 +76,25 @@ def test_the_script_is_loaded_again_after_the_server_forgot_it(
     store.pipeline_snapshots(["web"])
     redis_client.script_flush()
     assert store.pipeline_snapshots(["web"])["web"].state.live_version == "1"
+
+
+def test_newest_rollout_reads_once_and_parses_only_until_one_matches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(1, 6):
+        made = rollout(f"r-{n}", "web", str(n)).model_copy(update={"created_at": START + n})
+        store.create_rollout(made)
+    asked: list[str] = []
+
+    def is_three_or_less(r: Rollout) -> bool:
+        asked.append(r.version)
+        return int(r.version) <= 3
+
+    sent = count_round_trips(monkeypatch)
+    found = store.newest_rollout("web", is_three_or_less, 50)
+    assert found is not None and found.id == "r-3"
+    assert asked == ["5", "4", "3"], "newest first, no further than the match"
+    assert len(sent) == 2, "the ids, then every record in one MGET"
+    assert store.newest_rollout("web", lambda r: False, 50) is None
+    assert store.newest_rollout("web", lambda r: True, 2) == store.rollout("r-5")
+    assert store.newest_rollout("nothing-here", lambda r: True, 50) is None

@@ -79,7 +79,7 @@ def traffic_pipeline(*, kpis: bool = True, **fields: Any) -> dict[str, Any]:
 class Rig(ContextRig):
     def __init__(self, client: redis.Redis, raw: dict[str, Any]) -> None:
         self.target = SideBySideMemoryTarget(images={"1", "2", "3"})
-        self.router = MemoryRouter()
+        self.router = MemoryRouter(events=self.target.events)  # one journal: engine and proxy
         self.source = ScriptedSource()
         super().__init__(
             client,
@@ -207,6 +207,109 @@ def test_a_breach_sends_every_request_back_with_one_route_and_starts_nothing(
     assert any(
         "sent all traffic back to `1`" in a and "100% of requests" in a for a in incident.actions
     ), incident.actions
+
+
+def test_a_breach_records_where_the_requests_go_with_its_claim_then_shifts_them_first(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    bad = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    rig.target.events.clear()
+    rig.poll(bad, 0.5)
+    breached = rig.store.rollout(bad.id)
+    assert breached is not None and breached.status is RolloutStatus.rolled_back
+    assert breached.traffic is not None and breached.traffic.weights() == {old: 100, new: 0}, (
+        "the split is recorded with the breach, so a bot dying next restores it"
+    )
+    assert rig.target.events[:2] == ["routes", "shift"], (
+        "the poll's own check of the proxy's routes, then, the breach decided, one round trip "
+        f"before any engine call or other proxy read: {rig.target.events}"
+    )
+
+
+def test_a_breach_whose_baseline_died_leaves_its_traffic_to_the_rollback_that_starts_it(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    bad = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    rig.target.by_port.pop(old)  # its container died during the watch: nothing listens
+    rig.poll(bad, 0.5)
+    breached = rig.store.rollout(bad.id)
+    assert breached is not None and breached.status is RolloutStatus.rolled_back
+    assert breached.traffic is not None and breached.traffic.weights() == {new: 100, old: 0}, (
+        "never recorded, nor sent, to a port nobody listens on"
+    )
+    [restore] = [
+        r for r in rig.store.recent_rollouts("web", 3) if r.kind is RolloutKind.auto_rollback
+    ]
+    restore = rig.settled(restore.id, lambda r: r.status is RolloutStatus.good)
+    assert "start" in [s.name for s in restore.steps], "1 started again before it took traffic"
+    assert rig.weights() == {rig.port_of("1"): 100}
+
+
+def test_a_rollback_during_the_watch_moves_the_requests_before_any_engine_call(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    live = rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    rig.target.events.clear()
+    rig.clock.advance(1)  # the newest rollout is the one created last
+    answer = rig.command("/rollback", "web 1")
+    assert answer.startswith("Rolling `web` back to `1`"), answer
+    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    assert back.status is RolloutStatus.good, back.error
+    assert rig.target.events[0] == "shift", (
+        f"accepted with its split, no image look-up in the ack, moved first: {rig.target.events}"
+    )
+    assert "locate" not in rig.target.events and "start" not in rig.target.events
+    assert [s.name for s in back.steps] == ["move traffic", "drain"]
+    assert back.traffic is not None
+    assert (back.traffic.port, back.traffic.baseline_port) == (old, new)
+    assert back.traffic.baseline_version == "2" and back.traffic.baseline_retired
+    assert rig.weights() == {old: 100}
+    assert rig.store.rollout(live.id).status is RolloutStatus.superseded  # type: ignore[union-attr]
+
+
+def test_a_rollback_after_a_proxy_restart_routes_in_full_when_the_shift_cannot(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    rig.deploy("2", RolloutStatus.live)
+    old = rig.port_of("1")
+    rig.router.restart()  # the runtime state is gone: no slot serves
+    rig.target.events.clear()
+    rig.clock.advance(1)  # the newest rollout is the one created last
+    rig.command("/rollback", "web 1")
+    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    assert back.status is RolloutStatus.good, back.error
+    assert rig.target.events[:2] == ["shift", "route"], rig.target.events
+    assert rig.weights() == {old: 100}
+
+
+def test_a_rollback_to_a_baseline_that_died_finds_and_starts_it_the_long_way(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    rig.target.by_port.pop(old)
+    rig.target.events.clear()
+    rig.clock.advance(1)  # the newest rollout is the one created last
+    rig.command("/rollback", "web 1")
+    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    assert back.status is RolloutStatus.good, back.error
+    assert "shift" not in rig.target.events, "no traffic sent to a port nobody listens on"
+    assert [s.name for s in back.steps][:2] == ["locate image", "proxy"]
+    assert "start" in [s.name for s in back.steps]
+    assert rig.weights() == {rig.port_of("1"): 100} and new not in rig.weights()
 
 
 def test_a_rollback_after_the_watch_starts_the_old_version_on_a_free_port_first(

@@ -308,3 +308,55 @@ def test_a_rollback_is_one_fast_weight_change(
         timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.05, timings
     assert max(timings) < 0.5, timings
+
+
+def test_shift_moves_requests_between_serving_slots_in_one_round_trip(
+    web: Traffic, versions: Callable[..., Version]
+) -> None:
+    blue, green = web.ports.first, web.ports.first + 1
+    versions("blue", 0)
+    versions("green", 1)
+    router = RecordingRouter()
+    router.route(web, {blue: 0, green: 100})
+    router.lines.clear()
+    assert router.shift(web, {blue: 100, green: 0})
+    # No read first: the weights, highest first, then the state that proves them, one line.
+    assert router.lines == [
+        [
+            f"set server web/v{blue} weight 100",
+            f"set server web/v{green} weight 0",
+            "show servers state web",
+        ]
+    ]
+    assert router.routes(web) == {blue: 100, green: 0}
+    assert send(web, 10) == {"blue": 10}
+
+
+def test_shift_after_a_restart_moves_nothing_and_says_so(
+    haproxy_server: HAProxyServer, web: Traffic, versions: Callable[..., Version]
+) -> None:
+    blue, green = web.ports.first, web.ports.first + 1
+    versions("blue", 0)
+    versions("green", 1)
+    router = HAProxyRouter()
+    router.route(web, {blue: 0, green: 100})
+    haproxy_server.restart()
+    assert not router.shift(web, {blue: 100, green: 0}), "the slots no longer serve their ports"
+    assert router.routes(web) == {}, "a weight alone puts no slot back in service"
+    router.route(web, {blue: 100, green: 0})  # what the caller does next
+    assert send(web, 10) == {"blue": 10}
+
+
+def test_shift_refuses_what_it_cannot_prove(web: Traffic, versions: Callable[..., Version]) -> None:
+    blue, green, third = web.ports.first, web.ports.first + 1, web.ports.first + 2
+    versions("blue", 0)
+    versions("green", 1)
+    versions("third", 2)
+    router = HAProxyRouter()
+    router.route(web, {blue: 0, green: 50, third: 50})
+    assert not router.shift(web, {blue: 100, green: 0}), "a third slot still serves"
+    router.route(web, {blue: 0, green: 100})
+    outside = web.ports.last + 1
+    with pytest.raises(TrafficError, match=r"outside traffic\.ports"):
+        router.shift(web, {outside: 100, green: 0})
+    assert router.routes(web) == {blue: 0, green: 100}

@@ -77,6 +77,8 @@ class MemoryTarget:
     slow: set[str] = field(default_factory=set)  # tags whose quick lookup times out
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> image labels
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What the engine was asked, in order (shared with a MemoryRouter to see the order of both).
+    events: list[str] = field(default_factory=list)
 
     def health(self) -> dict[str, object]:
         return {"ok": self.healthy}
@@ -90,6 +92,7 @@ class MemoryTarget:
     ) -> LocatedImage:
         with self.lock:
             self.calls.append(("locate", image.version))
+            self.events.append("locate")
         if image.version not in self.images:
             raise ImageNotFound(f"Image `{image.reference}` is not in memory.")
         return LocatedImage(
@@ -180,6 +183,7 @@ class SideBySideMemoryTarget(MemoryTarget):
 
     def versions(self, pipeline_name: str, pipeline: Pipeline) -> list[RunningVersion]:
         with self.lock:
+            self.events.append("versions")
             return sorted(self.by_port.values(), key=lambda v: v.started_at)
 
     def start_beside(self, request: RolloutRequest, progress: Progress) -> RunningVersion:
@@ -201,6 +205,7 @@ class SideBySideMemoryTarget(MemoryTarget):
             )
             self.by_port[free[0]] = running
             self.calls.append(("start", version))
+            self.events.append("start")
         with progress.step("health check", detail=version):
             if version in self.unhealthy or version in self.failing:
                 self.stop_version(request.pipeline_name, request.pipeline, free[0], keep=False)
@@ -220,6 +225,10 @@ class SideBySideMemoryTarget(MemoryTarget):
         if running is None or running.version in self.unhealthy:
             raise RolloutFailed(f"nothing healthy on port {port}")
 
+    def listens(self, port: int) -> bool:
+        with self.lock:
+            return port in self.by_port
+
 
 @dataclass
 class MemoryRouter:
@@ -231,28 +240,41 @@ class MemoryRouter:
     routed: list[dict[int, int]] = field(default_factory=list)
     down: bool = False
     refuse: bool = False
+    events: list[str] = field(default_factory=list)  # each call by name, in order
 
     def health(self) -> dict[str, object]:
         return {"ok": not self.down}
 
-    def _check(self) -> None:
+    def _check(self, call: str) -> None:
+        self.events.append(call)
         if self.down:
             raise TrafficError("connection refused")
 
     def route(self, traffic: Traffic, weights: Mapping[int, int]) -> None:
-        self._check()
+        self._check("route")
         if self.refuse:
             raise TrafficError("No such server.")
         self.weights[traffic.backend] = dict(weights)
         self.routed.append(dict(weights))
 
+    def shift(self, traffic: Traffic, weights: Mapping[int, int]) -> bool:
+        self._check("shift")
+        serving = self.weights.get(traffic.backend, {})
+        for port, weight in weights.items():
+            if port in serving:
+                serving[port] = weight
+        if set(serving) != set(weights):
+            return False
+        self.routed.append(dict(weights))
+        return True
+
     def drain(self, traffic: Traffic, port: int) -> None:
-        self._check()
+        self._check("drain")
         self.drained.append(port)
         self.weights.get(traffic.backend, {}).pop(port, None)
 
     def routes(self, traffic: Traffic) -> dict[int, int]:
-        self._check()
+        self._check("routes")
         return dict(self.weights.get(traffic.backend, {}))
 
     def restart(self) -> None:
