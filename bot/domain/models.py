@@ -95,6 +95,7 @@ class TrafficSplit(BaseModel):
     port: int
     baseline_port: int | None = None
     baseline_version: str = ""
+    baseline_rollout: str = ""  # the rollout that started the baseline's container: its image
     percent: int = 100  # of requests to this rollout's version; the baseline takes the rest
     step: int = 0  # index into the pipeline's plan (canary steps)
     steps: int = 1  # how many steps the plan has (1: all traffic at once)

@@ -23,7 +23,14 @@ from bot.domain.errors import (
     RolloutInFlight,
 )
 from bot.domain.images import ImageRef, resolve_version, short_digest
-from bot.domain.models import Rollout, RolloutKind, RolloutStatus, TrafficSplit, new_id
+from bot.domain.models import (
+    PipelineState,
+    Rollout,
+    RolloutKind,
+    RolloutStatus,
+    TrafficSplit,
+    new_id,
+)
 from bot.domain.parsing import DeployArgs, parse_deploy, parse_rollback, wants_help
 from bot.domain.text import Channel, Moment, User, Users, as_text, say
 from bot.services import approvals, traffic
@@ -160,6 +167,7 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
         reason=args.force_reason or "",
         response_url=request.response_url,
         command=request.typed,
+        state=state,
     )
     if rollout.status is RolloutStatus.queued:
         return Reply(
@@ -223,12 +231,14 @@ def start_rollout(
     command: str = "",
     notes: list[str] | None = None,
     traffic_split: TrafficSplit | None = None,
+    state: PipelineState | None = None,
 ) -> Rollout:
     """Claim the pipeline and hand the rollout to a worker: the one path for every rollout.
 
     `traffic_split`: where a rollback behind a proxy sends the requests, known at once
-    (traffic.way_back); recorded before the proxy is told, like every split."""
-    state = ctx.store.pipeline(name)
+    (traffic.way_back); recorded before the proxy is told, like every split. `state`: the
+    pipeline's, when the caller has just read it (the lock's claim decides, not this)."""
+    state = state if state is not None else ctx.store.pipeline(name)
     needs_approval = kind is RolloutKind.deploy and pipeline.approvals is not None
     rollout = Rollout(
         id=new_id("r"),
@@ -268,8 +278,10 @@ def start_rollout(
     )
     if pipeline.approvals is not None and needs_approval:
         approvals.request_approval(ctx, rollout, pipeline)
-    else:
-        ctx.runner.submit(rollout.id)
+        return rollout
+    if traffic_split is not None:
+        traffic.move_now(ctx, rollout, pipeline)
+    ctx.runner.submit(rollout.id)
     return rollout
 
 
@@ -288,8 +300,18 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     snapshot = ctx.store.pipeline_snapshot(args.pipeline)
     state = snapshot.state
     if args.version is not None:
-        # The digest that version ran with, when it ran here: a tag may have moved since.
-        image = image_that_ran(ctx.store, args.pipeline, pipeline, args.version)
+        # The digest that version ran with, when it ran here: a tag may have moved since. A
+        # baseline still running behind the proxy runs what the rollout that started it ran.
+        baseline = traffic.running_baseline(
+            snapshot.live, pipeline, resolve_version(pipeline.image, args.version).version
+        )
+        image = image_that_ran(
+            ctx.store,
+            args.pipeline,
+            pipeline,
+            args.version,
+            baseline.baseline_rollout if baseline is not None else "",
+        )
         if image.version == state.live_version and not state.inflight_rollout:
             refuse(ctx, request, args.pipeline, "already_live")
             raise AlreadyLive(say("`{}` is already live on `{}`.", image.version, args.pipeline))
@@ -343,6 +365,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
         command=request.typed,
         notes=[moved_note] if moved_note else None,
         traffic_split=back,
+        state=state,
     )
     pinned = f" (`{short_digest(image.digest)}`)" if image.digest else ""
     return Reply(

@@ -66,15 +66,20 @@ def image_that_ran(
     store: Store, name: str, pipeline: Pipeline, version: str, rollout_id: str = ""
 ) -> ImageRef:
     """`version` of the pipeline pinned to the digest it last ran with, when one is recorded:
-    `rollout_id`'s (the last good rollout), else the newest rollout of that version that went
-    live. Without a record, the version as typed (a deploy resolves it)."""
+    `rollout_id`'s (the last good rollout, or the one that started a baseline still running),
+    else the newest rollout of that version that went live. Without a record, the version as
+    typed (a deploy resolves it).
+
+    `rollout_id`'s record of that version decides alone: without a digest it ran unpinned, and
+    an older rollout's digest of the same tag is not what ran (nor is the scan, which parses up
+    to RAN_LOOKBACK records inside Slack's ack, worth making then)."""
     image = resolve_version(pipeline.image, version)
     if image.digest is not None:
         return image
     if rollout_id:
         recorded = store.rollout(rollout_id)
-        if recorded is not None and recorded.version == image.version and recorded.image_digest:
-            return image.pinned(recorded.image_digest)
+        if recorded is not None and recorded.version == image.version:
+            return image.pinned(recorded.image_digest) if recorded.image_digest else image
     ran = store.newest_rollout(
         name,
         lambda r: r.version == image.version and bool(r.image_digest) and r.live_at is not None,

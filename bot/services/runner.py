@@ -50,7 +50,7 @@ from bot.ports import (
 from bot.services import approvals
 from bot.services.outcomes import record_outcome
 from bot.services.pinning import RAN_LOOKBACK, check_digest, from_registry
-from bot.services.traffic import BehindProxy, Routers
+from bot.services.traffic import MOVE_TRAFFIC, BehindProxy, Routers
 from bot.store.store import Store, StoreUnreachable
 
 logger = logging.getLogger(__name__)
@@ -444,7 +444,10 @@ class RolloutRunner:
                 first = (
                     planned
                     if planned is not None
-                    and target.move_back(pipeline, image.version, progress, planned)
+                    and (
+                        rollout.step(MOVE_TRAFFIC) is not None  # moved in the ack
+                        or target.move_back(pipeline, image.version, progress, planned)
+                    )
                     else None
                 )
                 rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)

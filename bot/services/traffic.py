@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 from bot.domain.config import Pipeline, Traffic
 from bot.domain.images import ImageRef
-from bot.domain.models import Rollout, TrafficSplit
+from bot.domain.models import Rollout, Step, StepStatus, TrafficSplit
 from bot.domain.text import say
 from bot.ports import (
     LiveVersion,
@@ -37,6 +37,8 @@ from bot.services.context import Context
 from bot.store.keys import Once
 
 logger = logging.getLogger(__name__)
+
+MOVE_TRAFFIC = "move traffic"
 
 
 class Routers:
@@ -161,7 +163,7 @@ class BehindProxy:
         baseline = _serving(running, routes, besides=new)
         final, split = _first_split(request, new, baseline)
         progress.traffic(split)
-        with progress.step("move traffic", detail=describe(split, request.image.version)):
+        with progress.step(MOVE_TRAFFIC, detail=describe(split, request.image.version)):
             try:
                 self.router(pipeline).route(traffic, split.weights())
             except TrafficError as exc:
@@ -212,7 +214,7 @@ class BehindProxy:
         when the version no longer listens: `return_to` then finds it the long way."""
         if not self._listening(planned):
             return False
-        with progress.step("move traffic", detail=describe(planned, version), quick=True):
+        with progress.step(MOVE_TRAFFIC, detail=describe(planned, version), quick=True):
             try:
                 self._shift_or_route(pipeline, planned)
             except TrafficError as exc:
@@ -259,9 +261,10 @@ class BehindProxy:
             port=back.port,
             baseline_port=replaced.port if replaced else None,
             baseline_version=replaced.version if replaced else "",
+            baseline_rollout=replaced.rollout_id if replaced else "",
         )
         progress.traffic(split)
-        with progress.step("move traffic", detail=describe(split, version)):
+        with progress.step(MOVE_TRAFFIC, detail=describe(split, version)):
             try:
                 self.router(pipeline).route(traffic, split.weights())
             except TrafficError as exc:
@@ -342,7 +345,7 @@ class BehindProxy:
         if new is not None:
             final, split = _first_split(request, new, baseline)
             progress.traffic(split)
-            with progress.step("move traffic", detail=describe(split, new.version)):
+            with progress.step(MOVE_TRAFFIC, detail=describe(split, new.version)):
                 self._route(pipeline, split)
             if final and baseline is not None:
                 self.retire(name, pipeline, split, progress)
@@ -375,6 +378,7 @@ def _first_split(
         port=new.port,
         baseline_port=baseline.port if baseline else None,
         baseline_version=baseline.version if baseline else "",
+        baseline_rollout=baseline.rollout_id if baseline else "",
         percent=percent,
         steps=len(plan) if percent < 100 else 1,
     )
@@ -548,19 +552,59 @@ def send_back(ctx: Context, name: str, pipeline: Pipeline, back: TrafficSplit) -
     return moved
 
 
-def way_back(live: Rollout | None, pipeline: Pipeline, version: str) -> TrafficSplit | None:
-    """The split of a rollback to `version` when it is the live rollout's baseline and, by
-    Redis, still runs: all requests to its port, the live version kept at weight 0 until it
-    is drained like any baseline. Recorded with the rollback when it is accepted, so the
-    runner moves the requests before anything else (`BehindProxy.return_to`); None when the
-    full path must find the version (no proxy, another version, the baseline retired)."""
+def move_now(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
+    """A rollback accepted with its split (`way_back`) moves the requests in the ack, as soon
+    as it is recorded: one round trip, then the step is recorded and the runner, finding it
+    done, only puts the rest in order. Anything short of that (nothing listens there any more,
+    the proxy refuses) is left to the runner, which tries again and says why it fails."""
+    split = rollout.traffic
+    if split is None:
+        return
+    began = ctx.clock.now()
+    try:
+        moved = served(ctx, pipeline).send_to(pipeline, split)
+    except TrafficError as exc:
+        logger.info(
+            "%s: traffic not moved in the ack (%s); the runner tries", rollout.pipeline, exc
+        )
+        return
+    if not moved:
+        return
+    step = Step(
+        name=MOVE_TRAFFIC,
+        status=StepStatus.done,
+        started_at=began,
+        ended_at=ctx.clock.now(),
+        detail=describe(split, rollout.version),
+    )
+    ctx.store.update_rollout(rollout.id, lambda r: r.steps.append(step))
+
+
+def running_baseline(live: Rollout | None, pipeline: Pipeline, version: str) -> TrafficSplit | None:
+    """The live rollout's split when `version` is its baseline and, by Redis, still runs
+    behind the proxy (not retired); else None."""
     if pipeline.traffic is None or live is None or live.traffic is None:
         return None
     split = live.traffic
     if split.baseline_port is None or split.baseline_retired or split.baseline_version != version:
         return None
+    return split
+
+
+def way_back(live: Rollout | None, pipeline: Pipeline, version: str) -> TrafficSplit | None:
+    """The split of a rollback to `version` when it is the live rollout's running baseline:
+    all requests to its port, the live version kept at weight 0 until it is drained like any
+    baseline. Recorded with the rollback when it is accepted, so the runner moves the
+    requests before anything else (`BehindProxy.move_back`); None when the full path must
+    find the version (no proxy, another version, the baseline retired)."""
+    split = running_baseline(live, pipeline, version)
+    if split is None or split.baseline_port is None or live is None:
+        return None
     return TrafficSplit(
-        port=split.baseline_port, baseline_port=split.port, baseline_version=live.version
+        port=split.baseline_port,
+        baseline_port=split.port,
+        baseline_version=live.version,
+        baseline_rollout=live.id,
     )
 
 

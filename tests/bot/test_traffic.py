@@ -255,23 +255,29 @@ def test_a_rollback_during_the_watch_moves_the_requests_before_any_engine_call(
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
-    good_first(rig)
+    first = good_first(rig)
+    digest = "sha256:" + "1" * 64
+    rig.store.update_rollout(first.id, lambda r: setattr(r, "image_digest", digest))
     live = rig.deploy("2", RolloutStatus.live)
     old, new = rig.port_of("1"), rig.port_of("2")
+    assert live.traffic is not None and live.traffic.baseline_rollout == first.id
     rig.target.events.clear()
     rig.clock.advance(1)  # the newest rollout is the one created last
     answer = rig.command("/rollback", "web 1")
     assert answer.startswith("Rolling `web` back to `1`"), answer
+    assert rig.weights() == {old: 100, new: 0}, "moved inside the ack, before any worker ran"
     back = rig.settled(rig.newest().id, lambda r: r.status.finished)
     assert back.status is RolloutStatus.good, back.error
     assert rig.target.events[0] == "shift", (
         f"accepted with its split, no image look-up in the ack, moved first: {rig.target.events}"
     )
+    assert rig.target.events.count("shift") == 1, "the runner found it done"
     assert "locate" not in rig.target.events and "start" not in rig.target.events
     assert [s.name for s in back.steps] == ["move traffic", "drain"]
     assert back.traffic is not None
     assert (back.traffic.port, back.traffic.baseline_port) == (old, new)
     assert back.traffic.baseline_version == "2" and back.traffic.baseline_retired
+    assert back.image_digest == digest, "the image the running baseline's rollout ran"
     assert rig.weights() == {old: 100}
     assert rig.store.rollout(live.id).status is RolloutStatus.superseded  # type: ignore[union-attr]
 
@@ -291,6 +297,26 @@ def test_a_rollback_after_a_proxy_restart_routes_in_full_when_the_shift_cannot(
     assert back.status is RolloutStatus.good, back.error
     assert rig.target.events[:2] == ["shift", "route"], rig.target.events
     assert rig.weights() == {old: 100}
+
+
+def test_a_rollback_the_proxy_refuses_fails_saying_so_and_the_traffic_stays(
+    make: Callable[..., Rig],
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    rig.deploy("2", RolloutStatus.live)
+    old, new = rig.port_of("1"), rig.port_of("2")
+    rig.router.down = True  # the runtime API does not answer, in the ack nor in the runner
+    rig.clock.advance(1)
+    rig.command("/rollback", "web 1")
+    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    assert back.status is RolloutStatus.failed
+    assert back.error is not None and "refused to move traffic back" in back.error, back.error
+    assert "connection refused" in back.error
+    assert back.step("move traffic") is not None
+    assert back.step("move traffic").status.value == "failed"  # type: ignore[union-attr]
+    rig.router.down = False
+    assert rig.weights() == {new: 100, old: 0}, "2 keeps every request"
 
 
 def test_a_rollback_to_a_baseline_that_died_finds_and_starts_it_the_long_way(
