@@ -16,6 +16,12 @@ in place of the rank test over overlapping rate windows, the same floor on the t
 ratios, and at least `MIN_FAILURES` failures of the new version for a *worse* (1 failure
 against 0 is never a breach).
 
+For the built-in latency_average, `compare_averages` gives the rank test samples that span
+the same responses' time on both versions: each version's mean response time since the
+step's first judged poll, recovered from HAProxy's running averages and the slots' response
+counters (`bot.domain.averages`), in place of the running averages as they are, which span a
+fresh slot's every response but the baseline's last 512.
+
 The effect is measured on medians, which one bad scrape does not move; where the medians tie
 (error ratios at low traffic are mostly zeros, so both medians are 0 while one side does
 fail) it is measured on means. A baseline at 0 and a version above it is an infinite relative
@@ -31,6 +37,7 @@ from enum import StrEnum
 from statistics import fmean, median
 from typing import Literal
 
+from bot.domain.averages import AverageReading, span_means
 from bot.domain.config import Kpi
 
 MIN_FAILURES = 3
@@ -253,3 +260,47 @@ def compare_counters(
     return compare_counts(
         kpi, Counts(new_failed, new_served), Counts(base_failed, base_served), polls
     )
+
+
+def compare_averages(kpi: Kpi, polls: Sequence[tuple[float, float, float, float]]) -> Comparison:
+    """The built-in latency_average judged over the same span of time on both versions.
+
+    `polls`: the step's judged polls so far, first to this one, each (new version's value, its
+    slot's responses, baseline's value, its slot's responses) as the watch read them. Each
+    version's sample at a poll is its mean response time over the responses served since the
+    step's first judged poll (`bot.domain.averages.span_means`), not HAProxy's running average
+    as it is: that spans a fresh slot's every response but the baseline's last 512, so a
+    spike both versions share would weigh more on the new one. The samples then go to
+    `compare` (the rank test and the floor), as any KPI's do."""
+    if len(polls) < 2:
+        return Comparison(
+            Decision.not_enough_data, 0, rule="measuring both versions from this poll"
+        )
+    # A proxy restart sets every slot's counter and average back: measure from there on.
+    start = 0
+    for i in range(1, len(polls)):
+        if polls[i][1] < polls[i - 1][1] or polls[i][3] < polls[i - 1][3]:
+            start = i
+    measured = polls[start:]
+    news: list[float] = []
+    bases: list[float] = []
+    served = (0.0, 0.0)
+    pairs = zip(
+        span_means([AverageReading(p[0], p[1]) for p in measured]),
+        span_means([AverageReading(p[2], p[3]) for p in measured]),
+        strict=True,
+    )
+    for new, base in pairs:
+        if new is None or base is None:
+            continue  # a version served nothing yet in this span
+        news.append(new[0])
+        bases.append(base[0])
+        served = (new[1], base[1])
+    comparison = compare(kpi, news, bases)
+    if not news:
+        return replace(comparison, rule="no responses on both versions since the first judged poll")
+    over = (
+        f"each version's mean over the same span ({served[0]:.0f} responses of the new "
+        f"version, {served[1]:.0f} of the baseline since the step's first judged poll)"
+    )
+    return replace(comparison, rule=f"{over}: {comparison.rule}")

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.domain.config import Kpi
-from bot.domain.judging import Comparison, Decision, compare, compare_counters
+from bot.domain.judging import (
+    Comparison,
+    Decision,
+    compare,
+    compare_averages,
+    compare_counters,
+)
 from bot.domain.kpis import Reading, Verdict, judge, next_streak
 
 TRACES_DIR = Path(__file__).resolve().parent.parent / "data" / "judge_traces"
@@ -57,9 +63,9 @@ class Trace:
 
     @property
     def replayable_by_compare(self) -> bool:
-        """The built-in error_rate is compared on the slots' counters: a trace recorded before
-        the recorder kept them cannot be replayed through it."""
-        return self.kind != "error_rate" or any(c is not None for c in self.counters)
+        """Both built-ins are compared with the slots' counters: a trace recorded before the
+        recorder kept them cannot be replayed through it."""
+        return any(c is not None for c in self.counters)
 
     @property
     def fixed_regression(self) -> bool:
@@ -171,11 +177,20 @@ def _compare(
         return no_data, None, f"{kpi_.name}: the baseline has no data", None
     assert value is not None
     comparison: Comparison
+    if kpi_.builtin is not None and counters is None:
+        return no_data, None, f"{kpi_.name}: a response counter has no data", None
     if kpi_.builtin == "error_rate":
-        if counters is None:
-            return no_data, None, f"{kpi_.name}: a response counter has no data", None
+        assert counters is not None
         counted = [p.counts for p in earlier if p.counts is not None]
         comparison = compare_counters(kpi_, counted[0] if counted else None, counters, len(counted))
+    elif kpi_.builtin == "latency_average":
+        assert counters is not None
+        averaged = [
+            (p.value, p.counts[1], p.baseline, p.counts[3])
+            for p in earlier
+            if p.counts is not None and p.value is not None and p.baseline is not None
+        ]
+        comparison = compare_averages(kpi_, [*averaged, (value, counters[1], base, counters[3])])
     else:
         pairs = [
             (p.value, p.baseline) for p in earlier if p.value is not None and p.baseline is not None
