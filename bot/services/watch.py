@@ -419,7 +419,9 @@ class Watcher:
         if kpi.builtin == "error_rate":
             assert counts is not None
             origin = counted[0].counts if counted else None
-            comparison = compare_counters(kpi, origin, counts, len(counted))
+            # The time the counts span says how long a step needs at this traffic.
+            seconds = self.ctx.clock.now() - counted[0].at if counted else None
+            comparison = compare_counters(kpi, origin, counts, len(counted), seconds)
         elif kpi.builtin == "latency_average":
             assert counts is not None
             comparison = compare_averages(
