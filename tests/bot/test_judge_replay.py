@@ -63,7 +63,7 @@ KNOWN = {
     ),
     "error_rate-high-regression-2x": _HIGH.format(
         what="29 against 21 (p=0.159; the expected ~32 against ~16 give p=0.014: 2x sits just "
-        "below the detectable factor, caught about 3 times in 4)"
+        "below the detectable factor, caught about 7 times in 10)"
     ),
 }
 NOT_RECORDED = (
