@@ -5,9 +5,12 @@ requests, decayed by 1/512 each after that), exported as ceil(sum / 512) ms."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.domain.averages import WINDOW, AverageReading, interval_mean, span_means
 from bot.domain.config import Kpi
@@ -116,3 +119,31 @@ def test_compare_averages_measures_again_after_a_proxy_restart() -> None:
     judged = compare_averages(_kpi(), before + after)
     assert judged.decision is Decision.not_enough_data
     assert "10 responses of the new version" in judged.rule
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.001, 5.0), st.integers(0, 200)), min_size=2, max_size=40),
+    st.integers(0, 5000),
+)
+def test_the_same_readings_on_both_sides_never_breach(
+    steps: list[tuple[float, int]], start: int
+) -> None:
+    served = float(start)
+    polls = []
+    for value, more in steps:
+        served += more
+        polls.append((value, served, value, served))
+    assert compare_averages(_kpi(), polls).decision is not Decision.worse
+
+
+def test_a_long_step_is_judged_in_one_pass() -> None:
+    """A power-sized step (1,000 polls) is judged at every poll: linear in the step's polls."""
+    rng = random.Random(5)
+    new = _run(Slot(), 1000, 75, lambda poll: 60, rng)
+    base = _run(_busy(rng), 1000, 75, lambda poll: 60, rng)
+    polls = [(n.value, n.served, b.value, b.served) for n, b in zip(new, base, strict=True)]
+    started = time.perf_counter()
+    judged = compare_averages(_kpi(), polls)
+    assert time.perf_counter() - started < 0.5
+    assert judged.decision is Decision.no_worse
