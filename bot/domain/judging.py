@@ -471,8 +471,9 @@ def compare_averages(kpi: Kpi, polls: Sequence[tuple[float, float, float, float]
     comparison = compare(kpi, news, bases)
     if not news:
         return replace(comparison, rule="no responses on both versions since the first judged poll")
+    since = "the proxy restarted" if start > 0 else "the step's first judged poll"
     over = (
         f"each version's mean over the same span ({served[0]:.0f} responses of the new "
-        f"version, {served[1]:.0f} of the baseline since the step's first judged poll)"
+        f"version, {served[1]:.0f} of the baseline since {since})"
     )
     return replace(comparison, rule=f"{over}: {comparison.rule}")

@@ -118,7 +118,10 @@ def test_compare_averages_measures_again_after_a_proxy_restart() -> None:
     after = [(0.06, 10.0 * i, 0.06, 10.0 * i) for i in range(1, 3)]
     judged = compare_averages(_kpi(), before + after)
     assert judged.decision is Decision.not_enough_data
-    assert "10 responses of the new version" in judged.rule
+    assert (
+        "10 responses of the new version" in judged.rule
+        and "since the proxy restarted" in judged.rule
+    )
 
 
 @settings(max_examples=60, deadline=None)
