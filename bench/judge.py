@@ -12,6 +12,7 @@ from typing import Any
 
 from scipy.stats import fisher_exact
 
+from bot.domain.judging import POWER
 from tests.support import judge_replay as jr
 
 METHOD = (
@@ -56,6 +57,28 @@ def _counts(trace: jr.Trace) -> dict[str, Any] | None:
     }
 
 
+def _detectable(trace: jr.Trace) -> dict[str, Any] | None:
+    """What the step could detect (error-rate traces): the smallest factor the count judge's
+    test catches with its power, sized at the baseline's injected failure ratio (the rig's
+    real one) and at the step's own (what the judge's explanation says), and the step the
+    goal's factor would need at this traffic."""
+    real = jr.step_detectable(trace, injected=True)
+    seen = jr.step_detectable(trace)
+    if real is None or seen is None:
+        return None
+    return {
+        "new_served": real.new_served,
+        "baseline_served": real.baseline_served,
+        "seconds": real.seconds,
+        "baseline_ratio": real.baseline_ratio,
+        "factor": real.factor,
+        "step_baseline_ratio": seen.baseline_ratio,
+        "step_factor": seen.factor,
+        "goal_seconds": jr.seconds_for_goal(trace),
+        "within": jr.detectable_in_step(trace),
+    }
+
+
 def run() -> dict[str, Any]:
     traces = jr.load_traces()
     if not traces:
@@ -76,6 +99,7 @@ def run() -> dict[str, Any]:
                 "polls": len(r.trace.polls),
                 "median_ratio": _ratio(r.trace),
                 "failed_requests": _counts(r.trace),
+                "detectable": _detectable(r.trace),
             },
         )
         row[r.judge] = {"rolled_back_at": r.rolled_back_at, "detail": r.detail}
@@ -89,6 +113,7 @@ def run() -> dict[str, Any]:
             "confidence": jr.CONFIDENCE,
             "min_samples": jr.MIN_SAMPLES,
             "goal_factor": jr.GOAL_FACTOR,
+            "power": POWER,
             "healthy_scenarios": list(jr.HEALTHY_SCENARIOS),
         },
         "levels": {t.level: t.rate for t in traces},

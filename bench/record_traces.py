@@ -6,7 +6,7 @@ loopback; Prometheus scrapes its exporter every second. The baseline, demo versi
 for the whole recording; for each scenario a fresh container of demo version 2 starts on a
 port of its own (a slot never used before, as a new version gets) and the router sends it
 `CANARY_PERCENT`% of a steady loopback load, one canary step. Every `INTERVAL` s for `POLLS`
-polls, the recorder asks Prometheus what the watch asks: the built-in queries
+polls (or `--polls N`, or `--power-sized`: see below), the recorder asks Prometheus what the watch asks: the built-in queries
 (`bot.domain.kpis.kpi_query`, `{version}` the new version's slot, then the baseline's) through
 the bot's own `PrometheusSource`, and keeps each answer as it came.
 
@@ -22,10 +22,20 @@ traces, one per KPI kind: the error injection is judged on `error_rate` and the 
 
 Bounded: every load has a request and time ceiling, loopback only. Everything started (the
 containers, HAProxy, Prometheus, the images) is removed at the end, also on an error or
-SIGTERM (the bench rig's clean-up). Takes about 9 minutes on a quiet 2-core machine. Other
-work on the machine would make the latencies its own: before each level the recorder waits (up
+SIGTERM (the bench rig's clean-up). Takes about 9 minutes on a quiet 2-core machine with the
+default 24-poll steps. Other work on the machine would make the latencies its own: before each level the recorder waits (up
 to 5 minutes) for the machine to calm, and a step during which the cores were saturated is
 recorded again (up to 3 times; the trace says which attempt it is), whatever it recorded.
+
+Step length. A 24-poll step at the rig's traffic cannot hold enough failures for a count test
+to tell a 1.5x error rate from noise (issue 12: it detects about 2.1x at 150 req/s, 4.8x at
+20). `--power-sized` makes each chosen level's step long enough that, at the level's traffic
+and the baseline's 1%, the judge's test catches the goal's 1.5x with RECORD_POWER from the
+step's first judged poll (`bot.domain.judging.seconds_to_detect`, the sizing the judge's
+explanation uses): 145 polls a step at 150 req/s (about 23 minutes for the level's nine
+steps), 1,061 at 20 req/s (about 2.7 hours for the level). `--polls N`
+sets the polls per step for every chosen level instead. The shared spike and the one-scrape
+spike stay where they are (polls 10-12 and 10), the slow burn spans the whole step.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -53,12 +64,14 @@ import requests
 from bench.machine import busy_cpu_seconds
 from bench.rig import RUN_LABEL, BenchRig
 from bot.domain.config import Kpi, Traffic
+from bot.domain.judging import Counts, seconds_to_detect
 from bot.domain.kpis import COUNTER_QUERIES, counter_query, kpi_query
 from bot.domain.models import TrafficSplit
 from bot.domain.traffic import split
 from bot.kpi_sources.prometheus import PrometheusSource
 from bot.targets.hardening import hardened_defaults
 from bot.traffic.haproxy import HAProxyRouter
+from tests.support import judge_replay as jr
 from tests.support.load import LoadRecord, SteadyLoad
 from tests.support.services import (
     HAProxyServer,
@@ -73,7 +86,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "data" / "judge_traces"
 
 INTERVAL = 1.0  # seconds between polls, as `watch.interval`
-POLLS = 24  # one canary step
+POLLS = 24  # one canary step, unless --polls or --power-sized says otherwise
+RECORD_POWER = 0.95
+"""What a power-sized step gives the judge's test at the goal's factor: more than the POWER a
+step is said to detect with, since the recording is to show the goal kept (at 0.8 one
+recording in four or five would miss a 1.5x regression the step could detect), and the
+judge needs `for` worse polls in a row before the step ends."""
 WINDOW = 10.0  # the built-in error rate's `window` (seconds)
 CANARY_PERCENT = 50
 LEVELS = {"low": 20.0, "high": 150.0}  # requests/s through the proxy, both versions together
@@ -123,7 +141,7 @@ class Scenario:
     label: str  # healthy | regression: what a judge should say
     factor: float  # the new version's worsening (1.0: none; a slow burn: at its end)
     injected: str  # in words
-    knobs: Callable[[int], tuple[Knobs, Knobs]]  # period (1..POLLS) -> (new, baseline)
+    knobs: Callable[[int], tuple[Knobs, Knobs]]  # period (1..polls) -> (new, baseline)
 
 
 def _steady(new: Knobs, baseline: Knobs = BASE) -> Callable[[int], tuple[Knobs, Knobs]]:
@@ -139,18 +157,40 @@ def _blip(period: int) -> tuple[Knobs, Knobs]:
     return (Knobs(BLIP_PPM, BLIP_DELAY_MS) if period == BLIP_POLL else BASE), BASE
 
 
-def _burn(overhead_ms: float) -> Callable[[int], tuple[Knobs, Knobs]]:
+def _burn(overhead_ms: float, polls: int) -> Callable[[int], tuple[Knobs, Knobs]]:
     def knobs(period: int) -> tuple[Knobs, Knobs]:
-        factor = 1 + (BURN_TO - 1) * (period - 1) / (POLLS - 1)
+        factor = 1 + (BURN_TO - 1) * (period - 1) / (polls - 1)
         return BASE.scaled(factor, overhead_ms), BASE
 
     return knobs
 
 
-def scenarios(overhead_ms: float = 0.0) -> list[Scenario]:
+def power_sized_polls(level: str, power: float = RECORD_POWER) -> int:
+    """Polls per step at `level` for the judge's test (at the replay's confidence, from the
+    step's first judged poll) to catch the goal's factor on the error rate with `power`, at
+    the level's traffic and the baseline's failure ratio; warm-up and the first judged poll
+    come on top."""
+    per_new = LEVELS[level] * CANARY_PERCENT / 100
+    per_base = LEVELS[level] - per_new
+    ratio = BASE_PPM / 1e6
+    seconds = seconds_to_detect(
+        jr.kpi("error_rate", "compare"),
+        ratio * jr.GOAL_FACTOR,
+        Counts(0, round(per_new)),
+        Counts(0, round(per_base)),
+        1.0,
+        baseline_ratio=ratio,
+        power=power,
+    )
+    assert seconds is not None
+    return jr.WARMUP + 1 + math.ceil(seconds / INTERVAL)
+
+
+def scenarios(overhead_ms: float = 0.0, polls: int = POLLS) -> list[Scenario]:
     """In recording order: the baseline is changed only by the last (the shared spike), so no
     scenario inherits another's injection in the baseline's window. `overhead_ms`: the demo's
-    own time per request, measured, so a latency factor is the factor the proxy sees."""
+    own time per request, measured, so a latency factor is the factor the proxy sees; `polls`:
+    the step's, which the slow burn spans."""
     base = f"both versions {BASE.ppm / 1e4:g}% errors at random, {BASE.delay_ms} ms delay"
     chosen = [Scenario("healthy", "healthy", 1.0, base, _steady(BASE))]
     for factor in FACTORS:
@@ -182,7 +222,7 @@ def scenarios(overhead_ms: float = 0.0) -> list[Scenario]:
             BURN_TO,
             f"{base}, but the new version's error share and latency grow linearly from 1x at "
             f"the first poll to {BURN_TO:g}x at the last",
-            _burn(overhead_ms),
+            _burn(overhead_ms, polls),
         ),
         Scenario(
             "shared_spike",
@@ -221,7 +261,7 @@ class Control:
 class Canary:
     """The rig: HAProxy with one canary backend, the baseline, a fresh new version per step."""
 
-    def __init__(self, rig: BenchRig, slots: int) -> None:
+    def __init__(self, rig: BenchRig, slots: int, polls: int = POLLS) -> None:
         assert rig.prometheus is not None and rig.docker is not None
         self.rig = rig
         self.control = Control()
@@ -236,7 +276,7 @@ class Canary:
             ports=slots + 1,
             strategy="canary",
             steps=[CANARY_PERCENT, 100],
-            step_duration=f"{POLLS * INTERVAL:g}s",
+            step_duration=f"{polls * INTERVAL:g}s",
             drain="0s",
         )
         block["ports"] = f"{first}-{first + slots}"
@@ -269,8 +309,10 @@ class Canary:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=30)
         return str(container.id)
 
-    def step(self, scenario: Scenario, level: str, load: SteadyLoad) -> list[dict[str, Any]]:
-        """One canary step of `scenario`: its traces, one per KPI kind."""
+    def step(
+        self, scenario: Scenario, level: str, load: SteadyLoad, polls: int = POLLS
+    ) -> list[dict[str, Any]]:
+        """One canary step of `scenario` of `polls` polls: its traces, one per KPI kind."""
         new, base = scenario.knobs(1)
         self.control.set(NEW, new)
         self.control.set(BASELINE, base)
@@ -297,12 +339,12 @@ class Canary:
             )
             for name in COUNTER_QUERIES
         }
-        polls: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KPIS}
+        polled: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KPIS}
         try:
             self.router.route(self.traffic, split(port, self.baseline_port, CANARY_PERCENT))
             began = time.monotonic()
             wall, busy = time.time(), busy_cpu_seconds()
-            for poll in range(1, POLLS + 1):
+            for poll in range(1, polls + 1):
                 delay = began + poll * INTERVAL - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -310,8 +352,8 @@ class Canary:
                 counted = self._counters(counters)
                 for kind, (new_query, base_query) in queries.items():
                     assert new_query is not None and base_query is not None
-                    polls[kind].append(self._poll(at, new_query, base_query) | counted)
-                if poll < POLLS:  # what the next period gets
+                    polled[kind].append(self._poll(at, new_query, base_query) | counted)
+                if poll < polls:  # what the next period gets
                     new, base = scenario.knobs(poll + 1)
                     self.control.set(NEW, new)
                     self.control.set(BASELINE, base)
@@ -324,7 +366,7 @@ class Canary:
         shown = {name: {"new": q[0], "baseline": q[1]} for name, q in counters.items()}
         served = _served(load.record, began, ended) | {"machine_busy_cores": round(busy, 2)}
         return [
-            _trace(scenario, level, kind, queries[kind], polls[kind], served, wall, shown)
+            _trace(scenario, level, kind, queries[kind], polled[kind], served, wall, shown)
             for kind in KPIS
         ]
 
@@ -412,7 +454,7 @@ def _trace(
     knob = "ppm" if kind == "error_rate" else "delay_ms"
     injected = [
         {"poll": period, "new": getattr(new, knob), "baseline": getattr(base, knob)}
-        for period in range(1, POLLS + 1)
+        for period in range(1, len(polls) + 1)
         for new, base in [scenario.knobs(period)]
     ]
     return {
@@ -462,7 +504,11 @@ def _load(port: int, rate: float, seconds: float) -> Iterator[SteadyLoad]:
         load.stop()
 
 
-def record(out: Path, levels: list[str], names: list[str]) -> list[Path]:
+def record(
+    out: Path, levels: list[str], names: list[str], polls: dict[str, int] | None = None
+) -> list[Path]:
+    """Record `names` at `levels`; `polls`: per level, the polls per step (POLLS otherwise)."""
+    polls = polls or {}
     written: list[Path] = []
     rig = BenchRig()
     canary: Canary | None = None
@@ -473,14 +519,15 @@ def record(out: Path, levels: list[str], names: list[str]) -> list[Path]:
         versions = _versions(rig)
         for level in levels:
             rate = LEVELS[level]
+            step_polls = polls.get(level, POLLS)
             own_ms = _prime(canary)
-            # A bound with room: each step is POLLS polls plus a container start.
-            bound = WINDOW + len(names) * ATTEMPTS * (POLLS * INTERVAL + 15 + WINDOW)
+            # A bound with room: each step is its polls plus a container start.
+            bound = WINDOW + len(names) * ATTEMPTS * (step_polls * INTERVAL + 15 + WINDOW)
             with _load(canary.listen, rate, bound) as load:
                 time.sleep(WINDOW)  # the baseline's window full at this rate before the first step
-                chosen = [s for s in scenarios(own_ms) if s.name in names]
+                chosen = [s for s in scenarios(own_ms, step_polls) if s.name in names]
                 for scenario in chosen:
-                    traces = _step(canary, scenario, level, load)
+                    traces = _step(canary, scenario, level, load, step_polls)
                     for trace in traces:
                         trace["recorded"].update(versions, demo_own_ms=round(own_ms, 1))
                         path = out / f"{trace['name']}.json"
@@ -493,14 +540,16 @@ def record(out: Path, levels: list[str], names: list[str]) -> list[Path]:
     return written
 
 
-def _step(canary: Canary, scenario: Scenario, level: str, load: SteadyLoad) -> list[dict[str, Any]]:
+def _step(
+    canary: Canary, scenario: Scenario, level: str, load: SteadyLoad, polls: int = POLLS
+) -> list[dict[str, Any]]:
     """One step, recorded again (a fresh version, a fresh slot) while other work saturated the
     machine: its latencies would be the machine's. Decided on how busy the machine was, never
     on what the step recorded."""
     cores = os.cpu_count() or 1
     for attempt in range(1, ATTEMPTS + 1):
         began = time.monotonic()
-        traces = canary.step(scenario, level, load)
+        traces = canary.step(scenario, level, load, polls)
         busy = traces[0]["traffic"]["served"]["machine_busy_cores"]
         print(
             f"record_traces: {level} {scenario.name} ({time.monotonic() - began:.0f} s; "
@@ -565,6 +614,14 @@ def _wait_for_quiet() -> None:
             )
 
 
+def _expected_minutes(polls: dict[str, int], steps: int) -> float:
+    """Roughly how long a recording takes on a quiet machine: Prometheus and the images first
+    (~20 s), per level the baseline's priming and window, per step its polls and a fresh
+    container (~3 s; the 150 req/s level of 24-poll steps took 266 s in all, 2026-12-04)."""
+    per_level = [PRIME_SECONDS + WINDOW + steps * (n * INTERVAL + 3) for n in polls.values()]
+    return (20 + sum(per_level)) / 60
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: containers get removed
 
@@ -577,17 +634,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default=",".join(LEVELS), help="of low, high")
     every = [s.name for s in scenarios()]
     parser.add_argument("--only", default=",".join(every), help=f"of {', '.join(every)}")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--polls", type=int, help=f"polls per step at every chosen level (default {POLLS})"
+    )
+    length.add_argument(
+        "--power-sized",
+        action="store_true",
+        help="each level's step long enough to catch the goal's error-rate factor with "
+        f"{RECORD_POWER * 100:.0f}%% power at its traffic ("
+        + ", ".join(f"{level}: {power_sized_polls(level)} polls" for level in LEVELS)
+        + ")",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="say what would be recorded, and how long, only"
+    )
     args = parser.parse_args(argv)
     levels = [level for level in args.levels.split(",") if level]
     names = [name for name in args.only.split(",") if name]
     unknown = sorted(set(levels) - set(LEVELS)) + sorted(set(names) - set(every))
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
+    if args.polls is not None and args.polls < 3 + jr.WARMUP + jr.MIN_SAMPLES:
+        parser.error(f"--polls: at least {3 + jr.WARMUP + jr.MIN_SAMPLES}")
+    polls = {
+        level: power_sized_polls(level) if args.power_sized else (args.polls or POLLS)
+        for level in levels
+    }
+    print(
+        "record_traces: "
+        + "; ".join(
+            f"{level} ({LEVELS[level]:g} req/s): {len(names)} steps of {polls[level]} polls"
+            for level in levels
+        )
+        + f"; about {_expected_minutes(polls, len(names)):.0f} min on a quiet machine",
+        file=sys.stderr,
+    )
+    if args.dry_run:
+        return 0
     logging.basicConfig(level=logging.WARNING)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    written = record(args.out, levels, names)
+    written = record(args.out, levels, names, polls)
     print(
         f"record_traces: {len(written)} traces in {args.out} in {time.monotonic() - started:.0f} s",
         file=sys.stderr,

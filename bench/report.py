@@ -396,7 +396,13 @@ def _decided(row: JsonDict, judge: str, goal_factor: float) -> str:
         wrong = at is not None
     else:
         wrong = at is None and row["factor"] >= goal_factor
-    return f"**{text}**" if wrong else text
+    shown = f"**{text}**" if wrong else text
+    detectable = row.get("detectable")
+    kept = at is None and row["label"] != "healthy"
+    if wrong and kept and detectable and not detectable["within"] and judge == "compare":
+        # Kept, and below what a step of its responses can detect: said, not hidden.
+        shown += f" (detects ≥{_num(detectable['factor'], digits=1)}x)"
+    return shown
 
 
 def judge_table(judge: JsonDict) -> list[str]:
@@ -454,6 +460,7 @@ def judge_table(judge: JsonDict) -> list[str]:
             + " | ".join(_of(figures["caught"][key]) for key in caught_keys)
             + f" | {_num(figures['median_polls_to_rollback'], digits=1)} |"
         )
+    lines += _detectable_table(judge)
     wrong = [
         row
         for row in sorted(judge["traces"], key=_scenario_rank)
@@ -481,9 +488,67 @@ def judge_table(judge: JsonDict) -> list[str]:
         + _listed(goals["no_false_rollback"]["failed"])
         + f"; every regression of {caught['factor_at_least']:g}x or more caught within the "
         f"step: {_verdict(caught['met'])}" + _listed(caught["missed"], "missed") + ".",
-        "",
     ]
+    within = goals.get("detectable_regressions_caught")
+    if within is not None:
+        below = ", ".join(
+            f"{b['trace']} (detects ≥{_num(b['detectable'], digits=2)}x)"
+            for b in within["below_detectable"]
+        )
+        lines.append(
+            f"Every regression of {caught['factor_at_least']:g}x or more that its step can "
+            f"detect caught: {_verdict(within['met'])} ({within['of']} such traces"
+            + (f"; missed: {', '.join(within['missed'])}" if within["missed"] else "")
+            + ")"
+            + (f"; below what their step can detect: {below}" if below else "")
+            + "."
+        )
+    lines.append("")
     return lines
+
+
+def _detectable_table(judge: JsonDict) -> list[str]:
+    """Per error-rate trace: what its step could detect, and the step the goal would need."""
+    rows = [
+        row
+        for row in sorted(judge["traces"], key=lambda r: (r["level"] != "low", _scenario_rank(r)))
+        if row.get("detectable")
+    ]
+    if not rows:
+        return []
+    config = judge["config"]
+    lines = [
+        "",
+        f"What each error-rate step could detect: the smallest worsening the count judge's "
+        f"test catches with {config.get('power', 0.8):.0%} power at {config['confidence']:g} "
+        "confidence (sized on the step's responses from its first judged poll, by the arcsine "
+        "approximation the judge's explanation uses), at the baseline's real failure ratio "
+        "(what the recorder injected) and at the step's own (what the judge's explanation "
+        f"said at the step's end), and the judged step the goal's {config['goal_factor']:g}x "
+        "would need at that traffic:",
+        "",
+        "| trace | responses new / baseline | baseline failing (real / in the step) | "
+        "detectable at this step (real / in the step) | step for "
+        f"{config['goal_factor']:g}x | compare |",
+        "|---|--:|--:|--:|--:|:-:|",
+    ]
+    for row in rows:
+        found = row["detectable"]
+        lines.append(
+            f"| {row['name']} | {found['new_served']} / {found['baseline_served']} | "
+            f"{_num(found['baseline_ratio'], 100, 2)}% / "
+            f"{_num(found['step_baseline_ratio'], 100, 2)}% | "
+            f"≥{_num(found['factor'], digits=2)}x / ≥{_num(found['step_factor'], digits=2)}x | "
+            f"{_seconds(found['goal_seconds'])} | "
+            f"{_decided(row, 'compare', config['goal_factor'])} |"
+        )
+    return lines
+
+
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
 def _of(count: JsonDict) -> str:

@@ -65,9 +65,10 @@ class KpiSample(BaseModel):
     detail: str = ""
     baseline: float | None = None  # judge: compare: the baseline's value at the same poll
     step: int = 0  # behind a proxy: the canary step (index) the poll was in
-    # judge: compare on the built-in error_rate: the slots' response counters at this poll,
-    # (new failed, new served, baseline failed, baseline served); the step's counts are the
-    # difference from its first judged poll's (bot.domain.judging.compare_counters).
+    # judge: compare on a built-in: the slots' response counters at this poll, (new failed,
+    # new served, baseline failed, baseline served); the error rate's step counts are the
+    # difference from its first judged poll's (bot.domain.judging.compare_counters), the
+    # latency's same span is measured from there (compare_averages).
     counts: tuple[float, float, float, float] | None = None
 
     @property

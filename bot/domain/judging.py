@@ -16,6 +16,12 @@ in place of the rank test over overlapping rate windows, the same floor on the t
 ratios, and at least `MIN_FAILURES` failures of the new version for a *worse* (1 failure
 against 0 is never a breach).
 
+For the built-in latency_average, `compare_averages` gives the rank test samples that span
+the same responses' time on both versions: each version's mean response time since the
+step's first judged poll, recovered from HAProxy's running averages and the slots' response
+counters (`bot.domain.averages`), in place of the running averages as they are, which span a
+fresh slot's every response but the baseline's last 512.
+
 The effect is measured on medians, which one bad scrape does not move; where the medians tie
 (error ratios at low traffic are mostly zeros, so both medians are 0 while one side does
 fail) it is measured on means. A baseline at 0 and a version above it is an infinite relative
@@ -31,10 +37,16 @@ from enum import StrEnum
 from statistics import fmean, median
 from typing import Literal
 
+from bot.domain.averages import AverageReading, span_means
 from bot.domain.config import Kpi
 
 MIN_FAILURES = 3
 """The new version's failures in the step below which the count judge never says *worse*."""
+
+
+POWER = 0.8
+"""The chance of catching a worsening at which a step is said to detect it (the usual choice
+when sizing a test: one such regression in five still passes the step)."""
 
 
 class Decision(StrEnum):
@@ -55,6 +67,7 @@ class Comparison:
     difference: float | None = None  # new - baseline, the bad way
     p_value: float | None = None
     rule: str = ""  # what decided, in words
+    detectable: Detectable | None = None  # counted KPIs: what the step so far could catch
 
     def explain(self, kpi: Kpi) -> str:
         """One sentence a person on call understands."""
@@ -63,11 +76,73 @@ class Comparison:
         assert self.new_median is not None and self.baseline_median is not None
         verdict = "worse than" if self.decision is Decision.worse else "no worse than"
         p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
+        detectable = "" if self.detectable is None else f"; {self.detectable.explain(kpi)}"
         return (
             f"{kpi.name}: new version {verdict} the baseline (median {self.new_median:.4g} vs "
             f"{self.baseline_median:.4g}, effect {_effect(self)}, p={p}, {self.samples} polls): "
-            f"{self.rule}"
+            f"{self.rule}{detectable}"
         )
+
+
+@dataclass(frozen=True)
+class Detectable:
+    """What a step's counted responses can tell apart (`detectable`): the smallest worsening of
+    the failure ratio the count judge's test catches with POWER at the KPI's confidence, and
+    how long a step would need at this traffic to catch the worsening the KPI's floor names."""
+
+    new_served: int
+    baseline_served: int
+    baseline_ratio: float
+    ratio: float | None  # the new version's failure ratio that is; None: no ratio at all
+    seconds: float | None  # the span of the step the counts cover
+    floor_ratio: float | None  # the new version's ratio at the floor (tolerance/absolute)
+    seconds_for_floor: float | None  # a step this long at this traffic detects floor_ratio
+
+    @property
+    def factor(self) -> float | None:
+        """`ratio` as a factor of the baseline's (None: the baseline failed nothing)."""
+        if self.ratio is None or self.baseline_ratio <= 0:
+            return None
+        return self.ratio / self.baseline_ratio
+
+    def explain(self, kpi: Kpi) -> str:
+        power = f"{POWER:.0%} power at {kpi.confidence:.0%} confidence"
+        span = f"{_duration(self.seconds)}, " if self.seconds else ""
+        served = f"{span}{self.new_served} and {self.baseline_served} responses"
+        if self.ratio is None:
+            words = f"this step ({served}) cannot detect any worsening yet ({power})"
+        elif self.factor is None:
+            words = (
+                f"this step ({served}) can detect a failure ratio of {self.ratio:.2%} or more "
+                f"against the baseline's 0 ({power})"
+            )
+        else:
+            words = (
+                f"this step ({served}) can detect {self.factor:.2f}x the baseline's "
+                f"{self.baseline_ratio:.2%} or more ({power})"
+            )
+        if self.floor_ratio is not None and self.seconds_for_floor is not None:
+            words += (
+                f"; detecting {_floor_words(kpi)} ({self.floor_ratio:.2%} failing) would need "
+                f"a step of about {_duration(self.seconds_for_floor)} at this traffic"
+            )
+        return words
+
+
+def _floor_words(kpi: Kpi) -> str:
+    parts = [f"{kpi.tolerance:+.0%}" if kpi.tolerance is not None else ""]
+    parts.append(f"+{kpi.absolute:g}" if kpi.absolute is not None else "")
+    return "the tolerated " + " and ".join(p for p in parts if p)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _effect(comparison: Comparison) -> str:
@@ -122,13 +197,110 @@ class Counts:
         return self.failed / self.served if self.served else 0.0
 
 
-def compare_counts(kpi: Kpi, new: Counts, baseline: Counts, polls: int) -> Comparison:
+def detectable(
+    kpi: Kpi,
+    new: Counts,
+    baseline: Counts,
+    seconds: float | None = None,
+    *,
+    baseline_ratio: float | None = None,
+) -> Detectable | None:
+    """What these counts can tell apart: the smallest worsening of the failure ratio a one-sided
+    test at the KPI's confidence catches with POWER, and (given the `seconds` the counts span)
+    how long a step at the same traffic needs for the worsening the KPI's floor names. Sized
+    at the baseline's failure ratio in the counts, or at `baseline_ratio` where it is known
+    better (a replay of a recorded step knows what it injected); at a handful of baseline
+    failures the counts' ratio is itself rough, and so is the figure.
+
+    Sized with the arcsine transform of the two ratios (Cohen's h: 2·asin√p, on which a ratio's
+    noise is about 1/√n whatever p), the usual way to size a test of two proportions; the
+    step's test is Fisher's exact one, a little more careful at a handful of failures, so the
+    figure is what the step can detect at best. It also never counts fewer than MIN_FAILURES
+    failures of the new version as a worsening."""
+    if new.served <= 0 or baseline.served <= 0:
+        return None
+    from scipy.stats import norm  # heavy, see compare_counts
+
+    z = float(norm.ppf(kpi.confidence) + norm.ppf(POWER))
+    base = baseline.ratio if baseline_ratio is None else baseline_ratio
+    effective = new.served * baseline.served / (new.served + baseline.served)
+    ratio = _moved(kpi, base, z / math.sqrt(effective))
+    if ratio is not None and kpi.direction == "increase":
+        ratio = max(ratio, MIN_FAILURES / new.served)
+        ratio = ratio if ratio <= 1 else None
+    floor = _floor_ratio(kpi, base)
+    needed = None
+    if floor is not None and seconds is not None:
+        needed = seconds_to_detect(kpi, floor, new, baseline, seconds, baseline_ratio=base)
+    return Detectable(new.served, baseline.served, base, ratio, seconds, floor, needed)
+
+
+def seconds_to_detect(
+    kpi: Kpi,
+    ratio: float,
+    new: Counts,
+    baseline: Counts,
+    seconds: float,
+    *,
+    baseline_ratio: float | None = None,
+    power: float = POWER,
+) -> float | None:
+    """How long a step at the traffic of these counts (served over `seconds`) needs to catch
+    the new version failing `ratio` of its requests against the baseline's ratio (or
+    `baseline_ratio`), with `power` at the KPI's confidence (sized as `detectable`); None when
+    nothing tells them apart."""
+    if seconds <= 0 or new.served <= 0 or baseline.served <= 0:
+        return None
+    from scipy.stats import norm  # heavy, see compare_counts
+
+    z = float(norm.ppf(kpi.confidence) + norm.ppf(power))
+    base = baseline.ratio if baseline_ratio is None else baseline_ratio
+    h = abs(_arcsine(min(max(ratio, 0.0), 1.0)) - _arcsine(base))
+    if h <= 0:
+        return None
+    # Each version's responses per second as in these counts, then the step length at which
+    # new·baseline/(new+baseline) responses reach (z/h)².
+    per_new, per_base = new.served / seconds, baseline.served / seconds
+    return (z / h) ** 2 * (per_new + per_base) / (per_new * per_base)
+
+
+def _arcsine(ratio: float) -> float:
+    return 2 * math.asin(math.sqrt(ratio))
+
+
+def _moved(kpi: Kpi, ratio: float, h: float) -> float | None:
+    """The ratio `h` away from `ratio` on the arcsine scale, the bad way; None past 0 or 1."""
+    moved = _arcsine(ratio) + (h if kpi.direction == "increase" else -h)
+    if not 0 <= moved <= math.pi:
+        return None
+    return math.sin(moved / 2) ** 2
+
+
+def _floor_ratio(kpi: Kpi, base: float) -> float | None:
+    """The new version's failure ratio at the KPI's floor (both floors, when both are set);
+    None when it names none (a relative tolerance of a baseline failing nothing)."""
+    sign = 1 if kpi.direction == "increase" else -1
+    floors = []
+    if kpi.tolerance is not None:
+        if base <= 0:
+            return None
+        floors.append(base * (1 + sign * kpi.tolerance))
+    if kpi.absolute is not None:
+        floors.append(base + sign * kpi.absolute)
+    floor = max(floors) if sign > 0 else min(floors)
+    return floor if 0 <= floor <= 1 else None
+
+
+def compare_counts(
+    kpi: Kpi, new: Counts, baseline: Counts, polls: int, seconds: float | None = None
+) -> Comparison:
     """Judge the step's failures against the baseline's: counts, not overlapping rates.
 
-    `polls`: the polls the counts span (fewer than `min_samples` is not enough data). Worse
-    when the new version's failure ratio is higher with Fisher's exact test one-sided p below
-    1 - confidence, the ratios' effect passes the floor, and it failed at least MIN_FAILURES
-    times. The comparison's medians and means are the two failure ratios."""
+    `polls`: the polls the counts span (fewer than `min_samples` is not enough data), over
+    `seconds`. Worse when the new version's failure ratio is higher with Fisher's exact test
+    one-sided p below 1 - confidence, the ratios' effect passes the floor, and it failed at
+    least MIN_FAILURES times. The comparison's medians and means are the two failure ratios;
+    it says what the step could detect (`detectable`)."""
     if polls < kpi.min_samples:
         return Comparison(
             Decision.not_enough_data,
@@ -171,7 +343,9 @@ def compare_counts(kpi: Kpi, new: Counts, baseline: Counts, polls: int) -> Compa
     alpha = 1 - kpi.confidence
     shifted = p_value < alpha
     few = kpi.direction == "increase" and new.failed < MIN_FAILURES
-    comparison = replace(comparison, p_value=p_value)
+    comparison = replace(
+        comparison, p_value=p_value, detectable=detectable(kpi, new, baseline, seconds)
+    )
     if shifted and big_enough and not few:
         rule = f"{counted}: exact test p={p_value:.3g} < {alpha:.3g} and {floor_words}"
         return replace(comparison, decision=Decision.worse, rule=rule)
@@ -232,11 +406,16 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
 
 
 def compare_counters(
-    kpi: Kpi, origin: Sequence[float] | None, now: Sequence[float], polls: int
+    kpi: Kpi,
+    origin: Sequence[float] | None,
+    now: Sequence[float],
+    polls: int,
+    seconds: float | None = None,
 ) -> Comparison:
     """`compare_counts` on cumulative counters, as the watch reads them at each poll:
     (new failed, new served, baseline failed, baseline served) at the step's first judged poll
-    (`origin`, None: this is it) and now; `polls`: the polls since the origin."""
+    (`origin`, None: this is it) and now; `polls`: the polls since the origin, `seconds` the
+    time since it."""
     if origin is None:
         return Comparison(
             Decision.not_enough_data, 0, rule="counting the step's responses from this poll"
@@ -251,5 +430,50 @@ def compare_counters(
             rule="the response counters went back (the proxy restarted): counting again",
         )
     return compare_counts(
-        kpi, Counts(new_failed, new_served), Counts(base_failed, base_served), polls
+        kpi, Counts(new_failed, new_served), Counts(base_failed, base_served), polls, seconds
     )
+
+
+def compare_averages(kpi: Kpi, polls: Sequence[tuple[float, float, float, float]]) -> Comparison:
+    """The built-in latency_average judged over the same span of time on both versions.
+
+    `polls`: the step's judged polls so far, first to this one, each (new version's value, its
+    slot's responses, baseline's value, its slot's responses) as the watch read them. Each
+    version's sample at a poll is its mean response time over the responses served since the
+    step's first judged poll (`bot.domain.averages.span_means`), not HAProxy's running average
+    as it is: that spans a fresh slot's every response but the baseline's last 512, so a
+    spike both versions share would weigh more on the new one. The samples then go to
+    `compare` (the rank test and the floor), as any KPI's do."""
+    if len(polls) < 2:
+        return Comparison(
+            Decision.not_enough_data, 0, rule="measuring both versions from this poll"
+        )
+    # A proxy restart sets every slot's counter and average back: measure from there on.
+    start = 0
+    for i in range(1, len(polls)):
+        if polls[i][1] < polls[i - 1][1] or polls[i][3] < polls[i - 1][3]:
+            start = i
+    measured = polls[start:]
+    news: list[float] = []
+    bases: list[float] = []
+    served = (0.0, 0.0)
+    pairs = zip(
+        span_means([AverageReading(p[0], p[1]) for p in measured]),
+        span_means([AverageReading(p[2], p[3]) for p in measured]),
+        strict=True,
+    )
+    for new, base in pairs:
+        if new is None or base is None:
+            continue  # a version served nothing yet in this span
+        news.append(new[0])
+        bases.append(base[0])
+        served = (new[1], base[1])
+    comparison = compare(kpi, news, bases)
+    if not news:
+        return replace(comparison, rule="no responses on both versions since the first judged poll")
+    since = "the proxy restarted" if start > 0 else "the step's first judged poll"
+    over = (
+        f"each version's mean over the same span ({served[0]:.0f} responses of the new "
+        f"version, {served[1]:.0f} of the baseline since {since})"
+    )
+    return replace(comparison, rule=f"{over}: {comparison.rule}")

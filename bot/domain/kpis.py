@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.domain.averages import WINDOW
 from bot.domain.config import Kpi, Traffic
 from bot.domain.models import TrafficSplit
 from bot.domain.traffic import selector
 
 # HAProxy's exporter counts every response per server slot, by class (1xx ... 5xx, other).
 _RESPONSES = "haproxy_server_http_responses_total"
-_AVERAGED = 512  # responses HAProxy's response-time average spans
+_AVERAGED = WINDOW  # responses HAProxy's response-time average spans (bot.domain.averages)
 BUILTIN_QUERIES = {
     "error_rate": (
         "sum(rate(" + _RESPONSES + '{{version},code="5xx"}[{window}])) '
@@ -25,7 +26,9 @@ BUILTIN_QUERIES = {
     # honest figure it gives, but it averages over 512 responses from a start at 0, so on a
     # fresh slot it reads (served / 512) of the real figure until the slot has served 512
     # (measured: linear to the response, tests/data/judge_traces). Scaled back here by the
-    # same scrape's response count, so a new version is not judged faster than it is.
+    # same scrape's response count, so a new version is not judged faster than it is. (Its
+    # samples still span different responses on the two versions: `judge: compare` measures
+    # both over the same span from these values and the response counters, judging.py.)
     "latency_average": (
         "max(haproxy_server_response_time_average_seconds{{version}}) * "
         + str(_AVERAGED)

@@ -25,7 +25,7 @@ from bot import metrics
 from bot.domain.config import Kpi, Pipeline
 from bot.domain.errors import ImmuneError
 from bot.domain.incidents import Incident, KpiSample
-from bot.domain.judging import Decision, compare, compare_counters
+from bot.domain.judging import Decision, compare, compare_averages, compare_counters
 from bot.domain.kpis import Reading, Verdict, counter_query, judge, kpi_query, next_streak
 from bot.domain.models import (
     Provenance,
@@ -415,15 +415,26 @@ class Watcher:
         assert reading.value is not None
         mine = [s for s in earlier if s.kpi == kpi.name]
         counts: tuple[float, float, float, float] | None = None
-        if kpi.builtin == "error_rate":
+        if kpi.builtin is not None:
+            # Both built-ins are judged with the slots' response counters, read here: the
+            # error rate on the step's counts, the latency over the same responses' span.
             read = self._counters(pipeline, rollout, kpi, deadline, budget)
             if isinstance(read, str):
                 verdict = Verdict.no_data if kpi.no_data == "breach" else Verdict.ignored
                 return verdict, None, f"{kpi.name}: {read}", None
             counts = read
-            counted = [s.counts for s in mine if s.counts is not None]
-            origin = counted[0] if counted else None
-            comparison = compare_counters(kpi, origin, counts, len(counted))
+            counted = [s for s in mine if s.counts is not None]
+        if kpi.builtin == "error_rate":
+            assert counts is not None
+            origin = counted[0].counts if counted else None
+            # The time the counts span says how long a step needs at this traffic.
+            seconds = self.ctx.clock.now() - counted[0].at if counted else None
+            comparison = compare_counters(kpi, origin, counts, len(counted), seconds)
+        elif kpi.builtin == "latency_average":
+            assert counts is not None
+            comparison = compare_averages(
+                kpi, [*(_averaged(s) for s in counted), _averaged_now(reading, base, counts)]
+            )
         else:
             pairs = [
                 (s.value, s.baseline)
@@ -705,3 +716,16 @@ class Watcher:
         metrics.ROLLBACKS.labels(pipeline=incident.pipeline, trigger="breach").inc()
         incident.actions.append(f"rolling back to `{incident.restored_version}` ({rollout.id})")
         return rollout.id
+
+
+def _averaged(sample: KpiSample) -> tuple[float, float, float, float]:
+    """An earlier poll of the built-in latency_average: both values and both slots' responses."""
+    assert sample.counts is not None and sample.value is not None and sample.baseline is not None
+    return sample.value, sample.counts[1], sample.baseline, sample.counts[3]
+
+
+def _averaged_now(
+    reading: Reading, base: Reading, counts: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    assert reading.value is not None and base.value is not None
+    return reading.value, counts[1], base.value, counts[3]

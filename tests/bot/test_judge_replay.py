@@ -2,8 +2,13 @@
 replayed by tests/support/judge_replay.py (also `python -m bench --only judge`).
 
 Goals, for the compare judge: no false rollback on a healthy or shared-noise trace; every
-regression of 1.5x or more caught within its step. And the replay is the watch: a few traces
-go through the real Watcher on Redis, poll for poll.
+regression of 1.5x or more caught within its step. At the rig's traffic one 24-poll step cannot
+keep the second for the error rate (a count test needs more failures than the step holds), so
+the goal is also kept as a step can keep it, and checked as such: every regression of 1.5x or
+more that its step can detect (its factor at least the step's detectable factor, 80% power at
+the KPI's confidence) caught, and every one it misses below that. The original goal stays,
+its misses strict xfails. And the replay is the watch: a few traces go through the real Watcher
+on Redis, poll for poll.
 """
 
 from __future__ import annotations
@@ -31,37 +36,35 @@ SCENARIOS = (
 )
 
 
-# Goals the recorded data does not meet, each for a reason someone has to decide on (issue 12;
-# the numbers are the replay's, `python -m bench --only judge`). Strict: a fix makes them pass,
-# and the mark has to go.
-_FEW_FAILURES = (
-    "at 20 req/s a 24 s step serves 210 requests per version after warm-up; the baseline "
-    "fails 1%, so the step holds 2-3 failures: {what}; no count test can tell that from noise "
-    "at 0.95 (the goal at this traffic, or a longer step, needs a decision)"
+# Goals the recorded data does not meet, each below what its step can detect at the rig's
+# traffic (the numbers are the replay's, `python -m bench --only judge`, which shows each
+# step's detectable factor; checked by test_every_known_miss_is_below_what_its_step_detects).
+# Strict: a fix, or steps re-recorded long enough (bench/README.md), makes them pass, and the
+# mark has to go.
+_LOW = (
+    "at 20 req/s a 24-poll step counts 210 responses per version from its first judged poll; "
+    "at the baseline's 1% that detects a worsening of 4.8x or more (80% power at 0.95), and "
+    "1.5x would need a judged step of about 10 min at this traffic: this step held {what}"
+)
+_HIGH = (
+    "at 150 req/s a 24-poll step counts 1,575 responses per version from its first judged "
+    "poll; at the baseline's 1% that detects 2.07x or more (80% power at 0.95), and 1.5x would "
+    "need a judged step of about 81 s at this traffic: this step held {what}"
 )
 KNOWN = {
-    "error_rate-low-regression-1.5x": _FEW_FAILURES.format(
+    "error_rate-low-regression-1.5x": _LOW.format(
         what="2 of 210 failed against 1 of 210 (Fisher exact p=0.5)"
     ),
-    "error_rate-low-regression-2x": _FEW_FAILURES.format(
-        what="5 of 210 against 2 of 210 (p=0.225)"
-    ),
-    "error_rate-low-regression-3x": _FEW_FAILURES.format(what="9 of 210 against 3 of 210 (p=0.07)"),
+    "error_rate-low-regression-2x": _LOW.format(what="5 of 210 against 2 of 210 (p=0.225)"),
+    "error_rate-low-regression-3x": _LOW.format(what="9 of 210 against 3 of 210 (p=0.07)"),
     # Re-recorded with counters on 2026-12-04 (a quiet machine, 1.3-1.5 of 2 cores busy).
-    "error_rate-high-regression-1.5x": "at 150 req/s a 24 s step serves 1,575 requests per "
-    "version after warm-up; at the baseline's 1% that is ~16 failures against ~24 at 1.5x, and "
-    "even those expected counts give a one-sided Fisher exact p of 0.13: 23 of 1575 against 15 "
-    "(p=0.126) here; no count test tells 1.5x from noise at 0.95 in one step at this traffic "
-    "(the goal, or a longer step, needs a decision)",
-    "error_rate-high-regression-2x": "at 150 req/s, 2x is caught at the expected counts (~32 "
-    "failures of 1,575 against ~16: p=0.014) but this recording's step held 29 against 21 "
-    "(p=0.159): the baseline's own noise ran high; one step at this traffic catches 2x only "
-    "most of the time (a longer step, or the goal, needs a decision)",
-    "latency-low-shared_spike": "false rollback at poll 19: the new slot's response-time "
-    "average, scaled back to its real figure (bot/domain/kpis.py), spans the ~170 responses it "
-    "has served, the baseline's its last 512, so a spike both versions share weighs three "
-    "times more on the new version (median 94 ms against 67 ms after the spike): the built-in "
-    "would need equal windows (a histogram HAProxy 2.6 does not keep)",
+    "error_rate-high-regression-1.5x": _HIGH.format(
+        what="23 of 1575 failed against 15 (p=0.126; even the expected ~24 against ~16 give p=0.13)"
+    ),
+    "error_rate-high-regression-2x": _HIGH.format(
+        what="29 against 21 (p=0.159; the expected ~32 against ~16 give p=0.014: 2x sits just "
+        "below the detectable factor, caught about 7 times in 10)"
+    ),
 }
 NOT_RECORDED = (
     "recorded before the recorder kept the slots' response counters, which the count judge of "
@@ -116,14 +119,40 @@ def test_compare_catches_every_regression_of_1_5x_or_more_within_its_step(
     assert result.rolled_back, _explained(result)
 
 
+@pytest.mark.parametrize(
+    "trace",
+    _by(lambda t: t.fixed_regression and t.factor >= jr.GOAL_FACTOR and jr.detectable_in_step(t)),
+)
+def test_compare_catches_every_regression_of_1_5x_or_more_its_step_can_detect(
+    trace: jr.Trace,
+) -> None:
+    result = jr.replay(trace, jr.kpi(trace.kind, "compare"))
+    assert result.rolled_back, _explained(result)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_every_known_miss_is_below_what_its_step_detects(name: str) -> None:
+    """The original goal's misses are the step's limits, not the judge's: each regression it
+    keeps is smaller than what a step of its responses detects, and the bench's table says so."""
+    [trace] = [t for t in TRACES if t.name == name]
+    found = jr.step_detectable(trace, injected=True)
+    assert found is not None and found.factor is not None
+    assert trace.factor < found.factor, (trace.factor, found.factor)
+    assert not jr.detectable_in_step(trace)
+    goal_seconds = jr.seconds_for_goal(trace)
+    assert goal_seconds is not None and goal_seconds > (len(trace.polls) - jr.WARMUP - 1)
+
+
 # The replay is the watch ------------------------------------------------------------------
 
 
 def _cross_checked() -> list[Any]:
-    """A few traces each judge keeps and rolls back, and one with no data mid-step if any."""
+    """A trace of each kind each judge keeps and rolls back (the compare judge reads each
+    built-in its own way), and one with no data mid-step if any."""
     chosen: dict[str, tuple[jr.Trace, str]] = {}
     for result in jr.replay_all(TRACES):
-        key = f"{result.judge}-{'rolled-back' if result.rolled_back else 'kept'}"
+        outcome = "rolled-back" if result.rolled_back else "kept"
+        key = f"{result.judge}-{result.trace.kind}-{outcome}"
         chosen.setdefault(key, (result.trace, result.judge))
         if any(new is None for new, _ in result.trace.polls[jr.WARMUP :]):
             chosen.setdefault(f"{result.judge}-no-data", (result.trace, result.judge))
@@ -133,10 +162,10 @@ def _cross_checked() -> list[Any]:
 def _watched_rig(client: redis.Redis, trace: jr.Trace, judged_by: str) -> Rig:
     config = traffic_pipeline(strategy="canary", steps=[50, 100], step_duration="5m")
     kpi = jr.kpi(trace.kind, judged_by).model_dump(by_alias=True, exclude_none=True)
-    if kpi["builtin"] != "error_rate" or judged_by != "compare":
+    if judged_by != "compare":
         kpi.pop("builtin")
         kpi.update(query="kpi{{version}}")
-    # The built-in error_rate compared: its own queries and the slots' counters, scripted.
+    # A built-in compared: its own queries and the slots' counters, scripted.
     kpi["source"] = "scripted"
     web = config["pipelines"]["web"]
     web["kpis"] = [kpi]

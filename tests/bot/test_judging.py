@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,11 +13,14 @@ from hypothesis import strategies as st
 from bot.domain.config import Kpi
 from bot.domain.judging import (
     MIN_FAILURES,
+    POWER,
     Counts,
     Decision,
     compare,
     compare_counters,
     compare_counts,
+    detectable,
+    seconds_to_detect,
 )
 
 
@@ -203,3 +207,69 @@ def test_counts_swapping_the_sides_never_makes_both_worse(a: Counts, b: Counts) 
 @given(counts)
 def test_counts_identical_on_both_sides_never_breach(a: Counts) -> None:
     assert compare_counts(kpi(), a, Counts(a.failed, a.served), 10).decision is not Decision.worse
+
+
+# What a step could detect ---------------------------------------------------------------
+
+
+def _caught(kpi_: Kpi, served: int, base_ratio: float, new_ratio: float, runs: int) -> float:
+    """How often the count judge says worse on steps of `served` responses per version, drawn
+    at these failure ratios (seeded: the same every run)."""
+    rng = np.random.default_rng(12)
+    worse = 0
+    for _ in range(runs):
+        new = Counts(int(rng.binomial(served, new_ratio)), served)
+        base = Counts(int(rng.binomial(served, base_ratio)), served)
+        worse += compare_counts(kpi_, new, base, polls=20).decision is Decision.worse
+    return worse / runs
+
+
+def test_a_step_catches_its_detectable_worsening_about_as_often_as_promised() -> None:
+    """At the rig's traffic (1,575 responses per version, 1% failing), the detectable factor is
+    about 2.1x; a regression that size is caught about POWER of the time (Fisher's exact
+    test is a little more careful than the arcsine sizing), one of 1.5x far less often."""
+    kpi_ = kpi(tolerance="+25%")
+    found = detectable(kpi_, Counts(16, 1575), Counts(16, 1575), seconds=21)
+    assert found is not None and found.factor is not None
+    assert 1.9 < found.factor < 2.3
+    assert _caught(kpi_, 1575, 0.01, 0.01 * found.factor, 300) == pytest.approx(POWER, abs=0.1)
+    assert _caught(kpi_, 1575, 0.01, 0.015, 300) < 0.5
+    # +25% at 1% failing needs about 25,000 responses per version: ~5 min at 75 req/s each.
+    assert found.seconds_for_floor is not None
+    assert 4 * 60 < found.seconds_for_floor < 7 * 60
+    sentence = compare_counts(kpi_, Counts(16, 1575), Counts(16, 1575), 20, 21).explain(kpi_)
+    assert f"can detect {found.factor:.2f}x the baseline's 1.02% or more" in sentence
+    assert "80% power at 95% confidence" in sentence
+    assert "detecting the tolerated +25% (1.27% failing) would need a step of about" in sentence
+
+
+def test_what_a_step_detects_grows_with_its_responses() -> None:
+    kpi_ = kpi(tolerance="+25%")
+    factors = [
+        detectable(kpi_, Counts(n // 100, n), Counts(n // 100, n)).factor  # type: ignore[union-attr]
+        for n in (200, 2000, 20000)
+    ]
+    assert factors[0] > factors[1] > factors[2] > 1  # type: ignore[operator]
+    # The step length for a worsening does not depend on how long the step was so far.
+    short = seconds_to_detect(kpi_, 0.015, Counts(10, 1000), Counts(10, 1000), 10)
+    long = seconds_to_detect(kpi_, 0.015, Counts(100, 10000), Counts(100, 10000), 100)
+    assert short == pytest.approx(long)
+
+
+def test_detectable_at_the_edges() -> None:
+    kpi_ = kpi(tolerance="+25%")
+    assert detectable(kpi_, Counts(0, 0), Counts(0, 10)) is None
+    zero = detectable(kpi_, Counts(0, 500), Counts(0, 500), seconds=10)
+    assert zero is not None and zero.factor is None and zero.ratio is not None
+    assert zero.floor_ratio is None  # +25% of nothing names no ratio
+    assert zero.ratio >= MIN_FAILURES / 500  # never fewer failures than the judge counts
+    assert "a failure ratio of" in zero.explain(kpi_)
+    tiny = detectable(kpi_, Counts(0, 3), Counts(1, 3))
+    assert tiny is not None and tiny.ratio is None  # nothing three responses could tell apart
+    assert "cannot detect any worsening yet" in tiny.explain(kpi_)
+    absolute = detectable(
+        kpi(tolerance=None, absolute=0.01), Counts(10, 1000), Counts(10, 1000), 10
+    )
+    assert absolute is not None and absolute.floor_ratio == pytest.approx(0.02)
+    drop = detectable(kpi(direction="decrease"), Counts(50, 1000), Counts(50, 1000), 10)
+    assert drop is not None and drop.factor is not None and drop.factor < 1

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from bot.domain.config import Kpi
-from bot.domain.judging import Comparison, Decision, compare, compare_counters
+from bot.domain.judging import (
+    Comparison,
+    Counts,
+    Decision,
+    Detectable,
+    compare,
+    compare_averages,
+    compare_counters,
+    detectable,
+    seconds_to_detect,
+)
 from bot.domain.kpis import Reading, Verdict, judge, next_streak
 
 TRACES_DIR = Path(__file__).resolve().parent.parent / "data" / "judge_traces"
@@ -56,10 +66,15 @@ class Trace:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def interval(self) -> float:
+        """Seconds between polls (`watch.interval`)."""
+        return float(self.meta.get("interval_seconds") or 1.0)
+
+    @property
     def replayable_by_compare(self) -> bool:
-        """The built-in error_rate is compared on the slots' counters: a trace recorded before
-        the recorder kept them cannot be replayed through it."""
-        return self.kind != "error_rate" or any(c is not None for c in self.counters)
+        """Both built-ins are compared with the slots' counters: a trace recorded before the
+        recorder kept them cannot be replayed through it."""
+        return any(c is not None for c in self.counters)
 
     @property
     def fixed_regression(self) -> bool:
@@ -151,7 +166,9 @@ def replay(trace: Trace, kpi_: Kpi, warmup: int = WARMUP) -> Replay:
         kept_counts: tuple[float, float, float, float] | None = None
         detail = reading.detail
         if kpi_.judge == "compare" and verdict is Verdict.ok:
-            verdict, kept_base, detail, kept_counts = _compare(kpi_, value, base, counters, polls)
+            verdict, kept_base, detail, kept_counts = _compare(
+                kpi_, value, base, counters, polls, slot, trace.interval
+            )
         polls.append(Poll(slot, value, kept_base, verdict, detail, kept_counts))
         streak = next_streak(streak, verdict)
         if streak >= kpi_.for_polls:
@@ -165,17 +182,35 @@ def _compare(
     base: float | None,
     counters: tuple[float, float, float, float] | None,
     earlier: Sequence[Poll],
+    slot: int,
+    interval: float,
 ) -> tuple[Verdict, float | None, str, tuple[float, float, float, float] | None]:
     no_data = Verdict.no_data if kpi_.no_data == "breach" else Verdict.ignored
     if base is None:
         return no_data, None, f"{kpi_.name}: the baseline has no data", None
     assert value is not None
     comparison: Comparison
+    if kpi_.builtin is not None and counters is None:
+        return no_data, None, f"{kpi_.name}: a response counter has no data", None
     if kpi_.builtin == "error_rate":
-        if counters is None:
-            return no_data, None, f"{kpi_.name}: a response counter has no data", None
-        counted = [p.counts for p in earlier if p.counts is not None]
-        comparison = compare_counters(kpi_, counted[0] if counted else None, counters, len(counted))
+        assert counters is not None
+        counted = [p for p in earlier if p.counts is not None]
+        origin = counted[0] if counted else None
+        comparison = compare_counters(
+            kpi_,
+            origin.counts if origin is not None else None,
+            counters,
+            len(counted),
+            (slot - origin.slot) * interval if origin is not None else None,
+        )
+    elif kpi_.builtin == "latency_average":
+        assert counters is not None
+        averaged = [
+            (p.value, p.counts[1], p.baseline, p.counts[3])
+            for p in earlier
+            if p.counts is not None and p.value is not None and p.baseline is not None
+        ]
+        comparison = compare_averages(kpi_, [*averaged, (value, counters[1], base, counters[3])])
     else:
         pairs = [
             (p.value, p.baseline) for p in earlier if p.value is not None and p.baseline is not None
@@ -189,6 +224,68 @@ def _compare(
         Decision.not_enough_data: Verdict.not_enough_data,
     }[comparison.decision]
     return verdict, base, comparison.explain(kpi_), counters
+
+
+def step_counts(trace: Trace) -> tuple[Counts, Counts, float] | None:
+    """The responses the step counted after warm-up, as the count judge counts them: from its
+    first judged poll to its last (new, baseline, and the seconds between)."""
+    counted = [
+        (slot, c)
+        for slot, c in enumerate(trace.counters, start=1)
+        if slot > WARMUP and c is not None
+    ]
+    if len(counted) < 2:
+        return None
+    (first, origin), (last, end) = counted[0], counted[-1]
+    new_failed, new_served, base_failed, base_served = (
+        round(b - a) for a, b in zip(origin, end, strict=True)
+    )
+    return (
+        Counts(new_failed, new_served),
+        Counts(base_failed, base_served),
+        (last - first) * trace.interval,
+    )
+
+
+def step_detectable(trace: Trace, *, injected: bool = False) -> Detectable | None:
+    """What the whole step could detect (error-rate traces: a counted KPI): sized at the
+    step's own baseline failure ratio, as the compare KPI's explanation says it at the step's
+    last poll, or (`injected`) at the ratio the recorder injected, the baseline's real one."""
+    counted = step_counts(trace) if trace.kind == "error_rate" else None
+    if counted is None:
+        return None
+    new, base, seconds = counted
+    ratio = injected_baseline_ratio(trace) if injected else None
+    return detectable(kpi(trace.kind, "compare"), new, base, seconds, baseline_ratio=ratio)
+
+
+def injected_baseline_ratio(trace: Trace) -> float:
+    """The baseline's failure ratio the recorder set at the step's start (failures per
+    million requests)."""
+    return float(trace.meta["injected_per_poll"]["changes"][0]["baseline"]) / 1e6
+
+
+def seconds_for_goal(trace: Trace) -> float | None:
+    """The step length at this trace's traffic that catches the goal's factor with the
+    detectable power (error-rate traces), at the baseline's injected failure ratio."""
+    counted = step_counts(trace) if trace.kind == "error_rate" else None
+    if counted is None:
+        return None
+    new, base, seconds = counted
+    ratio = injected_baseline_ratio(trace)
+    return seconds_to_detect(
+        kpi(trace.kind, "compare"), ratio * GOAL_FACTOR, new, base, seconds, baseline_ratio=ratio
+    )
+
+
+def detectable_in_step(trace: Trace) -> bool:
+    """Whether the step could detect this trace's regression: its factor at least what a step
+    of its responses detects at the baseline's real (injected) failure ratio. A KPI judged
+    without counts (latency) has no such bound here: always."""
+    found = step_detectable(trace, injected=True)
+    if found is None:
+        return trace.kind != "error_rate"
+    return found.factor is not None and trace.factor >= found.factor
 
 
 def replay_all(traces: Iterable[Trace]) -> list[Replay]:
@@ -248,6 +345,8 @@ def goals(replays: Sequence[Replay]) -> dict[str, Any]:
     false = [r for r in compared if r.trace.scenario in HEALTHY_SCENARIOS and r.rolled_back]
     due = [r for r in compared if r.trace.fixed_regression and r.trace.factor >= GOAL_FACTOR]
     missed = [r for r in due if not r.rolled_back]
+    detectable_due = [r for r in due if detectable_in_step(r.trace)]
+    detectable_missed = [r for r in detectable_due if not r.rolled_back]
     return {
         "no_false_rollback": {"met": not false, "failed": [r.trace.name for r in false]},
         "regressions_caught": {
@@ -256,4 +355,25 @@ def goals(replays: Sequence[Replay]) -> dict[str, Any]:
             "of": len(due),
             "missed": [r.trace.name for r in missed],
         },
+        # The goal as a step at the rig's traffic can keep it: every regression of the goal's
+        # factor or more that the step can detect (its factor at least the step's detectable
+        # one) caught; the others listed with what their step could detect.
+        "detectable_regressions_caught": {
+            "met": not detectable_missed,
+            "of": len(detectable_due),
+            "missed": [r.trace.name for r in detectable_missed],
+            "below_detectable": [
+                {
+                    "trace": r.trace.name,
+                    "factor": r.trace.factor,
+                    "detectable": _factor(step_detectable(r.trace, injected=True)),
+                }
+                for r in due
+                if r not in detectable_due
+            ],
+        },
     }
+
+
+def _factor(found: Detectable | None) -> float | None:
+    return None if found is None else found.factor
