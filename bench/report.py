@@ -321,7 +321,10 @@ def traffic_table(traffic: JsonDict) -> list[str]:
         )
     for label, figures in (
         ("floor: one bare runtime-API line (weight up; weight down) + probe", timing["floor"]),
-        ("reference: HAProxyRouter.route alone (3 round trips) + probe", timing["router"]),
+        (
+            "reference: HAProxyRouter.shift alone (1 round trip, state read back) + probe",
+            timing["router"],
+        ),
     ):
         lines.append(
             f"| {label} | {figures['n']} | {_num(figures['p50'], 1000, 2)} | "

@@ -17,9 +17,11 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
    GET / through the listen address from 4 connections, one request every 1 ms in all, until
    the last 10 answers in the order sent name the old version; the figure ends when the first
    of them was sent, an upper bound: the last request the new version answered is a lower
-   one). From the signed `/rollback bg 1` while 2 is watched (the whole path: the ack with its
-   image look-up, the runner, locating the image, reading the proxy, listing the containers,
-   the route, and the Redis writes and Slack renders between them). From the breach decision
+   one). From the signed `/rollback bg 1` while 2 is watched: the whole path (Slack's request
+   and its signature, the exactly-once claim, the pipeline's state, the baseline's rollout
+   record, the pipeline's lock, the rollout recorded and audited, then, still inside the ack,
+   one runtime-API round trip); and the same samples from the rollout's acceptance (its
+   `created_at`, the bot's decision, as for a breach). From the breach decision
    (the rollout's `finished_at`, set when the watch marks it rolled_back): `trip`'s KPI is
    the new version's answers per second (max 5), so demo 2 under the steady load trips it and
    both versions answer fast (a real bad version's CGI answers too slowly for the probe to see
@@ -28,8 +30,8 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
    call taking 200 ms. Floor, sampled between the bot's /rollback samples: one bare
    runtime-API line `set server floor/v<old> weight 100; set server floor/v<new> weight 0`
    (one connection, one round trip), then the same probe on the floor's listen address. For
-   reference, the bot's own `HAProxyRouter.route` on the floor backend (`show servers
-   state`, then a line up and a line down: three round trips), and the same probe.
+   reference, the bot's own `HAProxyRouter.shift` on the floor backend (the same two
+   weights and `show servers state` that proves them, one round trip), and the same probe.
 3. A bad version (demo tag 3: every other GET / answers 500) deployed to the canary pipeline,
    caught at its 5% step, against the same version deployed to `direct` and rolled back by the
    watch; both with the same watch and threshold, at 100 req/s. Failed requests from the
@@ -387,7 +389,9 @@ class Floor:
         router = HAProxyRouter()
 
         def move(old: str, new: str) -> None:
-            router.route(self.traffic, {self.ports[old]: 100, self.ports[new]: 0})
+            # The bot's way back to a version that still runs (BehindProxy.send_to).
+            if not router.shift(self.traffic, {self.ports[old]: 100, self.ports[new]: 0}):
+                raise AssertionError("the floor backend's slots did not both serve")
 
         self.router.append(self._flip(move))
 
@@ -692,6 +696,17 @@ def _median_marks(samples: list[dict[str, Any]]) -> dict[str, float]:
     return dict(sorted(table.items(), key=lambda item: item[1]))
 
 
+def _from_accepted(sample: dict[str, Any]) -> dict[str, Any]:
+    """A /rollback sample timed from the bot's decision, as a breach is: the rollout's
+    `created_at` (the command parsed, checked and about to claim the pipeline), so the row
+    leaves out Slack's delivery, the signature check and the exactly-once claim before it."""
+    accepted = float(sample["marks"]["accepted"])
+    return {
+        "seconds": sample["seconds"] - accepted,
+        "lower": max(0.0, sample["lower"] - accepted),
+    }
+
+
 def _timings(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """The figures (until the first request of the final run was sent) and the lower bound
     (the last request the version left behind answered): the switch lies between."""
@@ -743,6 +758,11 @@ def _result(
     floor = _timings(floor_bare)
     rows = [
         _timing_row("/rollback command", timing, floor["p50"]),
+        _timing_row(
+            "/rollback, from its acceptance (the rollout recorded)",
+            [_from_accepted(sample) for sample in timing],
+            floor["p50"],
+        ),
         _timing_row(
             "breach decision (watch marks rolled_back)",
             breaches,
