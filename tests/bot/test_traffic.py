@@ -143,6 +143,22 @@ def good_first(rig: Rig, version: str = "1") -> Rollout:
     return rig.settled(live.id, lambda r: r.status is RolloutStatus.good)
 
 
+def two_watched(rig: Rig) -> tuple[Rollout, int, int]:
+    """Blue/green: 1 went well, 2 is live and watched, 1 still runs at weight 0. Returns 2's
+    rollout, 1's port and 2's; the journal starts empty."""
+    good_first(rig)
+    live = rig.deploy("2", RolloutStatus.live)
+    rig.target.events.clear()
+    return live, rig.port_of("1"), rig.port_of("2")
+
+
+def roll_back_to_one(rig: Rig) -> Rollout:
+    """`/rollback web 1`, until it ends."""
+    rig.clock.advance(1)  # the newest rollout is the one created last
+    rig.command("/rollback", "web 1")
+    return rig.settled(rig.newest().id, lambda r: r.status.finished)
+
+
 # Blue/green ---------------------------------------------------------------------------------
 
 
@@ -213,10 +229,7 @@ def test_a_breach_records_where_the_requests_go_with_its_claim_then_shifts_them_
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
-    good_first(rig)
-    bad = rig.deploy("2", RolloutStatus.live)
-    old, new = rig.port_of("1"), rig.port_of("2")
-    rig.target.events.clear()
+    bad, old, new = two_watched(rig)
     rig.poll(bad, 0.5)
     breached = rig.store.rollout(bad.id)
     assert breached is not None and breached.status is RolloutStatus.rolled_back
@@ -233,9 +246,7 @@ def test_a_breach_whose_baseline_died_leaves_its_traffic_to_the_rollback_that_st
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
-    good_first(rig)
-    bad = rig.deploy("2", RolloutStatus.live)
-    old, new = rig.port_of("1"), rig.port_of("2")
+    bad, old, new = two_watched(rig)
     rig.target.by_port.pop(old)  # its container died during the watch: nothing listens
     rig.poll(bad, 0.5)
     breached = rig.store.rollout(bad.id)
@@ -286,14 +297,9 @@ def test_a_rollback_after_a_proxy_restart_routes_in_full_when_the_shift_cannot(
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
-    good_first(rig)
-    rig.deploy("2", RolloutStatus.live)
-    old = rig.port_of("1")
+    _, old, _new = two_watched(rig)
     rig.router.restart()  # the runtime state is gone: no slot serves
-    rig.target.events.clear()
-    rig.clock.advance(1)  # the newest rollout is the one created last
-    rig.command("/rollback", "web 1")
-    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    back = roll_back_to_one(rig)
     assert back.status is RolloutStatus.good, back.error
     assert rig.target.events[:2] == ["shift", "route"], rig.target.events
     assert rig.weights() == {old: 100}
@@ -303,13 +309,9 @@ def test_a_rollback_the_proxy_refuses_fails_saying_so_and_the_traffic_stays(
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
-    good_first(rig)
-    rig.deploy("2", RolloutStatus.live)
-    old, new = rig.port_of("1"), rig.port_of("2")
+    _, old, new = two_watched(rig)
     rig.router.down = True  # the runtime API does not answer, in the ack nor in the runner
-    rig.clock.advance(1)
-    rig.command("/rollback", "web 1")
-    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    back = roll_back_to_one(rig)
     assert back.status is RolloutStatus.failed
     assert back.error is not None and "refused to move traffic back" in back.error, back.error
     assert "connection refused" in back.error
@@ -323,14 +325,9 @@ def test_a_rollback_to_a_baseline_that_died_finds_and_starts_it_the_long_way(
     make: Callable[..., Rig],
 ) -> None:
     rig = make(strategy="blue_green")
-    good_first(rig)
-    rig.deploy("2", RolloutStatus.live)
-    old, new = rig.port_of("1"), rig.port_of("2")
+    _, old, new = two_watched(rig)
     rig.target.by_port.pop(old)
-    rig.target.events.clear()
-    rig.clock.advance(1)  # the newest rollout is the one created last
-    rig.command("/rollback", "web 1")
-    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    back = roll_back_to_one(rig)
     assert back.status is RolloutStatus.good, back.error
     assert "shift" not in rig.target.events, "no traffic sent to a port nobody listens on"
     assert [s.name for s in back.steps][:2] == ["locate image", "proxy"]
@@ -348,9 +345,7 @@ def test_a_rollback_after_the_watch_starts_the_old_version_on_a_free_port_first(
     rig.settled(second.id, lambda r: r.status is RolloutStatus.good)
     rig.wait_for(lambda: len(rig.target.by_port) == 1, "the baseline retired")
     new = rig.port_of("2")
-    rig.clock.advance(1)
-    rig.command("/rollback", "web 1")
-    back = rig.settled(rig.newest().id, lambda r: r.status.finished)
+    back = roll_back_to_one(rig)
     assert back.status is RolloutStatus.good, back.error
     old = rig.port_of("1")
     assert old != new
