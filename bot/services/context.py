@@ -34,9 +34,19 @@ class Runner(Protocol):
     def submit_recovery(self, rollout_id: str) -> Future[None]: ...
 
     def change(
-        self, rollout_id: str, change: Callable[[Rollout], None], *, wait: bool = True
+        self,
+        rollout_id: str,
+        change: Callable[[Rollout], None],
+        *,
+        wait: bool = True,
+        show: bool = True,
     ) -> Rollout:
-        """Update the rollout in Redis, then its message."""
+        """Update the rollout in Redis, then its message (with show=False: not yet, see
+        `show`)."""
+        ...
+
+    def show(self, rollout_id: str) -> None:
+        """Update the rollout's message soon, off the caller's thread, from Redis."""
         ...
 
     def target_for(self, pipeline: Pipeline) -> Target: ...

@@ -208,9 +208,17 @@ class RolloutRunner:
         return self._behind_proxy[pipeline.target]
 
     def change(
-        self, rollout_id: str, change: Callable[[Rollout], None], *, wait: bool = True
+        self,
+        rollout_id: str,
+        change: Callable[[Rollout], None],
+        *,
+        wait: bool = True,
+        show: bool = True,
     ) -> Rollout:
         """Update the rollout in Redis, then its Slack message.
+
+        show=False (with wait=False) leaves the message for `show`: a breach moves the
+        requests between its claim and the render, which would otherwise hold the GIL then.
 
         With wait=False (the steps of a swap) the message is updated by the render pool, so
         Slack's latency never sits between stopping the old container and starting the new
@@ -220,13 +228,18 @@ class RolloutRunner:
         and after it otherwise.
         """
         if not wait:
-            return self._change_or_keep(rollout_id, change)
+            return self._change_or_keep(rollout_id, change, show)
         self._write_kept(rollout_id)
         rollout = self.store.update_rollout(rollout_id, change)
         self._render(rollout)
         return rollout
 
-    def _change_or_keep(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
+    def show(self, rollout_id: str) -> None:
+        self._render_soon(rollout_id)
+
+    def _change_or_keep(
+        self, rollout_id: str, change: Callable[[Rollout], None], show: bool = True
+    ) -> Rollout:
         with self._unsaved_lock:
             kept = rollout_id in self._unsaved
         if not kept:
@@ -246,7 +259,8 @@ class RolloutRunner:
                 with self._unsaved_lock:
                     if rollout_id in self._known:
                         self._known[rollout_id] = rollout
-                self._render_soon(rollout.id)
+                if show:
+                    self._render_soon(rollout.id)
                 return rollout
         with self._unsaved_lock:
             local = self._known[rollout_id].model_copy(deep=True)

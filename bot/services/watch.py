@@ -562,8 +562,9 @@ class Watcher:
         # The status change is the claim: a second detection (another replica, a later poll)
         # finds the rollout no longer live and does nothing.
         if pipeline.auto_rollback:
-            # The message follows off this path (wait=False): the cure must not wait for Slack.
-            self.ctx.runner.change(rollout.id, mark_breached, wait=False)
+            # The message follows off this path, once the requests are back (wait=False,
+            # show=False, then show): the cure waits neither for Slack nor for a render.
+            self.ctx.runner.change(rollout.id, mark_breached, wait=False, show=False)
         else:
             # The bad version stays live until someone confirms; the breach is claimed once,
             # and only while the rollout is still the live one being watched.
@@ -581,6 +582,8 @@ class Watcher:
             and traffic.send_back(self.ctx, rollout.pipeline, pipeline, back)
             else None
         )
+        if pipeline.auto_rollback:
+            self.ctx.runner.show(rollout.id)
         self.end(rollout.id)
         if not claimed:
             return None
