@@ -75,13 +75,7 @@ class SwapResult:
 class Progress(Protocol):
     """How a target reports its steps; the runner records them in Redis and in Slack."""
 
-    def step(
-        self, name: str, detail: str = "", *, quick: bool = False
-    ) -> AbstractContextManager[None]:
-        """A step of the rollout, recorded as it begins and as it ends. `quick` (a step of
-        about a millisecond, such as moving traffic back): recorded once, when it ends, so
-        that no write sits before it."""
-        ...
+    def step(self, name: str, detail: str = "") -> AbstractContextManager[None]: ...
 
     def detail(self, text: str) -> None:
         """Update the detail of the running step (e.g. `1/2 tasks updated`)."""

@@ -82,29 +82,26 @@ class RecordedProgress:
         self.cancellable = deploy
 
     @contextmanager
-    def step(self, name: str, detail: str = "", *, quick: bool = False) -> Iterator[None]:
+    def step(self, name: str, detail: str = "") -> Iterator[None]:
         now = self.runner.clock.now()
-        begun = Step(name=name, started_at=now, detail=detail)
-        if not quick:
-            self.runner.change(self.rollout_id, lambda r: r.steps.append(begun), wait=False)
+        self.runner.change(
+            self.rollout_id,
+            lambda r: r.steps.append(Step(name=name, started_at=now, detail=detail)),
+            wait=False,
+        )
         try:
             yield
         except BaseException as exc:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             status = StepStatus.skipped if isinstance(exc, RolloutCancelled) else StepStatus.failed
-            self._finish(name, status, reason, begun if quick else None)
+            self._finish(name, status, reason)
             raise
-        self._finish(name, StepStatus.done, None, begun if quick else None)
+        self._finish(name, StepStatus.done, None)
 
-    def _finish(
-        self, name: str, status: StepStatus, detail: str | None, unrecorded: Step | None = None
-    ) -> None:
-        """End the step `name`; `unrecorded` is a quick step's beginning, written with its end."""
+    def _finish(self, name: str, status: StepStatus, detail: str | None) -> None:
         now = self.runner.clock.now()
 
         def finish(rollout: Rollout) -> None:
-            if unrecorded is not None:
-                rollout.steps.append(unrecorded.model_copy())
             for step in reversed(rollout.steps):
                 if step.name == name and step.ended_at is None:
                     step.status, step.ended_at = status, now
@@ -450,21 +447,12 @@ class RolloutRunner:
         )
         image = ImageRef(pipeline.image, rollout.image_tag, rollout.image_digest)
         if rollout.kind is not RolloutKind.deploy and isinstance(target, BehindProxy):
-            # Behind a proxy a rollback to a version that still runs is one route: first.
-            # With the split recorded at the ack (traffic.way_back) it comes before any
-            # other write, the in-flight mark included.
-            planned = rollout.traffic
+            # Behind a proxy a rollback to a version that still runs is one route: first. A
+            # rollback accepted with its split moved the requests in the ack already
+            # (traffic.move_now); the rest is put in order here.
+            first = rollout.traffic if rollout.step(MOVE_TRAFFIC) is not None else None
+            rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
             try:
-                first = (
-                    planned
-                    if planned is not None
-                    and (
-                        rollout.step(MOVE_TRAFFIC) is not None  # moved in the ack
-                        or target.move_back(pipeline, image.version, progress, planned)
-                    )
-                    else None
-                )
-                rollout = self.change(rollout.id, _mark(RolloutStatus.in_flight), wait=False)
                 moved = target.return_to(rollout.pipeline, pipeline, image.version, progress, first)
             except RolloutFailed as exc:
                 self._fail(rollout.id, exc.reason, exc.logs_tail, restored=exc.restored)

@@ -206,24 +206,6 @@ class BehindProxy:
         if not router.shift(traffic, weights):
             router.route(traffic, weights)
 
-    def move_back(
-        self, pipeline: Pipeline, version: str, progress: Progress, planned: TrafficSplit
-    ) -> bool:
-        """A rollback's first act when it was accepted with its split (`way_back`): the
-        requests go back, with no engine call, proxy read or other write before them. False
-        when the version no longer listens: `return_to` then finds it the long way."""
-        if not self._listening(planned):
-            return False
-        with progress.step(MOVE_TRAFFIC, detail=describe(planned, version), quick=True):
-            try:
-                self._shift_or_route(pipeline, planned)
-            except TrafficError as exc:
-                raise RolloutFailed(
-                    f"{_traffic(pipeline).proxy} refused to move traffic back: {exc.reason}",
-                    restored=True,
-                ) from exc
-        return True
-
     def return_to(
         self,
         name: str,
@@ -235,8 +217,9 @@ class BehindProxy:
         """A rollback to a version that still runs (the watch's baseline): only the traffic
         moves, before anything else (no image look-up, no start). None when it does not run.
 
-        `moved`: the split `move_back` already sent the requests to; what else runs is put
-        in order after it. Without one the engine and the proxy are read first.
+        `moved`: the split the requests already went to when the rollback was accepted
+        (`move_now`); what else runs is put in order after it. Without one the engine and the
+        proxy are read first.
 
         The running container is the exact image that ran before, even if its tag has moved.
         """
@@ -556,7 +539,8 @@ def move_now(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
     """A rollback accepted with its split (`way_back`) moves the requests in the ack, as soon
     as it is recorded: one round trip, then the step is recorded and the runner, finding it
     done, only puts the rest in order. Anything short of that (nothing listens there any more,
-    the proxy refuses) is left to the runner, which tries again and says why it fails."""
+    the proxy refuses) is left to the runner's full path, which finds the version (starting it
+    again if it died) or says why it cannot."""
     split = rollout.traffic
     if split is None:
         return
@@ -594,9 +578,9 @@ def running_baseline(live: Rollout | None, pipeline: Pipeline, version: str) -> 
 def way_back(live: Rollout | None, pipeline: Pipeline, version: str) -> TrafficSplit | None:
     """The split of a rollback to `version` when it is the live rollout's running baseline:
     all requests to its port, the live version kept at weight 0 until it is drained like any
-    baseline. Recorded with the rollback when it is accepted, so the runner moves the
-    requests before anything else (`BehindProxy.move_back`); None when the full path must
-    find the version (no proxy, another version, the baseline retired)."""
+    baseline. Recorded with the rollback when it is accepted, which moves the requests at once
+    (`move_now`); None when the full path must find the version (no proxy, another version,
+    the baseline retired)."""
     split = running_baseline(live, pipeline, version)
     if split is None or split.baseline_port is None or live is None:
         return None
