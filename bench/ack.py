@@ -15,6 +15,7 @@ jobs run throughout (a few ms of CPU a second); one row repeats a refusal with t
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import threading
@@ -33,7 +34,7 @@ from bench.load import LoadDriver
 from bench.rig import BenchRig
 from bench.stats import ratio, summarize
 from bot.app import Immune
-from bot.server import HttpServer
+from bot.server import HttpServer, freeze_startup_heap
 from bot.settings import Settings
 from bot.store.connection import connect
 from tests.support.bot_harness import BOT_TOKEN, SIGNING_SECRET, InProcessBot
@@ -338,6 +339,7 @@ class BotUnderTest:
     def close(self) -> None:
         self.bot.ctx.store.release_rollout(self.busy, self.holder)
         self.bot.stop()
+        gc.unfreeze()  # what _start_bot froze may be collected again (the next section's)
 
 
 def _start_bot(rig: BenchRig) -> BotUnderTest:
@@ -356,6 +358,7 @@ def _start_bot(rig: BenchRig) -> BotUnderTest:
     except BaseException:
         bot.stop()
         raise
+    freeze_startup_heap()  # as `python -m bot` does once started
     url = bot.url + "/slack/events"
     already_live = [{"command": "/deploy", "text": f"{live} 1", "expect": "already live"}]
     targets = [
