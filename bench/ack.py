@@ -4,17 +4,23 @@ Both are served by `bot.server.HttpServer` (waitress, the bot's thread count) in
 process; the load comes from another process (`bench.load`) over keep-alive connections.
 The floor is a bolt app with one trivial command (`ack("ok")`), in each of bolt's modes.
 A second floor does the Redis work a command cannot do without: the same bolt app whose
-command first makes as many Redis round trips (GETs, the bot's client options) as the bot's
-ack of that request does, counted before the load.
+command first sends the very Redis commands the bot's ack of that request sends (recorded
+from one ack before the load, the bot's client options), then acks.
+
+Each run also reads this process's CPU time: the servers live here and the load does not,
+so CPU per request says what one ack costs the server, load or not. The bot's background
+jobs run throughout (a few ms of CPU a second); one row repeats a refusal with them paused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,7 +34,7 @@ from bench.load import LoadDriver
 from bench.rig import BenchRig
 from bench.stats import ratio, summarize
 from bot.app import Immune
-from bot.server import HttpServer
+from bot.server import HttpServer, freeze_startup_heap
 from bot.settings import Settings
 from bot.store.connection import connect
 from tests.support.bot_harness import BOT_TOKEN, SIGNING_SECRET, InProcessBot
@@ -58,16 +64,24 @@ QUICK = AckProfile(
 )
 
 
+@dataclass(frozen=True)
+class RedisCommand:
+    """One command as the bot's client was asked to send it (`execute_command`'s arguments)."""
+
+    args: tuple[Any, ...]
+    options: dict[str, Any]
+
+
 class BareBolt:
     """A bolt app with one trivial command behind the bot's HttpServer (same WSGI routing);
-    with `round_trips`, the command first makes that many Redis round trips (GETs)."""
+    with `commands`, the command first sends those Redis commands, one round trip each."""
 
     def __init__(
         self,
         api_url: str,
         process_before_response: bool,
         redis_url: str | None = None,
-        round_trips: int = 0,
+        commands: Sequence[RedisCommand] = (),
     ) -> None:
         app = App(
             signing_secret=SIGNING_SECRET,
@@ -77,13 +91,15 @@ class BareBolt:
             request_verification_enabled=True,
         )
 
-        self.redis = connect(redis_url) if redis_url and round_trips else None
+        self.redis = connect(redis_url) if redis_url and commands else None
         store = self.redis
 
         def deploy(ack: Ack) -> None:
             if store is not None:
-                for _ in range(round_trips):
-                    store.get("immune-bench:floor")
+                # The bot's own commands again: the claim's SET NX finds its key taken and the
+                # answer's script appends one more audit entry, the same work either way.
+                for command in commands:
+                    store.execute_command(*command.args, **command.options)
             ack("ok")
 
         app.command("/deploy")(deploy)
@@ -121,6 +137,14 @@ class Target:
     label: str
     url: str
     cases: list[dict[str, str]]
+    pause_jobs: bool = False
+    """Run with the bot's scheduled jobs paused (the engine check, recovery, queue, views)."""
+    same_as: str = ""
+    """The request whose same-work floor this row is compared with (default: its own)."""
+
+    @property
+    def work(self) -> str:
+        return self.same_as or self.label
 
 
 def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
@@ -137,10 +161,20 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         for mode, pbr in BARE_MODES.items():
             bares[mode] = BareBolt(rig.emulator.base_url, pbr)
         under_test = _start_bot(rig)
-        trips = {t.label: _round_trips(driver, t) for t in under_test.targets}
+        measured = [t for t in under_test.targets if not t.same_as]
+        trips = {t.label: _round_trips(driver, t) for t in measured}
         assert rig.redis is not None
-        for k in sorted(set(round(n) for n in trips.values()) - {0}):
-            bares[f"redis:{k}"] = BareBolt(rig.emulator.base_url, True, rig.redis.url, k)
+        for t in measured:
+            commands = recorded_commands(driver, t)
+            if len(commands) != round(trips[t.label]):
+                raise AssertionError(
+                    f"{t.label}: {len(commands)} commands recorded for {trips[t.label]} round "
+                    "trips (a pipeline?): the same-work floor could not replay them"
+                )
+            if commands:
+                bares[f"same:{t.label}"] = BareBolt(
+                    rig.emulator.base_url, True, rig.redis.url, commands
+                )
         trivial = [{"command": "/deploy", "text": "web 2", "expect": "ok"}]
         targets = [Target(f"bare:{mode}", b.url, trivial) for mode, b in bares.items()]
         targets += under_test.targets
@@ -149,19 +183,28 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         }
         engine = botctl.EngineCalls(under_test.bot)
         engine_calls: dict[str, list[int]] = {t.label: [0, 0] for t in targets}  # calls, sent
+        scheduler = under_test.bot.immune.scheduler
         for round_ in range(profile.rounds):
             for c in profile.concurrencies:
                 shift = round_ % len(targets)
                 for target in targets[shift:] + targets[:shift]:
                     before = engine.count
-                    result = driver.run(
-                        target.url,
-                        target.cases,
-                        concurrency=c,
-                        duration=profile.duration,
-                        warmup=profile.warmup,
-                        raw=True,
-                    )
+                    if target.pause_jobs:
+                        scheduler.pause()
+                    cpu_before = time.process_time()
+                    try:
+                        result = driver.run(
+                            target.url,
+                            target.cases,
+                            concurrency=c,
+                            duration=profile.duration,
+                            warmup=profile.warmup,
+                            raw=True,
+                        )
+                    finally:
+                        if target.pause_jobs:
+                            scheduler.resume()
+                    result["cpu_seconds"] = time.process_time() - cpu_before
                     logger.info(
                         "ack %s c=%s: p50 %s p99 %s", target.label, c, result["p50"], result["p99"]
                     )
@@ -183,10 +226,11 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         for mode in BARE_MODES
     }
     same_work = {
-        int(mode.split(":")[1]): {str(c): pooled[f"bare:{mode}"][c] for c in profile.concurrencies}
+        mode.split(":", 1)[1]: {str(c): pooled[f"bare:{mode}"][c] for c in profile.concurrencies}
         for mode in bares
-        if mode.startswith("redis:")
+        if mode.startswith("same:")
     }
+    works = {t.label: t.work for t in under_test.targets}
     loads = {
         label: {str(c): figures for c, figures in by_c.items()}
         for label, by_c in pooled.items()
@@ -196,7 +240,8 @@ def run(rig: BenchRig, profile: AckProfile) -> dict[str, Any]:
         calls, sent = engine_calls[label]
         for figures in by_c.values():
             figures["engine_calls_per_request"] = calls / sent if sent else math.nan
-            figures["redis_round_trips_per_request"] = trips[label]
+            figures["redis_round_trips_per_request"] = trips[works[label]]
+            figures["same_work"] = works[label]
     return _compare(bare, same_work, {"loads": loads, "accepted": accepted}, profile)
 
 
@@ -220,6 +265,37 @@ def _counting_round_trips() -> Iterator[list[int]]:
         redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign,assignment]
 
 
+@contextlib.contextmanager
+def _recording_commands() -> Iterator[list[RedisCommand]]:
+    """The commands the HTTP server's threads ask a Redis client to send (scripts included:
+    they go through execute_command as EVALSHA; a pipeline's would not, and is not recorded)."""
+    recorded: list[RedisCommand] = []
+    original: Callable[..., Any] = redis.Redis.execute_command
+
+    def execute(self: Any, *args: Any, **options: Any) -> Any:
+        if threading.current_thread().name.startswith(botctl.REQUEST_THREAD_PREFIX):
+            recorded.append(RedisCommand(args, dict(options)))
+        return original(self, *args, **options)
+
+    redis.Redis.execute_command = execute  # type: ignore[method-assign]
+    try:
+        yield recorded
+    finally:
+        redis.Redis.execute_command = original  # type: ignore[method-assign]
+
+
+def recorded_commands(driver: LoadDriver, target: Target) -> list[RedisCommand]:
+    """The Redis commands one ack of `target`'s request sends (after a first, which loads the
+    scripts), for its same-work floor to send again."""
+    case = target.cases[0]
+    driver.one(target.url, case["command"], case["text"])
+    with _recording_commands() as recorded:
+        answer = driver.one(target.url, case["command"], case["text"])
+    if case["expect"] not in answer["text"]:
+        raise AssertionError(f"{target.label}: unexpected answer {answer}")
+    return list(recorded)
+
+
 def _round_trips(driver: LoadDriver, target: Target, samples: int = 10) -> float:
     """The Redis round trips of one ack of `target`'s request, one request at a time."""
     case = target.cases[0]
@@ -236,12 +312,16 @@ def _pool(results: list[dict[str, Any]]) -> dict[str, Any]:
     latencies = [x for r in results for x in r["latencies"]]
     window = sum(r["window_seconds"] for r in results)
     samples = [s for r in results for s in r["error_samples"]][:3]
+    sent = sum(r["sent"] for r in results)
+    cpu = sum(r.get("cpu_seconds", math.nan) for r in results)
     return {
         **summarize(latencies),
         "errors": sum(r["errors"] for r in results),
         "error_samples": samples,
         "throughput": len(latencies) / window if window else 0.0,
         "runs": len(results),
+        # Warm-up included on both sides: every request sent against the whole run's CPU.
+        "cpu_per_request": cpu / sent if sent else math.nan,
     }
 
 
@@ -259,6 +339,7 @@ class BotUnderTest:
     def close(self) -> None:
         self.bot.ctx.store.release_rollout(self.busy, self.holder)
         self.bot.stop()
+        gc.unfreeze()  # what _start_bot froze may be collected again (the next section's)
 
 
 def _start_bot(rig: BenchRig) -> BotUnderTest:
@@ -277,19 +358,24 @@ def _start_bot(rig: BenchRig) -> BotUnderTest:
     except BaseException:
         bot.stop()
         raise
+    freeze_startup_heap()  # as `python -m bot` does once started
     url = bot.url + "/slack/events"
+    already_live = [{"command": "/deploy", "text": f"{live} 1", "expect": "already live"}]
     targets = [
         Target("/pipeline", url, [{"command": "/pipeline", "text": "", "expect": live}]),
         Target("/pipeline <name>", url, [{"command": "/pipeline", "text": live, "expect": live}]),
-        Target(
-            "/deploy refused: already live",
-            url,
-            [{"command": "/deploy", "text": f"{live} 1", "expect": "already live"}],
-        ),
+        Target("/deploy refused: already live", url, already_live),
         Target(
             "/deploy refused: rollout in flight",
             url,
             [{"command": "/deploy", "text": f"{busy} 2", "expect": "in flight"}],
+        ),
+        Target(
+            "/deploy refused: already live, background jobs paused",
+            url,
+            already_live,
+            pause_jobs=True,
+            same_as="/deploy refused: already live",
         ),
     ]
     return BotUnderTest(bot, url, targets, accept, busy, holder.id)
@@ -313,7 +399,7 @@ def _accepted_deploys(under_test: BotUnderTest, driver: LoadDriver, count: int) 
 
 def _compare(
     bare: dict[str, dict[str, Any]],
-    same_work: dict[int, dict[str, Any]],
+    same_work: dict[str, dict[str, Any]],
     bot: dict[str, Any],
     profile: AckProfile,
 ) -> dict[str, Any]:
@@ -325,7 +411,7 @@ def _compare(
     for label, by_c in bot["loads"].items():
         for c, figures in by_c.items():
             trips = figures["redis_round_trips_per_request"]
-            work = same_work.get(round(trips), {}).get(c)
+            work = same_work.get(figures["same_work"], {}).get(c)
             rows.append(
                 {
                     "endpoint": label,
@@ -334,7 +420,10 @@ def _compare(
                     "error_samples": figures["error_samples"],
                     "engine_calls_per_request": figures["engine_calls_per_request"],
                     "redis_round_trips_per_request": trips,
+                    "cpu_per_request": figures["cpu_per_request"],
+                    "floor_cpu_per_request": bare[floors[c]["mode"]][c]["cpu_per_request"],
                     "same_work_p99": work["p99"] if work else None,
+                    "same_work_cpu_per_request": work["cpu_per_request"] if work else None,
                     "ratio_p99_same_work": ratio(figures["p99"], work["p99"]) if work else None,
                     "floor_mode": floors[c]["mode"],
                     "floor_p50": floors[c]["p50"],
@@ -370,7 +459,7 @@ def _compare(
             "bot.server.HttpServer (waitress, same thread count) in the bench process"
         ),
         "bare": bare,
-        "same_work": {str(k): by_c for k, by_c in same_work.items()},
+        "same_work": same_work,
         "floor": floors,
         "rows": rows,
         "target": {

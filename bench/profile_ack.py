@@ -9,7 +9,7 @@ does. This measures what one request costs the bot itself: the same signed reque
 ack section's cases, on the same rig: real Redis, dockerd, the emulator) handed straight to
 the bot's WSGI application on this thread, no HTTP server, and the thread's CPU per request.
 The floors are bare slack-bolt apps called the same way: one trivial command, and the same
-with as many Redis round trips as the bot's ack of that request makes (the work it cannot
+sending first the very Redis commands the bot's ack of that request sends (the work it cannot
 skip). A cProfile pass over the bot's requests then names the functions the rest goes to.
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
-from bench.ack import BareBolt, Target, _round_trips, _start_bot
+from bench.ack import BareBolt, Target, _round_trips, _start_bot, recorded_commands
 from bench.load import LoadDriver, SignedForms
 from bench.rig import BenchRig
 from tests.support.bot_harness import SIGNING_SECRET
@@ -95,34 +95,41 @@ def main() -> int:
             {"secret": SIGNING_SECRET, "response_base": f"{rig.emulator.root_url}/response"}
         )
         driver = LoadDriver(SIGNING_SECRET, response_base=f"{rig.emulator.root_url}/response")
+        targets: list[Target] = [
+            t
+            for t in under_test.targets
+            if not t.pause_jobs and (args.only is None or t.label == args.only)
+        ]
         try:
-            trips = {t.label: round(_round_trips(driver, t)) for t in under_test.targets}
+            trips = {t.label: round(_round_trips(driver, t)) for t in targets}
+            commands = {t.label: recorded_commands(driver, t) for t in targets}
         finally:
             driver.close()
         bot_app: WsgiApp = under_test.bot.immune.wsgi()
         floors: dict[str, WsgiApp] = {}
-        for k in sorted({0, *trips.values()}):
-            bare = BareBolt(rig.emulator.base_url, True, rig.redis.url if k else None, k)
+        for label in ("", *commands):
+            bare = BareBolt(rig.emulator.base_url, True, rig.redis.url, commands.get(label, ()))
             bares.append(bare)
-            floors[f"bare bolt + {k} Redis round trips" if k else "bare bolt"] = bare.wsgi()
+            floors[label] = bare.wsgi()
         trivial = {"command": "/deploy", "text": "web 2", "expect": "ok"}
         print(f"\nThread CPU per request, ms ({n} each, in process, no HTTP server)\n")
-        print(f"| {'request':<40} | Redis round trips | CPU ms | beyond same-work floor |")
-        print(f"|{'-' * 42}|--:|--:|--:|")
+        print(
+            f"| {'request':<40} | Redis round trips | CPU ms | bare bolt + the same Redis "
+            "commands | beyond it |"
+        )
+        print(f"|{'-' * 42}|--:|--:|--:|--:|")
         floor_cpu = {
             label: cpu_per_request(app, forms, trivial, n) for label, app in floors.items()
         }
-        for label, cpu in floor_cpu.items():
-            print(f"| {label:<40} | | {cpu:.3f} | |")
-        targets: list[Target] = [
-            t for t in under_test.targets if args.only is None or t.label == args.only
-        ]
+        print(f"| {'bare bolt':<40} | 0 | {floor_cpu['']:.3f} | | |")
         for target in targets:
             case = target.cases[0]
             cpu = cpu_per_request(bot_app, forms, case, n)
-            k = trips[target.label]
-            floor = floor_cpu[f"bare bolt + {k} Redis round trips" if k else "bare bolt"]
-            print(f"| {target.label:<40} | {k} | {cpu:.3f} | {cpu - floor:+.3f} |")
+            floor = floor_cpu[target.label]
+            print(
+                f"| {target.label:<40} | {trips[target.label]} | {cpu:.3f} | {floor:.3f} | "
+                f"{cpu - floor:+.3f} |"
+            )
         for target in targets:
             case = target.cases[0]
             profile = cProfile.Profile()

@@ -17,7 +17,7 @@ from bot.app import build
 from bot.domain.clock import Clock
 from bot.domain.errors import ConfigError, ImmuneError, SettingsError
 from bot.plugins import Shared, default_registry, load_pipelines
-from bot.server import HttpServer, start_socket_mode
+from bot.server import HttpServer, freeze_startup_heap, start_socket_mode
 from bot.services.kpi_check import QueryState, check_queries
 from bot.settings import configure_logging, held_secrets, load_settings, redact_logs
 from bot.traffic.haproxy_config import DEFAULT_EXPORTER, render, traffic_group
@@ -137,6 +137,7 @@ def serve(clock: Clock | None = None) -> int:
     if settings.socket_mode:
         assert settings.slack_app_token is not None
         start_socket_mode(immune, settings.slack_app_token)
+    freeze_startup_heap()
     try:
         server.serve_forever()
     finally:

@@ -48,6 +48,7 @@ from bot.services.policy import (
 )
 from bot.services.requests import CommandRequest, Reply, answer_once, help_reply
 from bot.store.keys import Once
+from bot.store.store import PipelineSnapshot
 
 # /deploy -------------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
     if (
         state.live_version == image.version
         and not state.inflight_rollout
-        and not _tag_moved_since_live(snapshot.live, image)
+        and not _tag_moved_since_live(snapshot, image)
     ):
         refuse(ctx, request, args.pipeline, "already_live")
         raise AlreadyLive(
@@ -202,11 +203,14 @@ def deploying_words(pinned: Pinned) -> str:
     return f"`{image.reference}`"
 
 
-def _tag_moved_since_live(live: Rollout | None, image: ImageRef) -> bool:
+def _tag_moved_since_live(snapshot: PipelineSnapshot, image: ImageRef) -> bool:
     """The live version's tag now points at another digest (CI pushed it again): deploying
-    the same tag is then a new image, not a no-op. `live` is the snapshot's live rollout,
-    read with the pipeline's state."""
-    if image.digest is None or live is None:
+    the same tag is then a new image, not a no-op. The live rollout is the snapshot's, read
+    with the pipeline's state; without a digest to compare its record is not even parsed."""
+    if image.digest is None:
+        return False
+    live = snapshot.live
+    if live is None:
         return False
     return live.image_digest not in (None, image.digest)
 

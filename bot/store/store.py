@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar, cast
 
 import redis
@@ -226,20 +227,36 @@ class AuditRecord:
     min_id: int
 
     def args(self) -> list[str | int]:
-        """The append script's arguments: trim point, time (ms), then field, value, ..."""
-        fields: dict[str, Any] = self.entry.model_dump(exclude={"id"})
-        fields["at"] = repr(self.entry.at)
-        pairs = [str(part) for item in fields.items() for part in item]
-        return [self.min_id, int(self.entry.at * 1000), *pairs]
+        """The append script's arguments: trim point, time (ms), then field, value, ...
+
+        The fields in the model's order, read off the entry (a model_dump would copy it
+        first: this runs in every refusal's ack)."""
+        entry = self.entry
+        pairs: list[str | int] = [self.min_id, int(entry.at * 1000)]
+        for name in _AUDIT_FIELDS:
+            pairs += (name, repr(entry.at) if name == "at" else str(getattr(entry, name)))
+        return pairs
+
+
+_AUDIT_FIELDS = tuple(name for name in AuditEntry.model_fields if name != "id")
 
 
 @dataclass(frozen=True)
 class PipelineSnapshot:
-    """A pipeline's state and the rollouts it names, as read together at one moment."""
+    """A pipeline's state and the rollouts it names, as read together at one moment.
+
+    The live rollout's record is parsed when first asked for: a pipeline nearly always has
+    one, and most readers but `/pipeline` (a refusal, the engine view's job) need the state
+    only; validating the record costs more than reading it.
+    """
 
     state: PipelineState
     inflight: Rollout | None
-    live: Rollout | None
+    live_record: str | None  # the live rollout's JSON, as stored
+
+    @cached_property
+    def live(self) -> Rollout | None:
+        return Rollout.model_validate_json(self.live_record) if self.live_record else None
 
 
 class StoreUnreachable(Exception):
@@ -317,7 +334,7 @@ class Store:
             snapshots[name] = PipelineSnapshot(
                 PipelineState.from_hash(name, data),
                 Rollout.model_validate_json(inflight) if inflight else None,
-                Rollout.model_validate_json(live) if live else None,
+                live or None,
             )
         return snapshots
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.domain import parsing
 from bot.domain.errors import UsageError
 from bot.domain.parsing import (
     MAX_COMMAND_TEXT,
@@ -205,3 +207,12 @@ def test_overlong_text_is_refused_before_parsing(text: str) -> None:
         with pytest.raises(UsageError, match="too long"):
             parse(text)
         assert command in USAGE
+
+
+@settings(max_examples=600, deadline=None)
+@given(text=arbitrary_text)
+def test_words_split_as_shlex_splits_them(text: str) -> None:
+    # Text without quotes or backslashes skips shlex (a fast path): the words must be the same.
+    text = text.replace("\u201c", "").replace("\u201d", "").replace("'", "").replace('"', "")
+    text = text.replace("\\", "")[:MAX_COMMAND_TEXT]
+    assert parsing._words("/halt", text) == shlex.split(text)
