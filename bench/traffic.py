@@ -17,7 +17,8 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
    GET / through the listen address from 4 connections, one request every 1 ms in all, until
    the last 10 answers in the order sent name the old version; the figure ends when the first
    of them was sent, an upper bound: the last request the new version answered is a lower
-   one). From the signed `/rollback bg 1` while 2 is watched: the whole path (Slack's request
+   one). From the signed `/rollback bg 1` while 2 is watched, sent from a client process of
+   its own as the ack bench sends its requests (`bench.load`): the whole path (Slack's request
    and its signature, the exactly-once claim, the pipeline's state, the baseline's rollout
    record, the pipeline's lock, the rollout recorded and audited, then, still inside the ack,
    one runtime-API round trip); and the same samples from the rollout's acceptance (its
@@ -41,6 +42,7 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -52,17 +54,19 @@ from typing import Any
 import docker.errors
 
 from bench import botctl
+from bench.load import LoadDriver
 from bench.observe import wait_for_version
 from bench.probe import CLIENTS, PACE_SECONDS, ProbeDriver
 from bench.rig import RUN_LABEL, BenchRig
 from bench.stats import median, ratio, summarize
 from bot.domain.config import Pipeline, Traffic
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.server import freeze_startup_heap
 from bot.store.store import Store
 from bot.targets.docker_host import LABEL_PIPELINE
 from bot.targets.hardening import container_options
 from bot.traffic.haproxy import HAProxyRouter
-from tests.support.bot_harness import CHANNEL, InProcessBot, docker_pipeline
+from tests.support.bot_harness import CHANNEL, SIGNING_SECRET, InProcessBot, docker_pipeline
 from tests.support.load import Response, steady_load
 from tests.support.services import HAProxyServer
 
@@ -141,9 +145,10 @@ class Served:
 
 
 def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
-    assert rig.images is not None and rig.prometheus is not None
+    assert rig.images is not None and rig.prometheus is not None and rig.emulator is not None
     haproxy = HAProxyServer(rig.workdir / "haproxy")
     probe: ProbeDriver | None = None
+    slack: LoadDriver | None = None
     floor: Floor | None = None
     bot: InProcessBot | None = None
     names = {what: rig.name(f"tr-{what}") for what in ("bg", "trip", "canary", "direct")}
@@ -201,6 +206,7 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
         probe = ProbeDriver()
         floor = Floor(rig, traffics["floor"], probe)
         bot = botctl.start_bot(rig, pipelines, "traffic")
+        freeze_startup_heap()  # as `python -m bot` does once started
         for served in (bg, trip, canary, direct):
             botctl.deploy_and_wait(bot, served.name, "1", statuses=(RolloutStatus.live,))
         _last_good(bot, trip)
@@ -211,9 +217,10 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
         first = bot.ctx.store.pipeline(canary.name).live_rollout
         if botctl.wait_for_rollout(bot.ctx.store, first).status is not RolloutStatus.good:
             raise AssertionError("the canary pipeline's first version did not pass its watch")
-        timing = _rollback_timing(bot, bg, floor, probe, profile)
+        slack = LoadDriver(SIGNING_SECRET, response_base=f"{rig.emulator.root_url}/response")
+        timing = _rollback_timing(bot, bg, floor, probe, slack, profile)
         breaches = [_breach_sample(bot, trip, probe) for _ in range(profile.breach_samples)]
-        slow = _slow_slack(rig, bot, bg, trip, probe, profile.slow_slack_samples)
+        slow = _slow_slack(rig, bot, bg, trip, probe, slack, profile.slow_slack_samples)
         bad: dict[str, list[dict[str, Any]]] = {"canary": [], "direct": []}
         for _ in range(profile.bad_runs):
             bad["canary"].append(_bad_version_run(bot, canary))
@@ -225,8 +232,11 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
                 rig.emulator.set_latency(method, 0)
         if bot is not None:
             bot.stop()
+            gc.unfreeze()  # what start-up froze may be collected again (the next section's)
         if probe is not None:
             probe.close()
+        if slack is not None:
+            slack.close()
         if floor is not None:
             floor.close()
         haproxy.close()
@@ -461,15 +471,23 @@ def _marks(rollout: Rollout, since: float) -> dict[str, float | None]:
     return marks
 
 
-def _rollback_sample(bot: InProcessBot, served: Served, probe: ProbeDriver) -> dict[str, Any]:
+def _rollback_sample(
+    bot: InProcessBot, served: Served, probe: ProbeDriver, slack: LoadDriver
+) -> dict[str, Any]:
+    """`/rollback <p> 1` signed and sent as Slack sends it, from a client process of its own
+    (`bench.load`, a kept-alive session, stamped just before the POST), so the client's work
+    and its GIL are not the bot's: the ack bench's way."""
     store = bot.ctx.store
     botctl.wait_unlocked(store, served.name)
     first = probe.start(served.port, "1", consecutive=CONSECUTIVE, timeout=15)
     if first != "2":
         raise AssertionError(f"{served.name} answered {first} before the rollback, not 2")
-    sent = time.time()
-    answer = botctl.command(bot, "/rollback", f"{served.name} 1")
-    acked = time.time() - sent
+    reply = slack.one(bot.url + "/slack/events", "/rollback", f"{served.name} 1")
+    if reply["status"] != 200:
+        raise AssertionError(f"/rollback: HTTP {reply['status']} {str(reply['text'])[:300]}")
+    sent = float(reply["sent_at"])
+    acked = float(reply["latency"])
+    answer = str(reply["text"])
     seen = probe.result()
     rollout = botctl.wait_for_rollout(store, botctl.rollout_id_in(answer))
     if rollout.status is not RolloutStatus.good:
@@ -488,7 +506,12 @@ def _rollback_sample(bot: InProcessBot, served: Served, probe: ProbeDriver) -> d
 
 
 def _rollback_timing(
-    bot: InProcessBot, bg: Served, floor: Floor, probe: ProbeDriver, profile: TrafficProfile
+    bot: InProcessBot,
+    bg: Served,
+    floor: Floor,
+    probe: ProbeDriver,
+    slack: LoadDriver,
+    profile: TrafficProfile,
 ) -> list[dict[str, Any]]:
     samples = []
     for _ in range(profile.rollback_samples):
@@ -497,7 +520,7 @@ def _rollback_timing(
         for _ in range(profile.floor_flips):
             floor.sample_bare()
             floor.sample_router()
-        samples.append(_rollback_sample(bot, bg, probe))
+        samples.append(_rollback_sample(bot, bg, probe, slack))
         logger.info("traffic rollback sample: %s", samples[-1])
     return samples
 
@@ -609,6 +632,7 @@ def _slow_slack(
     bg: Served,
     trip: Served,
     probe: ProbeDriver,
+    slack: LoadDriver,
     samples: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """The same /rollback and breach samples with every chat.update and chat.postMessage
@@ -620,7 +644,7 @@ def _slow_slack(
     try:
         for _ in range(samples):
             botctl.deploy_and_wait(bot, bg.name, "2", statuses=(RolloutStatus.live,))
-            slow["command"].append(_rollback_sample(bot, bg, probe))
+            slow["command"].append(_rollback_sample(bot, bg, probe, slack))
             slow["breach"].append(_breach_sample(bot, trip, probe))
     finally:
         for method in SLOW_METHODS:
