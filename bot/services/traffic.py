@@ -194,14 +194,15 @@ class BehindProxy:
         """
         if not self._listening(split):
             return False
-        self._shift_or_route(pipeline, split)
+        self.shift_to(pipeline, split)
         return True
 
     def _listening(self, split: TrafficSplit) -> bool:
         """Something listens on every port the split gives requests to."""
         return all(self.target.listens(port) for port, weight in split.weights().items() if weight)
 
-    def _shift_or_route(self, pipeline: Pipeline, split: TrafficSplit) -> None:
+    def shift_to(self, pipeline: Pipeline, split: TrafficSplit) -> None:
+        """`send_to` without its listening check, for a caller that has just made it."""
         router, traffic, weights = self.router(pipeline), _traffic(pipeline), split.weights()
         if not router.shift(traffic, weights):
             router.route(traffic, weights)
@@ -519,20 +520,14 @@ def all_back(ctx: Context, split: TrafficSplit | None, pipeline: Pipeline) -> Tr
 
 
 def send_back(ctx: Context, name: str, pipeline: Pipeline, back: TrafficSplit) -> bool:
-    """Move every request to the baseline, as `all_back` planned and the breach recorded:
-    the first thing a breach does after claiming. False when it could not."""
+    """Move every request to the baseline, as `all_back` planned (its port listens) and the
+    breach recorded: the first thing a breach does after claiming. False when it could not."""
     try:
-        moved = served(ctx, pipeline).send_to(pipeline, back)
+        served(ctx, pipeline).shift_to(pipeline, back)
     except TrafficError as exc:
         logger.error("%s: could not send traffic back: %s", name, exc.reason)
         return False
-    if not moved:
-        logger.error(
-            "%s: could not send traffic back: nothing listens on port %s any more",
-            name,
-            back.baseline_port,
-        )
-    return moved
+    return True
 
 
 def move_now(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
@@ -549,7 +544,9 @@ def move_now(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
         moved = served(ctx, pipeline).send_to(pipeline, split)
     except TrafficError as exc:
         logger.info(
-            "%s: traffic not moved in the ack (%s); the runner tries", rollout.pipeline, exc
+            "%s: traffic not moved in the ack (%s); the runner's full path decides",
+            rollout.pipeline,
+            exc.reason,
         )
         return
     if not moved:
