@@ -21,6 +21,7 @@ from bot.domain.errors import (
     OutsideWindow,
     PipelineHalted,
     RolloutInFlight,
+    UsageError,
 )
 from bot.domain.images import ImageRef, resolve_version, short_digest
 from bot.domain.models import (
@@ -31,7 +32,13 @@ from bot.domain.models import (
     TrafficSplit,
     new_id,
 )
-from bot.domain.parsing import DeployArgs, parse_deploy, parse_rollback, wants_help
+from bot.domain.parsing import (
+    DeployArgs,
+    RollbackArgs,
+    parse_deploy,
+    parse_rollback,
+    wants_help,
+)
 from bot.domain.text import Channel, Moment, User, Users, as_text, say
 from bot.services import approvals, traffic
 from bot.services.context import Context
@@ -46,7 +53,13 @@ from bot.services.policy import (
     in_flight,
     refuse,
 )
-from bot.services.requests import CommandRequest, Reply, answer_once, help_reply
+from bot.services.requests import (
+    CommandRequest,
+    Reply,
+    answer_once,
+    help_reply,
+    pipeline_snapshot,
+)
 from bot.store.keys import Once
 from bot.store.store import PipelineSnapshot
 
@@ -54,18 +67,39 @@ from bot.store.store import PipelineSnapshot
 
 
 def deploy(ctx: Context, request: CommandRequest) -> Reply:
-    return _once(ctx, request, _deploy)
+    return _once(ctx, request, _deploy, parse_deploy)
 
 
 def _once(
-    ctx: Context, request: CommandRequest, handle: Callable[[Context, CommandRequest], Reply]
+    ctx: Context,
+    request: CommandRequest,
+    handle: Callable[[Context, CommandRequest], Reply],
+    parse: Callable[[str], DeployArgs | RollbackArgs],
 ) -> Reply:
-    """Its usage when asked for; else the command, handled once however often it arrives."""
+    """Its usage when asked for; else the command, handled once however often it arrives,
+    with the state of the pipeline it names read with its claim."""
     if wants_help(request.text):
         return help_reply(request.command)
     return answer_once(
-        ctx, Once.command, request.request_id, f"`{request.typed}`", lambda: handle(ctx, request)
+        ctx,
+        Once.command,
+        request.request_id,
+        f"`{request.typed}`",
+        lambda: handle(ctx, request),
+        reads=_configured_pipeline(ctx, request.text, parse),
     )
+
+
+def _configured_pipeline(
+    ctx: Context, text: str, parse: Callable[[str], DeployArgs | RollbackArgs]
+) -> str | None:
+    """The configured pipeline the command names; None when it names none (the handler
+    parses again and refuses, once)."""
+    try:
+        name = parse(text).pipeline
+    except UsageError:
+        return None
+    return name if name in ctx.config.pipelines else None
 
 
 def _deploy(ctx: Context, request: CommandRequest) -> Reply:
@@ -90,7 +124,7 @@ def _deploy_args(ctx: Context, request: CommandRequest, args: DeployArgs) -> Rep
             hint=admins_hint(ctx)
             + (" Without `--force` it waits for a deploy window." if pipeline.windows else ""),
         )
-    snapshot = ctx.store.pipeline_snapshot(args.pipeline)
+    snapshot = pipeline_snapshot(ctx, args.pipeline)
     state = snapshot.state
     if state.halted:
         refuse(ctx, request, args.pipeline, "halted")
@@ -293,7 +327,7 @@ def start_rollout(
 
 
 def rollback(ctx: Context, request: CommandRequest) -> Reply:
-    return _once(ctx, request, _rollback)
+    return _once(ctx, request, _rollback, parse_rollback)
 
 
 def _rollback(ctx: Context, request: CommandRequest) -> Reply:
@@ -301,7 +335,7 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
     args = parse_rollback(request.text)
     pipeline = check_may_run(ctx, args.pipeline, request)
     check_engine(ctx, args.pipeline, pipeline, request)
-    snapshot = ctx.store.pipeline_snapshot(args.pipeline)
+    snapshot = pipeline_snapshot(ctx, args.pipeline)
     state = snapshot.state
     if args.version is not None:
         # The digest that version ran with, when it ran here: a tag may have moved since. A

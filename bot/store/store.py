@@ -192,31 +192,57 @@ end
 return found
 """
 
-_PIPELINE_SNAPSHOTS = """
-local snapshots = {}
-for i, key in ipairs(KEYS) do
+_SNAPSHOT_FUNCTION = """
+local function snapshot(key, rollout_prefix)
   local state = redis.call('HGETALL', key)
   local inflight, live = false, false
   for j = 1, #state, 2 do
     local field, value = state[j], state[j + 1]
     if value ~= '' then
       if field == 'inflight_rollout' then
-        inflight = redis.call('GET', ARGV[1] .. value)
+        inflight = redis.call('GET', rollout_prefix .. value)
       elseif field == 'live_rollout' then
-        live = redis.call('GET', ARGV[1] .. value)
+        live = redis.call('GET', rollout_prefix .. value)
       end
     end
   end
-  snapshots[i] = {state, inflight, live}
+  return {state, inflight, live}
+end
+"""
+
+_PIPELINE_SNAPSHOTS = (
+    _SNAPSHOT_FUNCTION
+    + """
+local snapshots = {}
+for i, key in ipairs(KEYS) do
+  snapshots[i] = snapshot(key, ARGV[1])
 end
 return snapshots
 """
+)
+
+# The once-only claim of a request and the state of the pipeline it names, in one round trip:
+# a redelivery gets what the first delivery left instead (pending, or its answer).
+_CLAIM_WITH_SNAPSHOT = (
+    _SNAPSHOT_FUNCTION
+    + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('GET', KEYS[1])}
+end
+return {1, snapshot(KEYS[2], ARGV[3])}
+"""
+)
 
 # A delivery already seen: "1" while the first is being handled, then its answer.
 _PENDING = "1"
 _STREAK = "streak:"  # field prefix in a watch's hash
 MAX_SAMPLES_PER_ROLLOUT = 2000
 SAMPLES_KEPT_SECONDS = 30 * 86400
+
+
+def _answer_in(value: str | None) -> str | None:
+    """The answer a claim's value keeps ("=" then the answer); None while still pending."""
+    return value[1:] if value and value.startswith("=") else None
 
 
 @dataclass(frozen=True)
@@ -259,6 +285,26 @@ class PipelineSnapshot:
         return Rollout.model_validate_json(self.live_record) if self.live_record else None
 
 
+def _snapshot(name: str, answer: list[Any]) -> PipelineSnapshot:
+    """A pipeline snapshot from the snapshot script's answer: the state hash's flat pairs, the
+    in-flight and the live rollout's records (false when none)."""
+    flat, inflight, live = answer
+    return PipelineSnapshot(
+        PipelineState.from_hash(name, dict(zip(flat[::2], flat[1::2], strict=True))),
+        Rollout.model_validate_json(inflight) if inflight else None,
+        live or None,
+    )
+
+
+@dataclass(frozen=True)
+class FirstClaim:
+    """A request's once-only claim, read with the state of the pipeline it names."""
+
+    first: bool  # this delivery claimed the request
+    earlier_answer: str | None  # not first: what the first delivery was told (None: pending)
+    snapshot: PipelineSnapshot | None  # first: the pipeline's state at the claim
+
+
 class StoreUnreachable(Exception):
     """Redis did not answer: the connection was refused or lost, or it timed out."""
 
@@ -290,6 +336,7 @@ class Store:
         self._audit_append = client.register_script(_AUDIT_APPEND)
         self._answer_with_audit = client.register_script(_ANSWER_WITH_AUDIT)
         self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
+        self._claim_with_snapshot = client.register_script(_CLAIM_WITH_SNAPSHOT)
         self._swap_home_shown = client.register_script(_SWAP_HOME_SHOWN)
         self._enqueue = client.register_script(_ENQUEUE)
         self._take_queued = client.register_script(_TAKE_QUEUED)
@@ -328,15 +375,7 @@ class Store:
                 keys=[self.keys.pipeline(name) for name in names], args=[self.keys.rollout("")]
             ),
         )
-        snapshots = {}
-        for name, (flat, inflight, live) in zip(names, answers, strict=True):
-            data = dict(zip(flat[::2], flat[1::2], strict=True))
-            snapshots[name] = PipelineSnapshot(
-                PipelineState.from_hash(name, data),
-                Rollout.model_validate_json(inflight) if inflight else None,
-                live or None,
-            )
-        return snapshots
+        return {name: _snapshot(name, answer) for name, answer in zip(names, answers, strict=True)}
 
     def update_pipeline(self, name: str, **fields: str | float | None) -> None:
         mapping: dict[Any, Any] = {k: "" if v is None else str(v) for k, v in fields.items()}
@@ -708,6 +747,20 @@ class Store:
         key = self.keys.seen(kind, subject)
         return bool(self.redis.set(key, holder, nx=True, px=int(kind.ttl_seconds * 1000)))
 
+    def claim_once_reading(self, kind: Once, subject: str, pipeline: str) -> FirstClaim:
+        """`claim_once` and, for the first claim, `pipeline_snapshot(pipeline)`: one round
+        trip for what every /deploy and /rollback ack reads first."""
+        claimed, value = cast(
+            list[Any],
+            self._claim_with_snapshot(
+                keys=[self.keys.seen(kind, subject), self.keys.pipeline(pipeline)],
+                args=[_PENDING, int(kind.ttl_seconds * 1000), self.keys.rollout("")],
+            ),
+        )
+        if not claimed:
+            return FirstClaim(False, _answer_in(value), None)
+        return FirstClaim(True, None, _snapshot(pipeline, value))
+
     def once_holder(self, kind: Once, subject: str) -> str | None:
         return cast(str | None, self.redis.get(self.keys.seen(kind, subject)))
 
@@ -734,8 +787,7 @@ class Store:
 
     def first_answer(self, kind: Once, request_id: str) -> str | None:
         """The first delivery's answer; None while it is still being handled."""
-        value = self.once_holder(kind, request_id)
-        return value[1:] if value and value.startswith("=") else None
+        return _answer_in(self.once_holder(kind, request_id))
 
     # Audit stream ------------------------------------------------------------------------
 
