@@ -300,12 +300,7 @@ def start_rollout(
     ttl = ctx.limits.lock_ttl_seconds
     if pipeline.approvals is not None and needs_approval:
         ttl = pipeline.approvals.expire + ttl
-    holder = ctx.store.claim_rollout(name, rollout.id, ttl)
-    if holder is not None:
-        audit_in_flight(ctx, name, actor, kind.value, image, command)
-        raise in_flight(ctx, name, holder)
-    ctx.store.create_rollout(rollout)
-    ctx.audit(
+    accepted = ctx.store.audit_record(
         actor=actor,
         action=kind.value,
         pipeline=name,
@@ -313,7 +308,14 @@ def start_rollout(
         rollout=rollout.id,
         detail=f"{image.reference}" + (f"; forced: {reason}" if rollout.forced else ""),
         command=command,
+        max_age_days=ctx.limits.audit_max_age_days,
     )
+    # The lock, the record and the audit entry in one round trip: behind a proxy a rollback
+    # moves the requests right after (move_now), inside Slack's ack.
+    holder = ctx.store.open_rollout(rollout, ttl, accepted)
+    if holder is not None:
+        audit_in_flight(ctx, name, actor, kind.value, image, command)
+        raise in_flight(ctx, name, holder)
     if pipeline.approvals is not None and needs_approval:
         approvals.request_approval(ctx, rollout, pipeline)
         return rollout

@@ -31,17 +31,6 @@ return 1
 
 # A rollout may start only when no lock is held and no earlier rollout is still recorded as in
 # flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced).
-_CLAIM_ROLLOUT = """
-local holder = redis.call('GET', KEYS[1])
-if holder then return holder end
-local inflight = redis.call('HGET', KEYS[2], 'inflight_rollout')
-if inflight and inflight ~= '' then return inflight end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], 'inflight_rollout', ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[3])
-return false
-"""
-
 # Recovering an orphan: take the lock only if nobody holds it and the orphan is still in flight.
 _ADOPT_ROLLOUT = """
 if redis.call('GET', KEYS[1]) then return 0 end
@@ -84,6 +73,29 @@ local function append(stream, min_id, at_ms, fields)
   return redis.call('XADD', stream, 'MINID', min_id, id .. '-*', unpack(fields))
 end
 """
+# The pipeline's rollout lock, unless a rollout holds it or is in flight (then that one). With a
+# rollout's record (KEYS[4..6], ARGV[4..]) the rollout is opened in the same step: its record
+# written, listed under the pipeline, and its acceptance audited, so the lock never names a
+# rollout without a record and the ack spends one round trip on all of it.
+_CLAIM_ROLLOUT = (
+    _APPEND_AUDIT_FUNCTION
+    + """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+local inflight = redis.call('HGET', KEYS[2], 'inflight_rollout')
+if inflight and inflight ~= '' then return inflight end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'inflight_rollout', ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[4])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+  append(KEYS[6], ARGV[6], ARGV[7], {unpack(ARGV, 8)})
+end
+return false
+"""
+)
+
 _AUDIT_APPEND = (
     _APPEND_AUDIT_FUNCTION + "return append(KEYS[1], ARGV[1], ARGV[2], {unpack(ARGV, 3)})\n"
 )
@@ -408,13 +420,45 @@ class Store:
 
     def claim_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> str | None:
         """Take the pipeline's rollout lock; returns the holder's rollout id when taken."""
-        keys = [
+        holder = self._claim(
+            keys=self._claim_keys(pipeline), args=[rollout_id, int(ttl_seconds * 1000), pipeline]
+        )
+        return cast(str, holder) if holder else None
+
+    def open_rollout(
+        self, rollout: Rollout, ttl_seconds: float, accepted: AuditRecord
+    ) -> str | None:
+        """`claim_rollout`, and with the lock the rollout's record written (as
+        `create_rollout`) and `accepted` audited, atomically, in one round trip. Returns the
+        holder's rollout id when the lock was taken (nothing written then)."""
+        name = rollout.pipeline
+        holder = self._claim(
+            keys=[
+                *self._claim_keys(name),
+                self.keys.rollout(rollout.id),
+                self.keys.pipeline_rollouts(name),
+                self.keys.audit(),
+            ],
+            args=[
+                rollout.id,
+                int(ttl_seconds * 1000),
+                name,
+                rollout.model_dump_json(),
+                repr(rollout.created_at),
+                *accepted.args(),
+            ],
+        )
+        if holder:
+            return cast(str, holder)
+        self._log_audit(accepted)
+        return None
+
+    def _claim_keys(self, pipeline: str) -> list[str]:
+        return [
             self.keys.rollout_lock(pipeline),
             self.keys.pipeline(pipeline),
             self.keys.pipelines(),
         ]
-        holder = self._claim(keys=keys, args=[rollout_id, int(ttl_seconds * 1000), pipeline])
-        return cast(str, holder) if holder else None
 
     def adopt_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
         keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]

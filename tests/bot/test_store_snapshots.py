@@ -11,7 +11,7 @@ import redis
 from bot.domain.clock import FrozenClock
 from bot.domain.models import PipelineStatus, Rollout, RolloutKind
 from bot.store.keys import Keys
-from bot.store.store import Store
+from bot.store.store import AuditRecord, Store
 from tests.support.domain import CHANNEL, START
 from tests.support.round_trips import count_round_trips
 
@@ -98,3 +98,30 @@ def test_newest_rollout_reads_once_and_parses_only_until_one_matches(
     assert store.newest_rollout("web", lambda r: False, 50) is None
     assert store.newest_rollout("web", lambda r: True, 2) == store.rollout("r-5")
     assert store.newest_rollout("nothing-here", lambda r: True, 50) is None
+
+
+def test_a_rollout_is_opened_with_its_lock_record_and_audit_in_one_round_trip(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = rollout("r-first", "web", "2"), rollout("r-second", "web", "3")
+    store.claim_rollout("warm-up", "r-warm", 3)  # the script is loaded once per server
+
+    def accepted(opened: Rollout) -> AuditRecord:
+        return store.audit_record(
+            actor="U0DEV1", action="deploy", pipeline="web", outcome="accepted", rollout=opened.id
+        )
+
+    sent = count_round_trips(monkeypatch)
+    assert store.open_rollout(first, 3, accepted(first)) is None
+    assert len(sent) == 1, sent
+    assert store.rollout_lock_holder("web") == first.id
+    assert store.pipeline("web").inflight_rollout == first.id
+    assert store.rollout(first.id) == first
+    assert [r.id for r in store.recent_rollouts("web")] == [first.id]
+    [entry] = store.audit_entries(pipeline="web")
+    assert (entry.rollout, entry.outcome, entry.at) == (first.id, "accepted", START)
+    # The lock taken: the holder is named and nothing of the second is written.
+    assert store.open_rollout(second, 3, accepted(second)) == first.id
+    assert store.rollout(second.id) is None
+    assert [r.id for r in store.recent_rollouts("web")] == [first.id]
+    assert len(store.audit_entries(pipeline="web")) == 1
