@@ -4,6 +4,7 @@ for any number of pipelines, in one round trip."""
 from __future__ import annotations
 
 import secrets
+import threading
 
 import pytest
 import redis
@@ -125,3 +126,40 @@ def test_a_rollout_is_opened_with_its_lock_record_and_audit_in_one_round_trip(
     assert store.rollout(second.id) is None
     assert [r.id for r in store.recent_rollouts("web")] == [first.id]
     assert len(store.audit_entries(pipeline="web")) == 1
+
+
+def test_concurrent_updates_of_a_rollout_lose_nothing_in_two_round_trips_each(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create_rollout(rollout("r-busy", "web", "2"))
+    store.update_rollout("r-busy", lambda r: r.notes.append("warm-up"))  # the script loads
+    sent = count_round_trips(monkeypatch)
+    store.update_rollout("r-busy", lambda r: r.notes.append("alone"))
+    assert len(sent) == 2, "read, then compare-and-set"
+
+    def writer(name: str) -> None:
+        for n in range(40):
+            note = f"{name}{n}"
+            store.update_rollout("r-busy", lambda r, note=note: r.notes.append(note))
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in "xyz"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy = store.rollout("r-busy")
+    assert busy is not None and len(busy.notes) == 2 + 3 * 40
+    for name in "xyz":
+        assert [n for n in busy.notes if n[0] == name] == [f"{name}{n}" for n in range(40)]
+
+
+def test_an_update_of_a_record_deleted_meanwhile_writes_nothing(store: Store) -> None:
+    store.create_rollout(rollout("r-gone", "web", "2"))
+
+    def delete_first(r: Rollout) -> None:
+        store.redis.delete(store.keys.rollout("r-gone"))  # another writer removed it
+        r.notes.append("too late")
+
+    with pytest.raises(KeyError):
+        store.update_rollout("r-gone", delete_first)
+    assert store.rollout("r-gone") is None
