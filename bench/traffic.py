@@ -475,8 +475,8 @@ def _rollback_sample(
     bot: InProcessBot, served: Served, probe: ProbeDriver, slack: LoadDriver
 ) -> dict[str, Any]:
     """`/rollback <p> 1` signed and sent as Slack sends it, from a client process of its own
-    (`bench.load`, a kept-alive session, stamped just before the POST), so the client's work
-    and its GIL are not the bot's: the ack bench's way."""
+    (`bench.load`, a kept-alive connection, stamped just before its bytes are written), so the
+    client's work and its GIL are not the bot's: the ack bench's way."""
     store = bot.ctx.store
     botctl.wait_unlocked(store, served.name)
     first = probe.start(served.port, "1", consecutive=CONSECUTIVE, timeout=15)
