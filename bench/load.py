@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import secrets
+import select
 import threading
 import time
 from urllib.parse import urlencode, urlsplit
@@ -79,6 +80,15 @@ class SignedForms:
         return body.encode(), headers
 
 
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection was closed by the server: readable while no
+    request is out means end of file (urllib3 checks the same before reusing one)."""
+    if connection.sock is None:
+        return False  # not opened yet: request() connects
+    readable, _, _ = select.select([connection.sock], [], [], 0)
+    return bool(readable)
+
+
 class Client:
     """One keep-alive HTTP/1.1 connection to `url`, opened again after an error or a close."""
 
@@ -91,6 +101,8 @@ class Client:
 
     def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         """POST `body`: the answer's status and text. OSError or HTTPException when none."""
+        if self.connection is not None and _dropped(self.connection):
+            self.close()  # the server closed it while idle (waitress: after 120 s)
         if self.connection is None:
             self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
