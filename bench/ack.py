@@ -452,7 +452,7 @@ def _compare(
     )
     return {
         "method": (
-            "closed-loop load from a separate process; one requests.Session (keep-alive) per "
+            "closed-loop load from a separate process; one keep-alive http.client connection per "
             f"client thread; runs of {profile.warmup:g} s warm-up + {profile.duration:g} s "
             f"measured, bare bolt and bot interleaved, {profile.rounds} round(s) pooled; every "
             "request signed like Slack's with a fresh trigger_id; bot and bare bolt both behind "

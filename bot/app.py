@@ -89,7 +89,12 @@ class Immune:
     slack_link: SlackLink | None = None
 
     def start(self) -> None:
-        """Reconcile with the engine, then start the background jobs."""
+        """Load the store's scripts, reconcile with the engine, then start the background
+        jobs."""
+        try:
+            self.ctx.store.load_scripts()
+        except Exception as exc:  # Redis down at start-up: each loads on its first use instead
+            logger.warning("could not load the Redis scripts at start-up: %s", exc)
         try:
             reconcile_live_versions(self.ctx)
         except Exception:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 from pydantic import BaseModel
+from redis.commands.core import Script
 
 from bot.domain.clock import Clock
 from bot.domain.incidents import Incident, KpiSample
@@ -352,22 +353,38 @@ class Store:
         self.keys = keys
         self.clock = clock
         self.audit_max_age_days = audit_max_age_days
-        self._claim = client.register_script(_CLAIM_ROLLOUT)
-        self._adopt = client.register_script(_ADOPT_ROLLOUT)
-        self._renew = client.register_script(_RENEW_IF_HOLDER)
-        self._release = client.register_script(_RELEASE_ROLLOUT)
-        self._delete_if_holder = client.register_script(_DELETE_IF_HOLDER)
-        self._audit_append = client.register_script(_AUDIT_APPEND)
-        self._answer_with_audit = client.register_script(_ANSWER_WITH_AUDIT)
-        self._pipeline_snapshots = client.register_script(_PIPELINE_SNAPSHOTS)
-        self._claim_with_snapshot = client.register_script(_CLAIM_WITH_SNAPSHOT)
-        self._swap_home_shown = client.register_script(_SWAP_HOME_SHOWN)
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._take_queued = client.register_script(_TAKE_QUEUED)
-        self._finish_starting = client.register_script(_FINISH_STARTING)
-        self._reclaim_starting = client.register_script(_RECLAIM_STARTING)
-        self._replace_watch = client.register_script(_REPLACE_WATCH)
-        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
+        self._scripts: list[Script] = []
+        self._claim = self._script(_CLAIM_ROLLOUT)
+        self._adopt = self._script(_ADOPT_ROLLOUT)
+        self._renew = self._script(_RENEW_IF_HOLDER)
+        self._release = self._script(_RELEASE_ROLLOUT)
+        self._delete_if_holder = self._script(_DELETE_IF_HOLDER)
+        self._audit_append = self._script(_AUDIT_APPEND)
+        self._answer_with_audit = self._script(_ANSWER_WITH_AUDIT)
+        self._pipeline_snapshots = self._script(_PIPELINE_SNAPSHOTS)
+        self._claim_with_snapshot = self._script(_CLAIM_WITH_SNAPSHOT)
+        self._swap_home_shown = self._script(_SWAP_HOME_SHOWN)
+        self._enqueue = self._script(_ENQUEUE)
+        self._take_queued = self._script(_TAKE_QUEUED)
+        self._finish_starting = self._script(_FINISH_STARTING)
+        self._reclaim_starting = self._script(_RECLAIM_STARTING)
+        self._replace_watch = self._script(_REPLACE_WATCH)
+        self._compare_and_set = self._script(_COMPARE_AND_SET)
+
+    def _script(self, source: str) -> Script:
+        script = self.redis.register_script(source)
+        self._scripts.append(script)
+        return script
+
+    def load_scripts(self) -> None:
+        """Load every script into Redis's cache now, in one round trip: otherwise each one's
+        first call after a start (the first /deploy's ack among them) pays two more round
+        trips, the refused EVALSHA and the load. Redis forgets them on a restart or failover;
+        redis-py then loads each again on its first NOSCRIPT."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script in self._scripts:
+                pipe.script_load(script.script)
+            pipe.execute()
 
     def ping(self) -> bool:
         return bool(self.redis.ping())

@@ -11,7 +11,7 @@ import redis
 
 from bot.domain.clock import FrozenClock
 from bot.domain.models import PipelineStatus, Rollout, RolloutKind
-from bot.store.keys import Keys
+from bot.store.keys import Keys, Once
 from bot.store.store import AuditRecord, Store
 from tests.support.domain import CHANNEL, START
 from tests.support.round_trips import count_round_trips
@@ -163,3 +163,18 @@ def test_an_update_of_a_record_deleted_meanwhile_writes_nothing(store: Store) ->
     with pytest.raises(KeyError):
         store.update_rollout("r-gone", delete_first)
     assert store.rollout("r-gone") is None
+
+
+def test_scripts_loaded_at_start_spare_the_first_ack_two_round_trips(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = count_round_trips(monkeypatch)
+    store.redis.script_flush()  # as after a Redis restart
+    sent.clear()
+    store.claim_once_reading(Once.command, "t-cold", "web")
+    assert len(sent) == 3, "refused EVALSHA, SCRIPT LOAD, EVALSHA"
+    store.redis.script_flush()
+    store.load_scripts()
+    sent.clear()
+    store.claim_once_reading(Once.command, "t-warm", "web")
+    assert len(sent) == 1, sent
