@@ -20,13 +20,14 @@ from bot.domain.kpis import kpi_query
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_pipelines
 from bot.services import canary as canary_decisions
-from bot.services import recovery, traffic
+from bot.services import deploys, recovery, traffic
+from bot.services.requests import CommandRequest
 from bot.services.traffic import Routers
 from bot.services.watch import Watcher
 from bot.slack.messages import traffic_line
 from bot.slack.render import mrkdwn
 from bot.targets.docker_host import port_taken
-from tests.support.domain import ContextRig
+from tests.support.domain import CHANNEL, ContextRig
 from tests.support.fakes import (
     MEMORY,
     MemoryRouter,
@@ -35,6 +36,7 @@ from tests.support.fakes import (
     check_memory_pipeline,
     memory_config,
 )
+from tests.support.round_trips import count_round_trips
 
 QUERY = "error_ratio{{version}}"
 REGISTRY = (
@@ -291,6 +293,29 @@ def test_a_rollback_during_the_watch_moves_the_requests_before_any_engine_call(
     assert back.image_digest == digest, "the image the running baseline's rollout ran"
     assert rig.weights() == {old: 100}
     assert rig.store.rollout(live.id).status is RolloutStatus.superseded  # type: ignore[union-attr]
+
+
+def test_a_rollback_moves_the_requests_after_three_redis_round_trips(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make(strategy="blue_green")
+    two_watched(rig)
+    rig.store.load_scripts()  # as the bot does at start
+    rig.clock.advance(1)
+    sent = count_round_trips(monkeypatch)
+    at_shift: list[int] = []
+    shift = rig.router.shift
+
+    def counted(traffic: Any, weights: Any) -> bool:
+        at_shift.append(len(sent))
+        return shift(traffic, weights)
+
+    monkeypatch.setattr(rig.router, "shift", counted)
+    request = CommandRequest("/rollback", "web 1", "U0ADMIN", CHANNEL, request_id="t-rollback")
+    deploys.rollback(rig.ctx, request)
+    # The request's claim with the pipeline's state, the baseline's rollout record, the
+    # rollout opened (lock, record, audit): then the proxy, before anything else.
+    assert at_shift == [3], sent
 
 
 def test_a_rollback_after_a_proxy_restart_routes_in_full_when_the_shift_cannot(
