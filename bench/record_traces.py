@@ -64,7 +64,7 @@ import requests
 from bench.machine import busy_cpu_seconds
 from bench.rig import RUN_LABEL, BenchRig
 from bot.domain.config import Kpi, Traffic
-from bot.domain.judging import Counts, seconds_to_detect
+from bot.domain.judging import Counts, look_alpha, seconds_to_detect
 from bot.domain.kpis import COUNTER_QUERIES, counter_query, kpi_query
 from bot.domain.models import TrafficSplit
 from bot.domain.traffic import split
@@ -166,21 +166,23 @@ def _burn(overhead_ms: float, polls: int) -> Callable[[int], tuple[Knobs, Knobs]
 
 
 def power_sized_polls(level: str, power: float = RECORD_POWER) -> int:
-    """Polls per step at `level` for the judge's test (at the replay's confidence, from the
-    step's first judged poll) to catch the goal's factor on the error rate with `power`, at
-    the level's traffic and the baseline's failure ratio; warm-up and the first judged poll
-    come on top."""
+    """Polls per step at `level` for the judge's test (at the level of the step's last look,
+    `look_alpha`, from the step's first judged poll) to catch the goal's factor on the error
+    rate with `power`, at the level's traffic and the baseline's failure ratio; warm-up and
+    the first judged poll come on top."""
     per_new = LEVELS[level] * CANARY_PERCENT / 100
     per_base = LEVELS[level] - per_new
     ratio = BASE_PPM / 1e6
+    kpi = jr.kpi("error_rate", "compare")
     seconds = seconds_to_detect(
-        jr.kpi("error_rate", "compare"),
+        kpi,
         ratio * jr.GOAL_FACTOR,
         Counts(0, round(per_new)),
         Counts(0, round(per_base)),
         1.0,
         baseline_ratio=ratio,
         power=power,
+        alpha=look_alpha(kpi, 1.0),
     )
     assert seconds is not None
     return jr.WARMUP + 1 + math.ceil(seconds / INTERVAL)

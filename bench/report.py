@@ -529,7 +529,8 @@ def _detectable_table(judge: JsonDict) -> list[str]:
         "",
         f"What each error-rate step could detect: the smallest worsening the count judge's "
         f"test catches with {config.get('power', 0.8):.0%} power at {config['confidence']:g} "
-        "confidence (sized on the step's responses from its first judged poll, by the arcsine "
+        "confidence, its last look held to half the level as every look is held to its place "
+        "in the step (sized on the step's responses from its first judged poll, by the arcsine "
         "approximation the judge's explanation uses), at the baseline's real failure ratio "
         "(what the recorder injected) and at the step's own (what the judge's explanation "
         f"said at the step's end), and the judged step the goal's {config['goal_factor']:g}x "

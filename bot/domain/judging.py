@@ -22,6 +22,16 @@ step's first judged poll, recovered from HAProxy's running averages and the slot
 counters (`bot.domain.averages`), in place of the running averages as they are, which span a
 fresh slot's every response but the baseline's last 512.
 
+A step is looked at every poll, and a test repeated at the same level on growing data is
+bound to cross it by chance: at 0.95 and 145 looks a healthy step at 150 req/s was rolled
+back about once in five (tests/bot/test_judging.py simulates it). Each look is therefore held
+to the level of its place in the step (`look_alpha`): O'Brien-Fleming's boundary for a step
+watched all along, z at least z(1 - a/2) / √t at the fraction t of the step that has passed
+(a = 1 - confidence), which a healthy step crosses with probability at most a over all its
+looks (the reflection principle for the Brownian motion the test statistic follows). Early
+looks need overwhelming evidence; the step's last needs p < a/2. A single look (no fraction)
+is judged at a.
+
 The effect is measured on medians, which one bad scrape does not move; where the medians tie
 (error ratios at low traffic are mostly zeros, so both medians are 0 while one side does
 fail) it is measured on means. A baseline at 0 and a version above it is an infinite relative
@@ -47,6 +57,28 @@ MIN_FAILURES = 3
 POWER = 0.8
 """The chance of catching a worsening at which a step is said to detect it (the usual choice
 when sizing a test: one such regression in five still passes the step)."""
+
+
+def look_alpha(kpi: Kpi, fraction: float | None) -> float:
+    """The significance level of one look at a step's data, `fraction` of the way through the
+    step (its polls so far over the polls it lasts; past its end counts as its end): at most
+    1 - confidence over every look of the step together (see the module's docstring). None:
+    the only look, at 1 - confidence."""
+    alpha = 1 - kpi.confidence
+    if fraction is None:
+        return alpha
+    from scipy.stats import norm  # heavy, see compare_counts
+
+    t = min(1.0, max(fraction, 1e-6))
+    return float(norm.sf(norm.isf(alpha / 2) / math.sqrt(t)))
+
+
+def _level_words(level: float, fraction: float | None) -> str:
+    """The level a p-value was held to, and why, when it is not plainly 1 - confidence."""
+    if fraction is None:
+        return f"{level:.3g}"
+    share = min(1.0, fraction)
+    return f"{level:.3g}, this look's level {share:.0%} into the step"
 
 
 class Decision(StrEnum):
@@ -204,6 +236,7 @@ def detectable(
     seconds: float | None = None,
     *,
     baseline_ratio: float | None = None,
+    alpha: float | None = None,
 ) -> Detectable | None:
     """What these counts can tell apart: the smallest worsening of the failure ratio a one-sided
     test at the KPI's confidence catches with POWER, and (given the `seconds` the counts span)
@@ -216,12 +249,14 @@ def detectable(
     noise is about 1/√n whatever p), the usual way to size a test of two proportions; the
     step's test is Fisher's exact one, a little more careful at a handful of failures, so the
     figure is what the step can detect at best. It also never counts fewer than MIN_FAILURES
-    failures of the new version as a worsening."""
+    failures of the new version as a worsening. `alpha`: the level the test is held to (the
+    level of a step's last look, `look_alpha`); 1 - confidence when not given."""
     if new.served <= 0 or baseline.served <= 0:
         return None
     from scipy.stats import norm  # heavy, see compare_counts
 
-    z = float(norm.ppf(kpi.confidence) + norm.ppf(POWER))
+    level = 1 - kpi.confidence if alpha is None else alpha
+    z = float(norm.isf(level) + norm.ppf(POWER))
     base = baseline.ratio if baseline_ratio is None else baseline_ratio
     effective = new.served * baseline.served / (new.served + baseline.served)
     ratio = _moved(kpi, base, z / math.sqrt(effective))
@@ -231,7 +266,9 @@ def detectable(
     floor = _floor_ratio(kpi, base)
     needed = None
     if floor is not None and seconds is not None:
-        needed = seconds_to_detect(kpi, floor, new, baseline, seconds, baseline_ratio=base)
+        needed = seconds_to_detect(
+            kpi, floor, new, baseline, seconds, baseline_ratio=base, alpha=level
+        )
     return Detectable(new.served, baseline.served, base, ratio, seconds, floor, needed)
 
 
@@ -244,16 +281,18 @@ def seconds_to_detect(
     *,
     baseline_ratio: float | None = None,
     power: float = POWER,
+    alpha: float | None = None,
 ) -> float | None:
     """How long a step at the traffic of these counts (served over `seconds`) needs to catch
     the new version failing `ratio` of its requests against the baseline's ratio (or
     `baseline_ratio`), with `power` at the KPI's confidence (sized as `detectable`); None when
-    nothing tells them apart."""
+    nothing tells them apart. `alpha` as in `detectable`."""
     if seconds <= 0 or new.served <= 0 or baseline.served <= 0:
         return None
     from scipy.stats import norm  # heavy, see compare_counts
 
-    z = float(norm.ppf(kpi.confidence) + norm.ppf(power))
+    level = 1 - kpi.confidence if alpha is None else alpha
+    z = float(norm.isf(level) + norm.ppf(power))
     base = baseline.ratio if baseline_ratio is None else baseline_ratio
     h = abs(_arcsine(min(max(ratio, 0.0), 1.0)) - _arcsine(base))
     if h <= 0:
@@ -292,13 +331,19 @@ def _floor_ratio(kpi: Kpi, base: float) -> float | None:
 
 
 def compare_counts(
-    kpi: Kpi, new: Counts, baseline: Counts, polls: int, seconds: float | None = None
+    kpi: Kpi,
+    new: Counts,
+    baseline: Counts,
+    polls: int,
+    seconds: float | None = None,
+    fraction: float | None = None,
 ) -> Comparison:
     """Judge the step's failures against the baseline's: counts, not overlapping rates.
 
     `polls`: the polls the counts span (fewer than `min_samples` is not enough data), over
-    `seconds`. Worse when the new version's failure ratio is higher with Fisher's exact test
-    one-sided p below 1 - confidence, the ratios' effect passes the floor, and it failed at
+    `seconds`, `fraction` of the way through the step. Worse when the new version's failure
+    ratio is higher with Fisher's exact test one-sided p below this look's level
+    (`look_alpha`), the ratios' effect passes the floor, and it failed at
     least MIN_FAILURES times. The comparison's medians and means are the two failure ratios;
     it says what the step could detect (`detectable`)."""
     if polls < kpi.min_samples:
@@ -340,26 +385,34 @@ def compare_counts(
         ]
     )
     p_value = float(fisher_exact(table, alternative=alternative).pvalue)
-    alpha = 1 - kpi.confidence
+    alpha = look_alpha(kpi, fraction)
+    level = _level_words(alpha, fraction)
     shifted = p_value < alpha
     few = kpi.direction == "increase" and new.failed < MIN_FAILURES
+    # What the step can detect by its end, where its last look is held to its level.
+    at_end = look_alpha(kpi, None if fraction is None else 1.0)
     comparison = replace(
-        comparison, p_value=p_value, detectable=detectable(kpi, new, baseline, seconds)
+        comparison,
+        p_value=p_value,
+        detectable=detectable(kpi, new, baseline, seconds, alpha=at_end),
     )
     if shifted and big_enough and not few:
-        rule = f"{counted}: exact test p={p_value:.3g} < {alpha:.3g} and {floor_words}"
+        rule = f"{counted}: exact test p={p_value:.3g} < {level} and {floor_words}"
         return replace(comparison, decision=Decision.worse, rule=rule)
     if few:
         rule = f"{counted}: fewer than {MIN_FAILURES} failures are never a breach"
     elif not shifted:
-        rule = f"{counted}: exact test p={p_value:.3g} ≥ {alpha:.3g}: no reliable difference"
+        rule = f"{counted}: exact test p={p_value:.3g} ≥ {level}: no reliable difference"
     else:
         rule = f"{counted}: different (p={p_value:.3g}) but below the floor: {floor_words}"
     return replace(comparison, rule=rule)
 
 
-def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Comparison:
-    """Judge the samples of one step so far (each side's values, NaN-free, same polls)."""
+def compare(
+    kpi: Kpi, new: Sequence[float], baseline: Sequence[float], fraction: float | None = None
+) -> Comparison:
+    """Judge the samples of one step so far (each side's values, NaN-free, same polls),
+    `fraction` of the way through the step (`look_alpha`)."""
     pairs = min(len(new), len(baseline))
     if pairs < kpi.min_samples:
         return Comparison(
@@ -386,7 +439,8 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
         difference=difference,
     )
     big_enough, floor_words = _floors(kpi, comparison)
-    alpha = 1 - kpi.confidence
+    alpha = look_alpha(kpi, fraction)
+    level = _level_words(alpha, fraction)
     if len(set(new) | set(baseline)) == 1:
         # Every sample equal (all zeros, say): nothing differs, and the test is undefined.
         return replace(comparison, rule="both versions identical")
@@ -396,10 +450,10 @@ def compare(kpi: Kpi, new: Sequence[float], baseline: Sequence[float]) -> Compar
     p_value = float(mannwhitneyu(list(new), list(baseline), alternative=alternative).pvalue)
     shifted = p_value < alpha
     if shifted and big_enough:
-        rule = f"rank test p={p_value:.3g} < {alpha:.3g} and {floor_words}"
+        rule = f"rank test p={p_value:.3g} < {level} and {floor_words}"
         return replace(comparison, decision=Decision.worse, p_value=p_value, rule=rule)
     if not shifted:
-        rule = f"rank test p={p_value:.3g} ≥ {alpha:.3g}: no reliable shift"
+        rule = f"rank test p={p_value:.3g} ≥ {level}: no reliable shift"
     else:
         rule = f"shifted (p={p_value:.3g}) but below the floor: {floor_words}"
     return replace(comparison, p_value=p_value, rule=rule)
@@ -411,6 +465,7 @@ def compare_counters(
     now: Sequence[float],
     polls: int,
     seconds: float | None = None,
+    fraction: float | None = None,
 ) -> Comparison:
     """`compare_counts` on cumulative counters, as the watch reads them at each poll:
     (new failed, new served, baseline failed, baseline served) at the step's first judged poll
@@ -430,11 +485,20 @@ def compare_counters(
             rule="the response counters went back (the proxy restarted): counting again",
         )
     return compare_counts(
-        kpi, Counts(new_failed, new_served), Counts(base_failed, base_served), polls, seconds
+        kpi,
+        Counts(new_failed, new_served),
+        Counts(base_failed, base_served),
+        polls,
+        seconds,
+        fraction,
     )
 
 
-def compare_averages(kpi: Kpi, polls: Sequence[tuple[float, float, float, float]]) -> Comparison:
+def compare_averages(
+    kpi: Kpi,
+    polls: Sequence[tuple[float, float, float, float]],
+    fraction: float | None = None,
+) -> Comparison:
     """The built-in latency_average judged over the same span of time on both versions.
 
     `polls`: the step's judged polls so far, first to this one, each (new version's value, its
@@ -468,7 +532,7 @@ def compare_averages(kpi: Kpi, polls: Sequence[tuple[float, float, float, float]
         news.append(new[0])
         bases.append(base[0])
         served = (new[1], base[1])
-    comparison = compare(kpi, news, bases)
+    comparison = compare(kpi, news, bases, fraction)
     if not news:
         return replace(comparison, rule="no responses on both versions since the first judged poll")
     since = "the proxy restarted" if start > 0 else "the step's first judged poll"

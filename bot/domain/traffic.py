@@ -37,6 +37,15 @@ def split(new_port: int, old_port: int | None, percent: int) -> dict[int, int]:
     return {new_port: percent, old_port: 100 - percent}
 
 
+def step_seconds(pipeline: Pipeline, rollout: Rollout) -> float:
+    """How long the rollout's current step is watched: a canary step short of 100% its
+    `step_duration`, the last step (a blue/green deploy's only one) `watch.duration`."""
+    traffic, split = pipeline.traffic, rollout.traffic
+    if traffic is None or split is None or split.baseline_port is None or split.percent >= 100:
+        return pipeline.watch.duration
+    return traffic.step_duration
+
+
 def watch_seconds(pipeline: Pipeline, rollout: Rollout) -> float:
     """How long a deploy is watched: every canary step before 100%, then `watch.duration`.
 

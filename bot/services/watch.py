@@ -36,7 +36,7 @@ from bot.domain.models import (
     WatchState,
     new_id,
 )
-from bot.domain.traffic import watch_seconds
+from bot.domain.traffic import step_seconds, watch_seconds
 from bot.ports import KpiSource
 from bot.services import incidents, traffic
 from bot.services.context import Context
@@ -414,6 +414,10 @@ class Watcher:
             return verdict, None, f"{kpi.name}: the baseline has no data ({base.detail})", None
         assert reading.value is not None
         mine = [s for s in earlier if s.kpi == kpi.name]
+        # How far into the step this look is: each look is held to its place's level, so a
+        # step looked at every poll is no likelier to roll back a healthy version than one
+        # looked at once (bot.domain.judging.look_alpha).
+        fraction = (len(mine) + 1) * pipeline.watch.interval / step_seconds(pipeline, rollout)
         counts: tuple[float, float, float, float] | None = None
         if kpi.builtin is not None:
             # Both built-ins are judged with the slots' response counters, read here: the
@@ -429,11 +433,13 @@ class Watcher:
             origin = counted[0].counts if counted else None
             # The time the counts span says how long a step needs at this traffic.
             seconds = self.ctx.clock.now() - counted[0].at if counted else None
-            comparison = compare_counters(kpi, origin, counts, len(counted), seconds)
+            comparison = compare_counters(kpi, origin, counts, len(counted), seconds, fraction)
         elif kpi.builtin == "latency_average":
             assert counts is not None
             comparison = compare_averages(
-                kpi, [*(_averaged(s) for s in counted), _averaged_now(reading, base, counts)]
+                kpi,
+                [*(_averaged(s) for s in counted), _averaged_now(reading, base, counts)],
+                fraction,
             )
         else:
             pairs = [
@@ -443,7 +449,7 @@ class Watcher:
             ]
             news = [value for value, _ in pairs if value is not None] + [reading.value]
             bases = [value for _, value in pairs if value is not None] + [base.value]
-            comparison = compare(kpi, news, bases)
+            comparison = compare(kpi, news, bases, fraction)
         detail = comparison.explain(kpi)
         if kpi.breaches(base.value):
             detail += f"; the baseline itself is beyond {kpi.tolerance_text()} ({base.value:.4g})"

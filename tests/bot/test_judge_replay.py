@@ -5,9 +5,9 @@ Goals, for the compare judge: no false rollback on a healthy or shared-noise tra
 regression of 1.5x or more caught within its step. The 150 req/s traces are power-sized steps
 (145 polls) and keep both. At 20 req/s one 24-poll step cannot keep the second for the error
 rate (a count test needs more failures than the step holds; 1.5x would need a step of about
-10 min), so the goal is also kept as a step can keep it, and checked as such: every regression
+13 min), so the goal is also kept as a step can keep it, and checked as such: every regression
 of 1.5x or more that its step can detect (its factor at least the step's detectable factor,
-80% power at the KPI's confidence) caught, and every one it misses below that. The original
+80% power at the level of the step's last look) caught, and every one it misses below that. The original
 goal stays, its misses strict xfails. And the replay is the watch: a few traces go through the real Watcher
 on Redis, poll for poll.
 """
@@ -45,8 +45,9 @@ SCENARIOS = (
 # 2x error-rate regressions, misses of the 24-poll step, are caught and their marks are gone.
 _LOW = (
     "at 20 req/s a 24-poll step counts 210 responses per version from its first judged poll; "
-    "at the baseline's 1% that detects a worsening of 4.8x or more (80% power at 0.95), and "
-    "1.5x would need a judged step of about 10 min at this traffic: this step held {what}"
+    "at the baseline's 1% that detects a worsening of 5.5x or more (80% power at 0.95, its last "
+    "look held to 0.025), and 1.5x would need a judged step of about 13 min at this traffic: "
+    "this step held {what}"
 )
 KNOWN = {
     "error_rate-low-regression-1.5x": _LOW.format(
@@ -149,7 +150,10 @@ def _cross_checked() -> list[Any]:
 
 
 def _watched_rig(client: redis.Redis, trace: jr.Trace, judged_by: str) -> Rig:
-    config = traffic_pipeline(strategy="canary", steps=[50, 100], step_duration="5m")
+    # The trace is one step: the canary's step lasts as many polls, so each look's place in
+    # it (bot.domain.judging.look_alpha) is the replay's.
+    steps = f"{len(trace.polls) * trace.interval:g}s"
+    config = traffic_pipeline(strategy="canary", steps=[50, 100], step_duration=steps)
     kpi = jr.kpi(trace.kind, judged_by).model_dump(by_alias=True, exclude_none=True)
     if judged_by != "compare":
         kpi.pop("builtin")

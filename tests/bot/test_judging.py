@@ -20,6 +20,7 @@ from bot.domain.judging import (
     compare_counters,
     compare_counts,
     detectable,
+    look_alpha,
     seconds_to_detect,
 )
 
@@ -273,3 +274,66 @@ def test_detectable_at_the_edges() -> None:
     assert absolute is not None and absolute.floor_ratio == pytest.approx(0.02)
     drop = detectable(kpi(direction="decrease"), Counts(50, 1000), Counts(50, 1000), 10)
     assert drop is not None and drop.factor is not None and drop.factor < 1
+
+
+# Looking every poll ---------------------------------------------------------------------------
+
+
+def _rolled_back(kpi_: Kpi, new: Any, base: Any, served: int, *, sequential: bool) -> int | None:
+    """The poll at which a step of these cumulative failure counts (`served` responses a poll
+    on each side) is rolled back, judged at every poll with the watch's `for: 2`; None: kept.
+    `sequential`: each look held to its place in the step (look_alpha), else every look at
+    1 - confidence."""
+    polls, streak = len(new), 0
+    for k in range(1, polls + 1):
+        decision = compare_counts(
+            kpi_,
+            Counts(int(new[k - 1]), served * k),
+            Counts(int(base[k - 1]), served * k),
+            polls=k,
+            fraction=k / polls if sequential else None,
+        ).decision
+        streak = streak + 1 if decision is Decision.worse else 0
+        if streak >= 2:
+            return k
+    return None
+
+
+def _steps(factor: float, runs: int, polls: int = 60, served: int = 75) -> list[tuple[Any, Any]]:
+    rng = np.random.default_rng(12)
+    return [
+        (
+            rng.binomial(served, 0.01 * factor, polls).cumsum(),
+            rng.binomial(served, 0.01, polls).cumsum(),
+        )
+        for _ in range(runs)
+    ]
+
+
+def test_a_step_looked_at_every_poll_rolls_back_a_healthy_version_at_most_as_often_as_promised() -> (
+    None
+):
+    """150 req/s, 1% failing on both sides, a 60-poll step judged at every poll: each look at
+    p < 0.05 rolls a healthy step back far more often than 5% (the many looks); held to its
+    place in the step, about 5% or less, and a real doubling is still caught within the step."""
+    kpi_ = kpi(tolerance="+25%")
+    healthy = _steps(1.0, 120)
+    every_look = sum(_rolled_back(kpi_, n, b, 75, sequential=False) is not None for n, b in healthy)
+    held = sum(_rolled_back(kpi_, n, b, 75, sequential=True) is not None for n, b in healthy)
+    assert every_look >= 12, every_look  # ≥ 10%: twice the promise (17 of 120 here)
+    assert held <= 9, held  # ≤ 7.5%: within noise of the promised 5% (4 of 120 here)
+    doubled = [_rolled_back(kpi_, n, b, 75, sequential=True) for n, b in _steps(2.0, 40)]
+    assert sum(at is not None for at in doubled) >= 36, doubled  # 37 of 40 here
+
+
+def test_each_look_is_held_to_its_place_in_the_step() -> None:
+    kpi_ = kpi()  # confidence 0.95
+    assert look_alpha(kpi_, None) == pytest.approx(0.05)  # one look
+    assert look_alpha(kpi_, 1.0) == pytest.approx(0.025)  # a step's last look
+    assert look_alpha(kpi_, 2.0) == pytest.approx(0.025)  # a held step, past its end
+    levels = [look_alpha(kpi_, t / 10) for t in range(1, 11)]
+    assert levels == sorted(levels) and levels[0] < 1e-9 < levels[2] < 1e-3
+    sentence = compare_counts(kpi_, Counts(9, 525), Counts(2, 525), 7, 7, 7 / 145).explain(kpi_)
+    assert "no worse than" in sentence, "9 of 525 against 2 of 525 early in a long step"
+    assert "this look's level 5% into the step" in sentence
+    assert compare_counts(kpi_, Counts(9, 525), Counts(2, 525), 7).decision is Decision.worse

@@ -593,10 +593,10 @@ COMPARED = {
 }
 
 
-def compared_rig(make: Callable[..., Rig], **kpi_fields: Any) -> Rig:
-    rig = make(strategy="canary", steps=[10, 100], step_duration="30s")
+def compared_rig(make: Callable[..., Rig], step: str = "30s", **kpi_fields: Any) -> Rig:
+    rig = make(strategy="canary", steps=[10, 100], step_duration=step)
     kpi = dict(COMPARED, **kpi_fields)
-    config = traffic_pipeline(strategy="canary", steps=[10, 100], step_duration="30s")
+    config = traffic_pipeline(strategy="canary", steps=[10, 100], step_duration=step)
     config["pipelines"]["web"]["kpis"] = [kpi]
     config["pipelines"]["web"]["watch"] = {"interval": "1s", "duration": "2s", "warmup": 0}
     fresh = Rig(rig.store.redis, config)
@@ -623,7 +623,9 @@ def poll_both(rig: Rig, rollout_id: str, new: float, baseline: float) -> None:
 def test_compare_rolls_back_a_canary_three_times_worse_though_under_its_hard_max(
     make: Callable[..., Rig],
 ) -> None:
-    rig = compared_rig(make)
+    # A 4-poll step: its 4th poll is its last look, held to p < 0.025 (look_alpha); the same
+    # four polls early in a long step would need far stronger evidence.
+    rig = compared_rig(make, step="4s")
     first = rig.deploy("1", RolloutStatus.live)
     for _ in range(2):  # no baseline on a first deploy: not enough data, never a breach
         poll_both(rig, first.id, 0.01, 0.0)

@@ -30,6 +30,7 @@ from bot.domain.judging import (
     compare_averages,
     compare_counters,
     detectable,
+    look_alpha,
     seconds_to_detect,
 )
 from bot.domain.kpis import Reading, Verdict, judge, next_streak
@@ -167,7 +168,7 @@ def replay(trace: Trace, kpi_: Kpi, warmup: int = WARMUP) -> Replay:
         detail = reading.detail
         if kpi_.judge == "compare" and verdict is Verdict.ok:
             verdict, kept_base, detail, kept_counts = _compare(
-                kpi_, value, base, counters, polls, slot, trace.interval
+                kpi_, value, base, counters, polls, slot, trace.interval, len(trace.polls)
             )
         polls.append(Poll(slot, value, kept_base, verdict, detail, kept_counts))
         streak = next_streak(streak, verdict)
@@ -184,8 +185,11 @@ def _compare(
     earlier: Sequence[Poll],
     slot: int,
     interval: float,
+    steps: int,
 ) -> tuple[Verdict, float | None, str, tuple[float, float, float, float] | None]:
     no_data = Verdict.no_data if kpi_.no_data == "breach" else Verdict.ignored
+    # The trace is one step: this look's place in it, as the watch computes it.
+    fraction = (len(earlier) + 1) / max(1, steps)
     if base is None:
         return no_data, None, f"{kpi_.name}: the baseline has no data", None
     assert value is not None
@@ -202,6 +206,7 @@ def _compare(
             counters,
             len(counted),
             (slot - origin.slot) * interval if origin is not None else None,
+            fraction,
         )
     elif kpi_.builtin == "latency_average":
         assert counters is not None
@@ -210,14 +215,16 @@ def _compare(
             for p in earlier
             if p.counts is not None and p.value is not None and p.baseline is not None
         ]
-        comparison = compare_averages(kpi_, [*averaged, (value, counters[1], base, counters[3])])
+        comparison = compare_averages(
+            kpi_, [*averaged, (value, counters[1], base, counters[3])], fraction
+        )
     else:
         pairs = [
             (p.value, p.baseline) for p in earlier if p.value is not None and p.baseline is not None
         ]
         news = [v for v, _ in pairs if v is not None] + [value]
         bases = [b for _, b in pairs if b is not None] + [base]
-        comparison = compare(kpi_, news, bases)
+        comparison = compare(kpi_, news, bases, fraction)
     verdict = {
         Decision.worse: Verdict.breach,
         Decision.no_worse: Verdict.ok,
@@ -256,7 +263,10 @@ def step_detectable(trace: Trace, *, injected: bool = False) -> Detectable | Non
         return None
     new, base, seconds = counted
     ratio = injected_baseline_ratio(trace) if injected else None
-    return detectable(kpi(trace.kind, "compare"), new, base, seconds, baseline_ratio=ratio)
+    kpi_ = kpi(trace.kind, "compare")
+    # Sized at the level of the step's last look, as the watch sizes it.
+    at_end = look_alpha(kpi_, 1.0)
+    return detectable(kpi_, new, base, seconds, baseline_ratio=ratio, alpha=at_end)
 
 
 def injected_baseline_ratio(trace: Trace) -> float:
@@ -273,8 +283,15 @@ def seconds_for_goal(trace: Trace) -> float | None:
         return None
     new, base, seconds = counted
     ratio = injected_baseline_ratio(trace)
+    kpi_ = kpi(trace.kind, "compare")
     return seconds_to_detect(
-        kpi(trace.kind, "compare"), ratio * GOAL_FACTOR, new, base, seconds, baseline_ratio=ratio
+        kpi_,
+        ratio * GOAL_FACTOR,
+        new,
+        base,
+        seconds,
+        baseline_ratio=ratio,
+        alpha=look_alpha(kpi_, 1.0),
     )
 
 
