@@ -2,12 +2,10 @@
 
 The clients run in their own process (`python -m bench.load`, driven over stdin/stdout with
 one JSON line per job) so that they never compete with the server under test for its GIL.
-Each client thread owns one keep-alive connection (`http.client`), so after the warm-up every
-request rides an open connection: connection set-up is not what is measured. A request is
-stamped right before its bytes are written: `requests` (used until 2026-12-06) spent about
-0.56 ms of the client's CPU preparing each request after the stamp and before sending it
-(0.07 ms with http.client; measured against a local server), time the figures counted as the
-server's. Requests are signed
+Each client thread owns one keep-alive connection (`bench.keepalive`), so after the warm-up
+every request rides an open connection: connection set-up is not what is measured. A request
+is stamped right before its bytes are written (`requests`, used until 2026-12-06, spent about
+0.56 ms of the client's CPU after the stamp, time the figures counted as the server's). Requests are signed
 exactly as Slack signs them (v0 HMAC of timestamp and body); the form carries every field
 Slack sends, with a fresh `trigger_id` per request.
 
@@ -20,17 +18,16 @@ Jobs:
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import secrets
-import select
 import threading
 import time
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from slack_sdk.signature import SignatureVerifier
 
 from bench.jobs import JobProcess, JsonDict, serve_jobs
+from bench.keepalive import ERRORS, Client
 from bench.stats import summarize
 
 _HEADERS = {
@@ -80,48 +77,6 @@ class SignedForms:
         return body.encode(), headers
 
 
-def _dropped(connection: http.client.HTTPConnection) -> bool:
-    """Whether an idle kept-alive connection was closed by the server: readable while no
-    request is out means end of file (urllib3 checks the same before reusing one)."""
-    if connection.sock is None:
-        return False  # not opened yet: request() connects
-    readable, _, _ = select.select([connection.sock], [], [], 0)
-    return bool(readable)
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection to `url`, opened again after an error or a close."""
-
-    def __init__(self, url: str, timeout: float = 15.0) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.path = parts.path or "/"
-        self.timeout = timeout
-        self.connection: http.client.HTTPConnection | None = None
-
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-        """POST `body`: the answer's status and text. OSError or HTTPException when none."""
-        if self.connection is not None and _dropped(self.connection):
-            self.close()  # the server closed it while idle (waitress: after 120 s)
-        if self.connection is None:
-            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            self.connection.request("POST", self.path, body=body, headers=headers)
-            answer = self.connection.getresponse()
-            text = answer.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
-            self.close()
-            raise
-        if answer.will_close:
-            self.close()
-        return answer.status, text
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
-
-
 def run_load(spec: JsonDict) -> JsonDict:
     """Closed-loop load: each client sends, waits for the answer, sends the next."""
     url = spec["url"]
@@ -157,11 +112,11 @@ def run_load(spec: JsonDict) -> JsonDict:
             body, headers = forms.build(case["command"], case["text"])
             began = time.perf_counter()
             try:
-                status, text = connection.post(body, headers)
+                status, text = connection.request("POST", body, headers)
                 took = time.perf_counter() - began
                 ok = status == 200 and case.get("expect", "") in text
                 detail = f"HTTP {status}: {text[:300]}"
-            except (OSError, http.client.HTTPException) as exc:
+            except ERRORS as exc:
                 took = time.perf_counter() - began
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             if began < measure_from:
@@ -220,11 +175,11 @@ def run_one(spec: JsonDict) -> JsonDict:
     if client is None:
         client = _one_clients[url] = Client(url)
         body, headers = forms.build(spec["command"], "help")
-        client.post(body, headers)
+        client.request("POST", body, headers)
     body, headers = forms.build(spec["command"], spec["text"])
     began_wall = time.time()
     began = time.perf_counter()
-    status, text = client.post(body, headers)
+    status, text = client.request("POST", body, headers)
     took = time.perf_counter() - began
     return {
         "latency": took,

@@ -19,7 +19,6 @@ Jobs:
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from bench.jobs import JobProcess, JsonDict, serve_jobs
+from bench.keepalive import ERRORS, Client
 
 HOST = "127.0.0.1"
 CLIENTS = 4
@@ -41,33 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 _BANNER = re.compile(r"demo web (\S+) \(")
 
 
-class _Client:
-    """One keep-alive connection to the proxy, opened again after an error or a close."""
-
-    def __init__(self, port: int, timeout: float = 1.0) -> None:
-        self.port, self.timeout = port, timeout
-        self.connection: http.client.HTTPConnection | None = None
-
-    def version(self) -> str | None:
-        """The version that answered GET /, or None (no answer, or none named)."""
-        if self.connection is None:
-            self.connection = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
-        try:
-            self.connection.request("GET", "/")
-            answer = self.connection.getresponse()
-            body = answer.read().decode("utf-8", "replace")
-            if answer.getheader("connection", "").lower() == "close":
-                self.close()
-        except (OSError, http.client.HTTPException):
-            self.close()
-            return None
-        match = _BANNER.search(body)
-        return match.group(1) if match else None
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+def _version(client: Client) -> str | None:
+    """The version that answered GET /, or None (no answer, or none named)."""
+    try:
+        _, body = client.request("GET")
+    except ERRORS:
+        return None
+    match = _BANNER.search(body)
+    return match.group(1) if match else None
 
 
 def _final_run(
@@ -98,7 +79,7 @@ def probe(job: JsonDict, out: IO[str]) -> JsonDict:
     pace = float(job.get("pace", PACE_SECONDS))
 
     def client(index: int) -> None:
-        connection = _Client(port)
+        connection = Client(f"http://{HOST}:{port}/", timeout=1.0)
         due = time.monotonic() + index * pace / clients  # staggered: one sends every pace/N
         try:
             while not stop.is_set():
@@ -107,7 +88,7 @@ def probe(job: JsonDict, out: IO[str]) -> JsonDict:
                     time.sleep(wait)
                 due = max(due + pace, time.monotonic())
                 sent = time.time()
-                version = connection.version()
+                version = _version(connection)
                 with lock:
                     answers[index].append((sent, version))
                 answered.set()
