@@ -253,10 +253,8 @@ def detectable(
     level of a step's last look, `look_alpha`); 1 - confidence when not given."""
     if new.served <= 0 or baseline.served <= 0:
         return None
-    from scipy.stats import norm  # heavy, see compare_counts
-
     level = 1 - kpi.confidence if alpha is None else alpha
-    z = float(norm.isf(level) + norm.ppf(POWER))
+    z = _sizing_z(level, POWER)
     base = baseline.ratio if baseline_ratio is None else baseline_ratio
     effective = new.served * baseline.served / (new.served + baseline.served)
     ratio = _moved(kpi, base, z / math.sqrt(effective))
@@ -289,10 +287,7 @@ def seconds_to_detect(
     nothing tells them apart. `alpha` as in `detectable`."""
     if seconds <= 0 or new.served <= 0 or baseline.served <= 0:
         return None
-    from scipy.stats import norm  # heavy, see compare_counts
-
-    level = 1 - kpi.confidence if alpha is None else alpha
-    z = float(norm.isf(level) + norm.ppf(power))
+    z = _sizing_z(1 - kpi.confidence if alpha is None else alpha, power)
     base = baseline.ratio if baseline_ratio is None else baseline_ratio
     h = abs(_arcsine(min(max(ratio, 0.0), 1.0)) - _arcsine(base))
     if h <= 0:
@@ -301,6 +296,14 @@ def seconds_to_detect(
     # new·baseline/(new+baseline) responses reach (z/h)².
     per_new, per_base = new.served / seconds, baseline.served / seconds
     return (z / h) ** 2 * (per_new + per_base) / (per_new * per_base)
+
+
+def _sizing_z(alpha: float, power: float) -> float:
+    """How many noise units apart two ratios must be for a one-sided test at `alpha` to tell
+    them apart with `power`: the sum of the two normal quantiles."""
+    from scipy.stats import norm  # heavy, see compare_counts
+
+    return float(norm.isf(alpha) + norm.ppf(power))
 
 
 def _arcsine(ratio: float) -> float:

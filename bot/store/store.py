@@ -30,8 +30,6 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# A rollout may start only when no lock is held and no earlier rollout is still recorded as in
-# flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced).
 # Recovering an orphan: take the lock only if nobody holds it and the orphan is still in flight.
 _ADOPT_ROLLOUT = """
 if redis.call('GET', KEYS[1]) then return 0 end
@@ -55,9 +53,10 @@ end
 return 1
 """
 
-# A record written only if it is still what the writer read: {1, nil} when written, else {0,
-# what is there now (nil: deleted)} for the writer to change again (the same outcome as WATCH/MULTI, one round trip
-# fewer: a record rewritten with the same bytes meanwhile is the record the change was made to).
+# A record written only if it is still what the writer read: {1, nil} when written, else
+# {0, what is there now (nil: deleted)} for the writer to change again. The same outcome as
+# WATCH/MULTI in one round trip fewer: a record rewritten with the same bytes meanwhile is the
+# record the change was made to.
 _COMPARE_AND_SET = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
@@ -86,8 +85,9 @@ local function append(stream, min_id, at_ms, fields)
   return redis.call('XADD', stream, 'MINID', min_id, id .. '-*', unpack(fields))
 end
 """
-# The pipeline's rollout lock, unless a rollout holds it or is in flight (then that one). With a
-# rollout's record (KEYS[4..6], ARGV[4..]) the rollout is opened in the same step: its record
+# A rollout may start only when no lock is held and no earlier rollout is still recorded as in
+# flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced):
+# the pipeline's rollout lock, else the holder's id. With a rollout's record (KEYS[4..6], ARGV[4..]) the rollout is opened in the same step: its record
 # written, listed under the pipeline, and its acceptance audited, so the lock never names a
 # rollout without a record and the ack spends one round trip on all of it.
 _CLAIM_ROLLOUT = (
@@ -131,10 +131,6 @@ return redis.call('SET', KEYS[1], ARGV[1], 'XX', 'KEEPTTL')
 """
 )
 
-# Each pipeline's record with the records of its in-flight and live rollouts: what /pipeline
-# shows, read in one round trip however many pipelines are asked for. The rollout keys are
-# built from ARGV[1] (the rollout key prefix), not passed in KEYS: fine on one server or a
-# Sentinel set, not on Redis Cluster.
 # Set the fingerprint of what a person's Home tab shows, unless it already shows that: the one
 # caller that gets 1 publishes, so replicas refreshing at once publish a change once.
 _SWAP_HOME_SHOWN = """
@@ -217,6 +213,10 @@ end
 return found
 """
 
+# A pipeline's record with the records of its in-flight and live rollouts: what /pipeline
+# shows, read in one round trip however many pipelines are asked for (and what a /deploy or
+# /rollback reads with its claim). The rollout keys are built from the rollout key prefix, not
+# passed in KEYS: fine on one server or a Sentinel set, not on Redis Cluster.
 _SNAPSHOT_FUNCTION = """
 local function snapshot(key, rollout_prefix)
   local state = redis.call('HGETALL', key)
