@@ -538,8 +538,12 @@ class RegistryServer(ServerProcess):
         return str(put.headers["Docker-Content-Digest"])
 
 
-def free_port_range(count: int, low: int = 20000, high: int = 60000) -> int:
-    """The first of `count` consecutive TCP ports on 127.0.0.1 that were free a moment ago."""
+def free_port_range(count: int, low: int = 20000, high: int = 32000) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that were free a moment ago.
+
+    By default below Linux's ephemeral range (32768-60999), where outgoing connections and
+    `free_port()` take ports: a range drawn there could hold a port `free_port()` hands out
+    next (a pipeline's `traffic.listen`, which may not sit among its versions' ports)."""
     rng = secrets.SystemRandom()
     for _ in range(200):
         first = rng.randrange(low, high - count)
@@ -589,8 +593,7 @@ class HAProxyServer(ServerProcess):
     def traffic_block(self, backend: str = "web", ports: int = 4, **extra: Any) -> dict[str, Any]:
         """A pipelines-file `traffic:` block for this HAProxy: its runtime API, a free listen
         port and `ports` free consecutive ports for the versions."""
-        # Below Linux's ephemeral range (32768-60999), where outgoing connections take ports.
-        first = free_port_range(ports, low=20000, high=32000)
+        first = free_port_range(ports)
         return {
             "listen": f"127.0.0.1:{free_port()}",
             "runtime_api": self.runtime_api,
