@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -538,8 +538,12 @@ class RegistryServer(ServerProcess):
         return str(put.headers["Docker-Content-Digest"])
 
 
-def free_port_range(count: int, low: int = 20000, high: int = 32000) -> int:
-    """The first of `count` consecutive TCP ports on 127.0.0.1 that were free a moment ago.
+def free_port_range(
+    count: int, low: int = 20000, high: int = 32000, avoid: Collection[int] = ()
+) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that were free a moment ago,
+    none of them in `avoid` (ports already handed out but not yet bound, such as another
+    pipeline's range in the same config).
 
     By default below Linux's ephemeral range (32768-60999), where outgoing connections and
     `free_port()` take ports: a range drawn there could hold a port `free_port()` hands out
@@ -547,6 +551,8 @@ def free_port_range(count: int, low: int = 20000, high: int = 32000) -> int:
     rng = secrets.SystemRandom()
     for _ in range(200):
         first = rng.randrange(low, high - count)
+        if any(port in avoid for port in range(first, first + count)):
+            continue
         sockets: list[socket.socket] = []
         try:
             for port in range(first, first + count):
@@ -581,6 +587,7 @@ class HAProxyServer(ServerProcess):
         self._socket_dir = Path(tempfile.mkdtemp(prefix="immune-hx-"))
         self.runtime_api = str(self._socket_dir / "api.sock")
         self.traffics: dict[str, Traffic] = {}
+        self._handed_out: set[int] = set()  # ports traffic_block gave, to give none twice
 
     @property
     def exporter(self) -> str:
@@ -593,9 +600,16 @@ class HAProxyServer(ServerProcess):
     def traffic_block(self, backend: str = "web", ports: int = 4, **extra: Any) -> dict[str, Any]:
         """A pipelines-file `traffic:` block for this HAProxy: its runtime API, a free listen
         port and `ports` free consecutive ports for the versions."""
-        first = free_port_range(ports)
+        # Free is not enough: the blocks of one config are drawn before anything binds their
+        # ports, so each must also miss what the earlier blocks were given.
+        first = free_port_range(ports, avoid=self._handed_out)
+        listen = free_port()
+        while listen in self._handed_out:
+            listen = free_port()
+        self._handed_out.update(range(first, first + ports))
+        self._handed_out.add(listen)
         return {
-            "listen": f"127.0.0.1:{free_port()}",
+            "listen": f"127.0.0.1:{listen}",
             "runtime_api": self.runtime_api,
             "backend": backend,
             "ports": f"{first}-{first + ports - 1}",
