@@ -670,13 +670,15 @@ class Watcher:
         """Render the chart once the rollback is over: its CPU must not slow the rollback."""
 
         def post() -> None:
-            deadline = time.monotonic() + CHART_WAIT_SECONDS
-            while incident.rollback_rollout_id and time.monotonic() < deadline:
-                rollback = self.ctx.store.rollout(incident.rollback_rollout_id)
-                if rollback is None or not rollback.status.in_flight_states:
-                    break
-                time.sleep(0.2)
+            # Redis failing while it waits is one more reason the chart is not posted, said
+            # in the log like the others: a thread of its own must not die with a traceback.
             try:
+                deadline = time.monotonic() + CHART_WAIT_SECONDS
+                while incident.rollback_rollout_id and time.monotonic() < deadline:
+                    rollback = self.ctx.store.rollout(incident.rollback_rollout_id)
+                    if rollback is None or not rollback.status.in_flight_states:
+                        break
+                    time.sleep(0.2)
                 self.ctx.notifier.incident_chart(incident)
             except Exception:
                 logger.exception("could not post the chart of incident %s", incident.id)

@@ -6,6 +6,7 @@ tests/scenarios/test_traffic.py."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from scipy.stats import mannwhitneyu
 
 from bot.domain.errors import ConfigError, NotAllowed
+from bot.domain.incidents import Incident
 from bot.domain.kpis import kpi_query
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_pipelines
@@ -803,3 +805,35 @@ def test_a_port_is_taken_while_something_listens_not_while_its_connections_linge
     server.close()
     time.sleep(0.1)
     assert not port_taken(port), "a TIME_WAIT left by a stopped version does not hold the port"
+
+
+def test_the_chart_thread_says_so_in_the_log_when_redis_fails_while_it_waits(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It waits for the rollback in a thread of its own; a Redis error there once ended the
+    thread with a traceback (seen when a test run's Redis stopped under it)."""
+    rig = make(strategy="blue_green")
+    incident = Incident(
+        id="inc-chart-redis",
+        pipeline="web",
+        channel=CHANNEL,
+        rollout_id="r-bad",
+        bad_version="2",
+        rollback_rollout_id="r-back",
+        kpi="errors",
+        query="errors",
+        tolerance="≤ 1",
+        opened_at=rig.clock.now(),
+    )
+
+    def redis_gone(rollout_id: str) -> None:
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(rig.store, "rollout", redis_gone)
+    rig.watcher._post_chart_after_rollback(incident)
+    said = "could not post the chart of incident inc-chart-redis"
+    rig.wait_for(lambda: said in caplog.text, "the chart thread logged why it gave up")
+    rig.wait_for(
+        lambda: all(t.name != "chart-inc-chart-redis" for t in threading.enumerate()),
+        "the chart thread ended",
+    )
