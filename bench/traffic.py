@@ -19,9 +19,10 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
    of them was sent, an upper bound: the last request the new version answered is a lower
    one). From the signed `/rollback bg 1` while 2 is watched, sent from a client process of
    its own as the ack bench sends its requests (`bench.load`): the whole path (Slack's request
-   and its signature, the exactly-once claim, the pipeline's state, the baseline's rollout
-   record, the pipeline's lock, the rollout recorded and audited, then, still inside the ack,
-   one runtime-API round trip); and the same samples from the rollout's acceptance (its
+   and its signature, the exactly-once claim with the pipeline's state, then the pipeline's
+   lock, the rollout recorded and audited (2 Redis round trips; the baseline's image is the
+   one its split keeps), then, still inside the ack, one runtime-API round trip); and the
+   same samples from the rollout's acceptance (its
    `created_at`, the bot's decision, as for a breach). From the breach decision
    (the rollout's `finished_at`, set when the watch marks it rolled_back): `trip`'s KPI is
    the new version's answers per second (max 5), so demo 2 under the steady load trips it and

@@ -168,6 +168,9 @@ class RunningVersion:
     port: int
     image_id: str
     started_at: str = ""  # the engine's start time (ISO), to tell the newest apart
+    # What its container was started from (`repo@sha256:…` when pinned): the image it runs,
+    # so a rollback to it reads no record. "" when the engine does not say.
+    reference: str = ""
 
 
 class SideBySideTarget(Target, Protocol):

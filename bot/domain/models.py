@@ -96,6 +96,9 @@ class TrafficSplit(BaseModel):
     baseline_port: int | None = None
     baseline_version: str = ""
     baseline_rollout: str = ""  # the rollout that started the baseline's container: its image
+    # What the baseline's container was started from (`repo@sha256:…` when pinned): a rollback
+    # to it is pinned with no record read in the ack. "" in splits recorded before it was kept.
+    baseline_reference: str = ""
     percent: int = 100  # of requests to this rollout's version; the baseline takes the rest
     step: int = 0  # index into the pipeline's plan (canary steps)
     steps: int = 1  # how many steps the plan has (1: all traffic at once)

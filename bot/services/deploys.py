@@ -42,7 +42,14 @@ from bot.domain.parsing import (
 from bot.domain.text import Channel, Moment, User, Users, as_text, say
 from bot.services import approvals, traffic
 from bot.services.context import Context
-from bot.services.pinning import Pinned, from_registry, image_that_ran, pin_in_ack, tag_moved
+from bot.services.pinning import (
+    Pinned,
+    from_registry,
+    image_running,
+    image_that_ran,
+    pin_in_ack,
+    tag_moved,
+)
 from bot.services.policy import (
     admins_hint,
     audit_in_flight,
@@ -345,13 +352,17 @@ def _rollback(ctx: Context, request: CommandRequest) -> Reply:
         baseline = traffic.running_baseline(
             snapshot.live, pipeline, resolve_version(pipeline.image, args.version).version
         )
-        image = image_that_ran(
-            ctx.store,
-            args.pipeline,
-            pipeline,
-            args.version,
-            baseline.baseline_rollout if baseline is not None else "",
-        )
+        if baseline is not None and baseline.baseline_reference:
+            # What its container runs, kept with the split: the way back reads no record.
+            image = image_running(pipeline, args.version, baseline.baseline_reference)
+        else:
+            image = image_that_ran(
+                ctx.store,
+                args.pipeline,
+                pipeline,
+                args.version,
+                baseline.baseline_rollout if baseline is not None else "",
+            )
         if image.version == state.live_version and not state.inflight_rollout:
             refuse(ctx, request, args.pipeline, "already_live")
             raise AlreadyLive(say("`{}` is already live on `{}`.", image.version, args.pipeline))

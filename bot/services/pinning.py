@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot.domain.config import Pipeline
 from bot.domain.errors import DigestMismatch, ImageNotFound
-from bot.domain.images import ImageRef, resolve_version, short_digest
+from bot.domain.images import DIGEST, ImageRef, resolve_version, short_digest, split_reference
 from bot.ports import LookupTimedOut, Target
 from bot.store.store import Store
 
@@ -86,6 +86,17 @@ def image_that_ran(
         RAN_LOOKBACK,
     )
     return image.pinned(ran.image_digest) if ran is not None and ran.image_digest else image
+
+
+def image_running(pipeline: Pipeline, version: str, reference: str) -> ImageRef:
+    """`version` of the pipeline pinned as the container that runs it was started
+    (`reference`, which a proxy's split keeps for its baseline): the digest it runs, known
+    without reading a record inside Slack's ack. Unpinned when it was started unpinned."""
+    image = resolve_version(pipeline.image, version)
+    if image.digest is not None:
+        return image
+    _, pinned_to = split_reference(reference)
+    return image.pinned(pinned_to) if pinned_to and DIGEST.match(pinned_to) else image
 
 
 def tag_moved(target: Target, pipeline: Pipeline, image: ImageRef) -> str | None:

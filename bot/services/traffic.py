@@ -246,6 +246,7 @@ class BehindProxy:
             baseline_port=replaced.port if replaced else None,
             baseline_version=replaced.version if replaced else "",
             baseline_rollout=replaced.rollout_id if replaced else "",
+            baseline_reference=replaced.reference if replaced else "",
         )
         progress.traffic(split)
         with progress.step(MOVE_TRAFFIC, detail=describe(split, version)):
@@ -363,6 +364,7 @@ def _first_split(
         baseline_port=baseline.port if baseline else None,
         baseline_version=baseline.version if baseline else "",
         baseline_rollout=baseline.rollout_id if baseline else "",
+        baseline_reference=baseline.reference if baseline else "",
         percent=percent,
         steps=len(plan) if percent < 100 else 1,
     )
@@ -586,6 +588,7 @@ def way_back(live: Rollout | None, pipeline: Pipeline, version: str) -> TrafficS
         baseline_port=split.port,
         baseline_version=live.version,
         baseline_rollout=live.id,
+        baseline_reference=live.reference,
     )
 
 

@@ -597,6 +597,7 @@ class DockerHostTarget:
                     port=int(labels[LABEL_PORT]),
                     image_id=_image_id(container),
                     started_at=str(container.attrs.get("Created", "")),
+                    reference=labels.get(LABEL_REFERENCE, ""),
                 )
             )
         running.sort(key=lambda v: v.started_at)
@@ -627,6 +628,7 @@ class DockerHostTarget:
             rollout_id=request.rollout_id,
             port=port,
             image_id=request.located.image_id,
+            reference=_labels(container).get(LABEL_REFERENCE, request.image.reference),
         )
 
     def _free_port(

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -147,6 +148,20 @@ def good_first(rig: Rig, version: str = "1") -> Rollout:
     return rig.settled(live.id, lambda r: r.status is RolloutStatus.good)
 
 
+DIGEST_OF_1 = "sha256:" + "1" * 64
+
+
+def pin_first(rig: Rig, first: Rollout) -> str:
+    """Make 1 a version that ran pinned, as a registry image does: its record and its running
+    container both name DIGEST_OF_1. Returns the digest."""
+    rig.store.update_rollout(first.id, lambda r: setattr(r, "image_digest", DIGEST_OF_1))
+    port = rig.port_of(first.version)
+    running = rig.target.by_port[port]
+    repository = first.reference.split(":")[0]
+    rig.target.by_port[port] = replace(running, reference=f"{repository}@{DIGEST_OF_1}")
+    return DIGEST_OF_1
+
+
 def two_watched(rig: Rig) -> tuple[Rollout, int, int]:
     """Blue/green: 1 went well, 2 is live and watched, 1 still runs at weight 0. Returns 2's
     rollout, 1's port and 2's; the journal starts empty."""
@@ -271,11 +286,11 @@ def test_a_rollback_during_the_watch_moves_the_requests_before_any_engine_call(
 ) -> None:
     rig = make(strategy="blue_green")
     first = good_first(rig)
-    digest = "sha256:" + "1" * 64
-    rig.store.update_rollout(first.id, lambda r: setattr(r, "image_digest", digest))
+    digest = pin_first(rig, first)
     live = rig.deploy("2", RolloutStatus.live)
     old, new = rig.port_of("1"), rig.port_of("2")
     assert live.traffic is not None and live.traffic.baseline_rollout == first.id
+    assert live.traffic.baseline_reference == f"{first.reference.split(':')[0]}@{digest}"
     rig.target.events.clear()
     rig.clock.advance(1)  # the newest rollout is the one created last
     answer = rig.command("/rollback", "web 1")
@@ -297,11 +312,30 @@ def test_a_rollback_during_the_watch_moves_the_requests_before_any_engine_call(
     assert rig.store.rollout(live.id).status is RolloutStatus.superseded  # type: ignore[union-attr]
 
 
-def test_a_rollback_moves_the_requests_after_three_redis_round_trips(
-    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+def test_a_split_recorded_without_the_baselines_reference_reads_the_image_from_its_rollout(
+    make: Callable[..., Rig],
 ) -> None:
+    """A split written before it kept the baseline's reference (a bot upgraded mid-watch): the
+    way back is pinned from the record of the rollout that started the baseline, as before."""
     rig = make(strategy="blue_green")
-    two_watched(rig)
+    first = good_first(rig)
+    rig.store.update_rollout(first.id, lambda r: setattr(r, "image_digest", DIGEST_OF_1))
+    live = rig.deploy("2", RolloutStatus.live)
+    assert live.traffic is not None and live.traffic.baseline_reference == first.reference
+
+    def as_recorded_before(rollout: Rollout) -> None:
+        assert rollout.traffic is not None
+        rollout.traffic.baseline_reference = ""
+
+    rig.store.update_rollout(live.id, as_recorded_before)
+    back = roll_back_to_one(rig)
+    assert back.status is RolloutStatus.good, back.error
+    assert back.image_digest == DIGEST_OF_1, "the digest the baseline's rollout recorded"
+
+
+def _round_trips_before_the_move(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """`/rollback web 1` while 2 is watched: how many Redis round trips were sent when the
+    proxy was told to move the requests."""
     rig.store.load_scripts()  # as the bot does at start
     rig.clock.advance(1)
     sent = count_round_trips(monkeypatch)
@@ -315,9 +349,34 @@ def test_a_rollback_moves_the_requests_after_three_redis_round_trips(
     monkeypatch.setattr(rig.router, "shift", counted)
     request = CommandRequest("/rollback", "web 1", "U0ADMIN", CHANNEL, request_id="t-rollback")
     deploys.rollback(rig.ctx, request)
-    # The request's claim with the pipeline's state, the baseline's rollout record, the
-    # rollout opened (lock, record, audit): then the proxy, before anything else.
-    assert at_shift == [3], sent
+    return at_shift
+
+
+def test_a_rollback_moves_the_requests_after_two_redis_round_trips(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make(strategy="blue_green")
+    pin_first(rig, good_first(rig))
+    rig.deploy("2", RolloutStatus.live)
+    # The request's claim with the pipeline's state, then the rollout opened (lock, record,
+    # audit), pinned to what the baseline's container runs: then the proxy, before anything.
+    assert _round_trips_before_the_move(rig, monkeypatch) == [2]
+
+
+def test_without_the_baselines_reference_the_move_waits_for_one_more_round_trip(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make(strategy="blue_green")
+    good_first(rig)
+    live = rig.deploy("2", RolloutStatus.live)
+
+    def as_recorded_before(rollout: Rollout) -> None:
+        assert rollout.traffic is not None
+        rollout.traffic.baseline_reference = ""
+
+    rig.store.update_rollout(live.id, as_recorded_before)
+    # The baseline's rollout record is read between the two.
+    assert _round_trips_before_the_move(rig, monkeypatch) == [3]
 
 
 def test_a_rollback_after_a_proxy_restart_routes_in_full_when_the_shift_cannot(

@@ -89,7 +89,7 @@ def test_blue_green_deploy_and_a_rollback_during_the_watch_lose_no_request(
     web = served_web(strategy="blue_green")
     web["watch"]["duration"] = "20s"  # long enough to roll back during it
     bot = start_served_bot(start_bot, web, prometheus_server)
-    first_good(bot, timeout=60)
+    first = first_good(bot, timeout=60)
     with steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load:
         time.sleep(1)
         deploy(bot, "web 2")
@@ -108,6 +108,9 @@ def test_blue_green_deploy_and_a_rollback_during_the_watch_lose_no_request(
     late = [r for r in record.responses if r.sent_at > switched + 0.5]
     assert late and all(r.version == "1" for r in late), record.summary()
     assert live.traffic is not None
+    # The engine's label on 1's container, kept with the split: the way back read no record.
+    assert live.traffic.baseline_reference == first.reference
+    assert back.reference == first.reference
     print(f"blue/green deploy + rollback: {record.summary()}")
 
 

@@ -202,6 +202,7 @@ class SideBySideMemoryTarget(MemoryTarget):
                 free[0],
                 request.located.image_id,
                 started_at=f"{self.started:06d}",
+                reference=request.image.reference,
             )
             self.by_port[free[0]] = running
             self.calls.append(("start", version))
