@@ -143,7 +143,7 @@ def join_queue(
         _show(body, client, respond, error_text(error), None)
         return
     text = answer_text(queued.reply)
-    _show(body, client, respond, text, with_button(text, leave_button(pipeline)))
+    _show(body, client, respond, text, with_button(text, leave_button(pipeline).to_dict()))
 
 
 def leave_queue(

@@ -21,7 +21,7 @@ from bot.slack.forms import (
     not_opened_text,
     open_deploy_form,
     open_rollback_form,
-    queue_button,
+    queue_offer,
     with_button,
 )
 from bot.slack.replies import answer_text
@@ -119,7 +119,7 @@ def answer(
         if error.queue_offer is not None:
             ack(
                 text=text,
-                blocks=with_button(text, queue_button(*error.queue_offer)),
+                blocks=with_button(text, queue_offer(*error.queue_offer)),
                 response_type="ephemeral",
             )
             return

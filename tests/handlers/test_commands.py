@@ -17,11 +17,12 @@ from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
 from bot.app import build_bolt_app
-from bot.domain.errors import NotAllowed
+from bot.domain.errors import NotAllowed, RolloutInFlight
 from bot.domain.text import as_text
 from bot.services.context import Context
 from bot.services.requests import CommandRequest, Reply
 from bot.settings import Settings
+from bot.slack.forms import queue_button, queue_offer
 from handlers import commands
 from tests.support.bot_harness import BOT_TOKEN
 from tests.support.domain import CHANNEL, domain_context, web_config
@@ -123,3 +124,28 @@ def test_a_refusal_is_the_listeners_ephemeral_answer_logged_once_and_counted(
     assert refusals == [
         "refused (not_allowed) U0DEV1 /deploy web 1: You are not a deployer of `web`."
     ]
+
+
+def test_a_busy_pipelines_refusal_offers_the_queue_button_as_slack_sdk_builds_it(
+    bolt: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The button is validated by slack_sdk once per pipeline and version, then copied: each
+    answer carries exactly what slack_sdk builds, and no answer can change the next one's."""
+
+    def busy(given: Context, request: CommandRequest) -> Reply:
+        refusal = RolloutInFlight(as_text("A rollout of `web` is in flight."))
+        refusal.queue_offer = ("web", "2")
+        raise refusal
+
+    monkeypatch.setitem(commands.OPERATIONS, "/deploy", busy)
+    answers = [json.loads(bolt.dispatch(signed("/deploy", "web 2")).body) for _ in range(2)]
+    section, button = answers[0]["blocks"]
+    assert section == {
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": "A rollout of `web` is in flight."},
+    }
+    assert button == queue_button("web", "2").to_dict()
+    assert answers[1]["blocks"] == answers[0]["blocks"]
+    offered = queue_offer("web", "2")
+    offered["elements"][0]["value"] = "changed"
+    assert queue_offer("web", "2") == button
