@@ -10,7 +10,10 @@ ack section's cases, on the same rig: real Redis, dockerd, the emulator) handed 
 the bot's WSGI application on this thread, no HTTP server, and the thread's CPU per request.
 The floors are bare slack-bolt apps called the same way: one trivial command, and the same
 sending first the very Redis commands the bot's ack of that request sends (the work it cannot
-skip). A cProfile pass over the bot's requests then names the functions the rest goes to.
+skip). A cProfile pass over the bot's requests then names the functions the rest goes to,
+and one over each request and its same-work floor sums where the time goes by area (a package,
+a folder of the bot, the standard library's module, the socket calls), so the difference
+says which code the bot's ack spends beyond the floor on.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import io
 import pstats
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
@@ -31,6 +36,10 @@ from bench.rig import BenchRig
 from tests.support.bot_harness import SIGNING_SECRET
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+ROOT = Path(__file__).resolve().parent.parent
+STDLIB = (
+    Path(sys.base_prefix).resolve() / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+)
 
 
 def _environ(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
@@ -72,6 +81,50 @@ def cpu_per_request(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: i
     for _ in range(n):
         call(app, forms, case["command"], case["text"])
     return (time.thread_time() - started) / n * 1000
+
+
+def area_of(filename: str, function: str) -> str:
+    """Where a profiled function lives: a package, a folder of this repository (`bot/` by its
+    layer), a module of the standard library, or the C calls by kind."""
+    if filename == "~":  # a C function: cProfile names it, with no file
+        if "socket" in function or "select" in function:
+            return "socket and select calls"
+        return "pydantic" if "pydantic_core" in function else "other C built-ins"
+    path = Path(filename).resolve()
+    if "site-packages" in path.parts:
+        return path.parts[path.parts.index("site-packages") + 1].removesuffix(".py")
+    if path.is_relative_to(STDLIB):
+        return "stdlib " + path.relative_to(STDLIB).parts[0].removesuffix(".py")
+    if path.is_relative_to(ROOT):
+        parts = path.relative_to(ROOT).parts
+        return "/".join(parts[:2]) if parts[0] == "bot" and len(parts) > 2 else parts[0]
+    return "other"
+
+
+def time_by_area(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: int) -> Counter[str]:
+    """Own time (cProfile's tottime) per request, in ms, summed by area."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(n):
+        call(app, forms, case["command"], case["text"])
+    profile.disable()
+    areas: Counter[str] = Counter()
+    stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    for (filename, _line, function), (_cc, _nc, tottime, _ct, _callers) in stats.items():
+        areas[area_of(filename, function)] += tottime / n * 1000
+    return areas
+
+
+def print_areas(label: str, bot: Counter[str], floor: Counter[str]) -> None:
+    """The areas side by side, the largest difference first (areas under 5 µs in both left out)."""
+    print(f"\n## {label}: own time by area, ms per request under cProfile (bot, same work)\n")
+    print("| area | bot | bare bolt + the same Redis commands | beyond it |")
+    print("|---|--:|--:|--:|")
+    shown = [a for a in bot.keys() | floor.keys() if max(bot[a], floor[a]) >= 0.005]
+    for area in sorted(shown, key=lambda a: floor[a] - bot[a]):
+        print(f"| {area} | {bot[area]:.3f} | {floor[area]:.3f} | {bot[area] - floor[area]:+.3f} |")
+    total_bot, total_floor = sum(bot.values()), sum(floor.values())
+    print(f"| all | {total_bot:.3f} | {total_floor:.3f} | {total_bot - total_floor:+.3f} |")
 
 
 def main() -> int:
@@ -142,6 +195,13 @@ def main() -> int:
             stats.sort_stats(args.sort).print_stats(args.top)
             print(f"\n## {target.label}: top {args.top} by {args.sort} time over {n} requests\n")
             print(out.getvalue().split("\n", 6)[-1].rstrip())
+        for target in targets:
+            case = target.cases[0]
+            print_areas(
+                target.label,
+                time_by_area(bot_app, forms, case, n),
+                time_by_area(floors[target.label], forms, trivial, n),
+            )
         under_test.close()
     finally:
         for bare in bares:
