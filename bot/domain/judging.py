@@ -16,11 +16,13 @@ in place of the rank test over overlapping rate windows, the same floor on the t
 ratios, and at least `MIN_FAILURES` failures of the new version for a *worse* (1 failure
 against 0 is never a breach).
 
-For the built-in latency_average, `compare_averages` gives the rank test samples that span
-the same responses' time on both versions: each version's mean response time since the
-step's first judged poll, recovered from HAProxy's running averages and the slots' response
-counters (`bot.domain.averages`), in place of the running averages as they are, which span a
-fresh slot's every response but the baseline's last 512.
+For the built-in latency_average, `compare_averages` compares each version's mean response
+time since the step's first judged poll, recovered from HAProxy's running averages and the
+slots' response counters (`bot.domain.averages`), in place of the running averages as they
+are, which span a fresh slot's every response but the baseline's last 512. The two means are
+one sample each, with how far each may be off: a one-sided Welch's test in place of the rank
+test, which one mean per poll (each sharing most of its responses with the one before)
+would mislead.
 
 A step is looked at every poll, and a test repeated at the same level on growing data is
 bound to cross it by chance: at 0.95 and 145 looks a healthy step at 150 req/s was rolled
