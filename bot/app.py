@@ -34,6 +34,7 @@ from bot.services.recovery import (
     reconcile_live_versions,
     recover_orphans,
     restore_proxy_routes,
+    watch_the_unwatched,
 )
 from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.status import refresh_engine_view
@@ -111,6 +112,16 @@ class Immune:
             misfire_grace_time=None,
         )
         self.scheduler.add_job(
+            watch_the_unwatched,
+            "interval",
+            args=[self.ctx],
+            seconds=RECOVERY_INTERVAL_SECONDS,
+            id="watch-the-unwatched",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+        self.scheduler.add_job(
             refresh_engine_view,
             "interval",
             args=[self.ctx],
@@ -173,6 +184,10 @@ class Immune:
             )
         self.runner.start()
         self.scheduler.start()
+        try:
+            watch_the_unwatched(self.ctx)  # before the sync, which then schedules them here
+        except Exception:
+            logger.exception("could not look for live rollouts without a watch at start-up")
         self.watcher.sync()
         recover_orphans(self.ctx)
         refresh_engine_view(self.ctx)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from bot.domain.models import RolloutStatus
 from bot.services import approvals, traffic
 from bot.services.context import Context
+from bot.services.watch import record_watch
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,35 @@ def recover_orphans(ctx: Context) -> list[str]:
             ctx.runner.submit_recovery(orphan)
             adopted.append(orphan)
     return adopted
+
+
+def watch_the_unwatched(ctx: Context) -> list[str]:
+    """Record the watch of every live rollout that has none; returns their ids.
+
+    The runner marks a rollout live, then records its watch: a bot killed between the two
+    (a few ms) left a live rollout nobody judges, and behind a proxy a canary split nobody
+    finishes or rolls back. Only a rollout live for longer than a lock's lifetime is taken,
+    so a runner still on its way to record the watch is never raced (as for orphans).
+    """
+    started = []
+    now = ctx.clock.now()
+    watched = ctx.store.watches()
+    snapshots = ctx.store.pipeline_snapshots(list(ctx.config.pipelines))
+    for name, snapshot in snapshots.items():
+        live, pipeline = snapshot.live, ctx.config.pipelines[name]
+        if live is None or live.status is not RolloutStatus.live or not pipeline.kpis:
+            continue
+        if (
+            live.id in watched
+            or now - (live.live_at or live.created_at) < ctx.limits.lock_ttl_seconds
+        ):
+            continue
+        logger.warning(
+            "rollout %s of %s is live with no watch (its bot stopped): watching it", live.id, name
+        )
+        record_watch(ctx, live, pipeline, outcome="recovered")
+        started.append(live.id)
+    return started
 
 
 def reconcile_live_versions(ctx: Context) -> None:

@@ -67,6 +67,31 @@ class PollOutcome:
     finished: bool
 
 
+def record_watch(
+    ctx: Context, rollout: Rollout, pipeline: Pipeline, outcome: str = ""
+) -> WatchState:
+    """Record a live rollout's watch in Redis, from when it went live, and audit it; every
+    replica's sync then schedules it."""
+    watch = WatchState(
+        rollout_id=rollout.id,
+        pipeline=rollout.pipeline,
+        started_at=rollout.live_at or ctx.clock.now(),
+        interval=pipeline.watch.interval,
+        duration=watch_seconds(pipeline, rollout),
+        warmup=pipeline.watch.warmup,
+    )
+    ctx.store.start_watch(watch)
+    ctx.audit(
+        actor="immune",
+        action="watch.start",
+        pipeline=rollout.pipeline,
+        rollout=rollout.id,
+        outcome=outcome,
+        detail=f"{len(pipeline.kpis)} KPI(s) every {watch.interval:g}s for {watch.duration:g}s",
+    )
+    return watch
+
+
 class Watcher:
     def __init__(
         self, ctx: Context, scheduler: BaseScheduler, sources: Mapping[str, KpiSource]
@@ -83,23 +108,7 @@ class Watcher:
 
     def begin(self, rollout: Rollout, pipeline: Pipeline) -> None:
         """Called when a deploy goes live: record the watch, then schedule it here."""
-        watch = WatchState(
-            rollout_id=rollout.id,
-            pipeline=rollout.pipeline,
-            started_at=rollout.live_at or self.ctx.clock.now(),
-            interval=pipeline.watch.interval,
-            duration=watch_seconds(pipeline, rollout),
-            warmup=pipeline.watch.warmup,
-        )
-        self.ctx.store.start_watch(watch)
-        self.ctx.audit(
-            actor="immune",
-            action="watch.start",
-            pipeline=rollout.pipeline,
-            rollout=rollout.id,
-            detail=f"{len(pipeline.kpis)} KPI(s) every {watch.interval:g}s for {watch.duration:g}s",
-        )
-        self._schedule(watch)
+        self._schedule(record_watch(self.ctx, rollout, pipeline))
 
     def sync(self) -> None:
         """Make this replica's jobs match the watches in Redis (start-up, and every second)."""

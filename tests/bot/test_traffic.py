@@ -896,3 +896,39 @@ def test_the_chart_thread_says_so_in_the_log_when_redis_fails_while_it_waits(
         lambda: all(t.name != "chart-inc-chart-redis" for t in threading.enumerate()),
         "the chart thread ended",
     )
+
+
+def test_a_canary_whose_bot_died_before_its_watch_began_is_watched_and_finished(
+    make: Callable[..., Rig],
+) -> None:
+    """Seen on the real stack (tests/scenarios/test_traffic.py, one CI run in three): the bot
+    was killed after marking 2 live and before recording its watch, and the restarted bot left
+    the canary at 10% with nobody to judge or finish it. Recovery now records the watch of a
+    live rollout that has none, once a lock's lifetime has passed since it went live."""
+    rig = make(strategy="canary", steps=[5, 50, 100], step_duration="2s")
+    good_first(rig)
+    canary = rig.deploy("2", RolloutStatus.live)
+    rig.wait_for(lambda: rig.store.watch(canary.id) is not None, "the watch recorded")
+    rig.store.end_watch(canary.id)  # as if its bot had died before recording it
+    assert recovery.watch_the_unwatched(rig.ctx) == [], "a runner may still be on its way"
+    rig.clock.advance(rig.ctx.limits.lock_ttl_seconds + 1)
+    assert recovery.watch_the_unwatched(rig.ctx) == [canary.id]
+    assert recovery.watch_the_unwatched(rig.ctx) == [], "once"
+    watch = rig.store.watch(canary.id)
+    assert watch is not None and watch.started_at == canary.live_at, "its slots as they were"
+    [entry] = [
+        e
+        for e in rig.store.audit_entries(pipeline="web", limit=20)
+        if e.action == "watch.start" and e.outcome == "recovered"
+    ]
+    assert entry.rollout == canary.id
+    new = rig.port_of("2")
+    for _ in range(6):
+        current = rig.store.rollout(canary.id)
+        assert current is not None
+        if current.status is not RolloutStatus.live:
+            break
+        rig.poll(current, 0.0)
+    done = rig.settled(canary.id, lambda r: r.status is RolloutStatus.good)
+    assert done.traffic is not None and done.traffic.percent == 100
+    rig.wait_for(lambda: rig.weights() == {new: 100}, "the baseline retired")
