@@ -101,13 +101,19 @@ def area_of(filename: str, function: str) -> str:
     return "other"
 
 
-def time_by_area(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: int) -> Counter[str]:
-    """Own time (cProfile's tottime) per request, in ms, summed by area."""
+def profiled(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: int) -> cProfile.Profile:
+    """`n` of the case's requests through `app` under cProfile."""
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(n):
         call(app, forms, case["command"], case["text"])
     profile.disable()
+    return profile
+
+
+def time_by_area(profile: cProfile.Profile, n: int) -> Counter[str]:
+    """Own time (cProfile's tottime) per request of a profile of `n` requests, in ms, summed
+    by area."""
     areas: Counter[str] = Counter()
     stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     for (filename, _line, function), (_cc, _nc, tottime, _ct, _callers) in stats.items():
@@ -183,24 +189,20 @@ def main() -> int:
                 f"| {target.label:<40} | {trips[target.label]} | {cpu:.3f} | {floor:.3f} | "
                 f"{cpu - floor:+.3f} |"
             )
+        # One profile of the bot per request kind serves both its top functions and its areas.
+        profiles = {t.label: profiled(bot_app, forms, t.cases[0], n) for t in targets}
         for target in targets:
-            case = target.cases[0]
-            profile = cProfile.Profile()
-            profile.enable()
-            for _ in range(n):
-                call(bot_app, forms, case["command"], case["text"])
-            profile.disable()
             out = io.StringIO()
-            stats = pstats.Stats(profile, stream=out)
+            stats = pstats.Stats(profiles[target.label], stream=out)
             stats.sort_stats(args.sort).print_stats(args.top)
             print(f"\n## {target.label}: top {args.top} by {args.sort} time over {n} requests\n")
             print(out.getvalue().split("\n", 6)[-1].rstrip())
         for target in targets:
-            case = target.cases[0]
+            floor_profile = profiled(floors[target.label], forms, trivial, n)
             print_areas(
                 target.label,
-                time_by_area(bot_app, forms, case, n),
-                time_by_area(floors[target.label], forms, trivial, n),
+                time_by_area(profiles[target.label], n),
+                time_by_area(floor_profile, n),
             )
         under_test.close()
     finally:
