@@ -47,13 +47,15 @@ def watch_the_unwatched(ctx: Context) -> list[str]:
     watched = ctx.store.watches()
     snapshots = ctx.store.pipeline_snapshots(list(ctx.config.pipelines))
     for name, snapshot in snapshots.items():
-        live, pipeline = snapshot.live, ctx.config.pipelines[name]
-        if live is None or live.status is not RolloutStatus.live or not pipeline.kpis:
+        pipeline = ctx.config.pipelines[name]
+        # The state says which rollout is live: only one with no watch has its record parsed.
+        live_id = snapshot.state.live_rollout
+        if not pipeline.kpis or not live_id or live_id in watched:
             continue
-        if (
-            live.id in watched
-            or now - (live.live_at or live.created_at) < ctx.limits.lock_ttl_seconds
-        ):
+        live = snapshot.live
+        if live is None or live.status is not RolloutStatus.live:
+            continue
+        if now - (live.live_at or live.created_at) < ctx.limits.lock_ttl_seconds:
             continue
         logger.warning(
             "rollout %s of %s is live with no watch (its bot stopped): watching it", live.id, name
