@@ -32,9 +32,8 @@ from bot.services.posted import record_posted
 from bot.services.queue import start_due
 from bot.services.recovery import (
     reconcile_live_versions,
-    recover_orphans,
+    recovery_pass,
     restore_proxy_routes,
-    watch_the_unwatched,
 )
 from bot.services.runner import RolloutRunner, RolloutSettings
 from bot.services.status import refresh_engine_view
@@ -101,24 +100,14 @@ class Immune:
         except Exception:
             logger.exception("could not reconcile live versions with the engine at start-up")
         self.scheduler.add_job(
-            recover_orphans,
+            recovery_pass,
             "interval",
             args=[self.ctx],
             seconds=RECOVERY_INTERVAL_SECONDS,
-            id="recover-orphans",
+            id="recovery",
             coalesce=True,
             max_instances=1,
             # A late recovery pass is still wanted; never silently drop it.
-            misfire_grace_time=None,
-        )
-        self.scheduler.add_job(
-            watch_the_unwatched,
-            "interval",
-            args=[self.ctx],
-            seconds=RECOVERY_INTERVAL_SECONDS,
-            id="watch-the-unwatched",
-            coalesce=True,
-            max_instances=1,
             misfire_grace_time=None,
         )
         self.scheduler.add_job(
@@ -184,12 +173,8 @@ class Immune:
             )
         self.runner.start()
         self.scheduler.start()
-        try:
-            watch_the_unwatched(self.ctx)  # before the sync, which then schedules them here
-        except Exception:
-            logger.exception("could not look for live rollouts without a watch at start-up")
+        recovery_pass(self.ctx)  # before the sync, which then schedules the watches it records
         self.watcher.sync()
-        recover_orphans(self.ctx)
         refresh_engine_view(self.ctx)
 
     def stop(self, wait: bool = False) -> None:

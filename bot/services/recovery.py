@@ -65,6 +65,13 @@ def watch_the_unwatched(ctx: Context) -> list[str]:
     return started
 
 
+def recovery_pass(ctx: Context) -> None:
+    """What carrying on after a dead bot needs, every couple of seconds and at start: its
+    rollouts adopted, its live rollouts watched."""
+    recover_orphans(ctx)
+    watch_the_unwatched(ctx)
+
+
 def reconcile_live_versions(ctx: Context) -> None:
     """At start-up, make Redis agree with what the engine really runs (labels are the truth)."""
     for name, pipeline in ctx.config.pipelines.items():
