@@ -703,18 +703,14 @@ class RolloutRunner:
             if good_at_once:
                 rollout.finished_at = now
 
-        # The pipeline's record and lock change before the rollout's status, so whoever sees
-        # the outcome also sees the pipeline as it now is (live version, nothing in flight).
         fields: dict[str, str | float | None] = {
             "live_version": current.version,
             "live_rollout": current.id,
         }
         if good_at_once:
             fields.update(last_good_version=current.version, last_good_rollout=current.id)
-        self.store.update_pipeline(current.pipeline, **fields)
         if previous.live_rollout and previous.live_rollout != current.id:
             self._supersede(previous.live_rollout)
-        self.store.release_rollout(current.pipeline, rollout_id)
         record_outcome(
             self.store,
             current,
@@ -725,17 +721,26 @@ class RolloutRunner:
             detail=f"{current.version} live"
             + (f"; swap gap {gap:.3f}s" if gap is not None else ""),
         )
-        rollout = self.change(rollout_id, live)
+        # The pipeline's record, its lock and the rollout's status change in one write (see
+        # `_settle`): a bot killed before it is adopted, one killed after it is watched.
+        rollout = self._settle(current, live, **fields)
         if rollout.status is RolloutStatus.live and self.on_live is not None:
             self.on_live(rollout, pipeline)
 
-    def _release_before_outcome(self, rollout_id: str) -> Rollout | None:
-        """Free the pipeline before recording the outcome: whoever sees a rollout ended may
-        start the next one at once."""
-        current = self.store.rollout(rollout_id)
-        if current is not None:
-            self.store.release_rollout(current.pipeline, rollout_id)
-        return current
+    def _settle(
+        self,
+        rollout: Rollout,
+        change: Callable[[Rollout], None],
+        **fields: str | float | None,
+    ) -> Rollout:
+        """`change` (the outcome) with the pipeline's `fields` and its lock freed, in one write
+        (Store.settle_rollout): whoever sees a rollout ended may start the next one at once,
+        and no crash leaves a rollout in flight that no lock names (recovery finds rollouts by
+        their lock)."""
+        self._write_kept(rollout.id)
+        settled = self.store.settle_rollout(rollout.id, rollout.pipeline, change, **fields)
+        self._render(settled)
+        return settled
 
     def _supersede(self, rollout_id: str) -> None:
         def supersede(rollout: Rollout) -> None:
@@ -770,11 +775,11 @@ class RolloutRunner:
                     else f"could NOT restore {rollout.from_version}: check the engine now"
                 )
 
+        if failing is None:
+            raise KeyError(f"rollout {rollout_id} does not exist")
         self._write_kept(rollout_id)
-        current = self._release_before_outcome(rollout_id)
-        if current is not None:
-            record_outcome(self.store, current, "failed", detail=reason)
-        self.change(rollout_id, fail)
+        record_outcome(self.store, failing, "failed", detail=reason)
+        self._settle(failing, fail)
 
     def _finish(self, rollout_id: str, status: RolloutStatus, reason: str) -> None:
         def finish(rollout: Rollout) -> None:
@@ -783,10 +788,11 @@ class RolloutRunner:
             rollout.finished_at = self.clock.now()
 
         self._write_kept(rollout_id)
-        current = self._release_before_outcome(rollout_id)
-        if current is not None:
-            record_outcome(self.store, current, status.value, detail=reason)
-        self.change(rollout_id, finish)
+        current = self.store.rollout(rollout_id)
+        if current is None:
+            raise KeyError(f"rollout {rollout_id} does not exist")
+        record_outcome(self.store, current, status.value, detail=reason)
+        self._settle(current, finish)
 
 
 def _mark(status: RolloutStatus) -> Callable[[Rollout], None]:

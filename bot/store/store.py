@@ -66,6 +66,26 @@ end
 return {0, current}
 """
 
+# A rollout's outcome and the pipeline it leaves, in one write: the record compared and set
+# as _COMPARE_AND_SET does, the pipeline's fields (ARGV[5..]) set, and its lock and in-flight
+# mark released if they are still this rollout's (ARGV[3]). Written one after the other, a bot
+# killed between the release and the record left a rollout in flight that no lock names:
+# nobody's to recover, and behind a proxy a split nobody watches.
+_SETTLE_ROLLOUT = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then return {0, current} end
+redis.call('SET', KEYS[1], ARGV[2])
+if #ARGV > 4 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+  redis.call('SADD', KEYS[4], ARGV[4])
+end
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[3] then
+  redis.call('HSET', KEYS[2], 'inflight_rollout', '')
+end
+return {1, false}
+"""
+
 _DELETE_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -370,6 +390,7 @@ class Store:
         self._reclaim_starting = self._script(_RECLAIM_STARTING)
         self._replace_watch = self._script(_REPLACE_WATCH)
         self._compare_and_set = self._script(_COMPARE_AND_SET)
+        self._settle_rollout = self._script(_SETTLE_ROLLOUT)
 
     def _script(self, source: str) -> Script:
         script = self.redis.register_script(source)
@@ -551,8 +572,39 @@ class Store:
 
     def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
         """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
+        return self._rollout_changed(rollout_id, change, self._compare_and_set, [], [])
+
+    def settle_rollout(
+        self,
+        rollout_id: str,
+        pipeline: str,
+        change: Callable[[Rollout], None],
+        **fields: str | float | None,
+    ) -> Rollout:
+        """`update_rollout` for the change that ends a rollout's run (live, failed, ...), and
+        in the same atomic write the pipeline's `fields` and its lock and in-flight mark
+        released (where still this rollout's): whoever sees the outcome sees the pipeline
+        as it now is, and a bot killed on the way left either the lock held (recovery adopts
+        the rollout) or the outcome written."""
+        keys = [self.keys.pipeline(pipeline), self.keys.rollout_lock(pipeline)]
+        keys.append(self.keys.pipelines())
+        args: list[str] = [rollout_id, pipeline]
+        for field, value in fields.items():
+            args += [field, "" if value is None else str(value)]
+        return self._rollout_changed(rollout_id, change, self._settle_rollout, keys, args)
+
+    def _rollout_changed(
+        self,
+        rollout_id: str,
+        change: Callable[[Rollout], None],
+        write: Script,
+        keys: list[str],
+        args: list[str],
+    ) -> Rollout:
         try:
-            updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change)
+            updated = self.update_model(
+                self.keys.rollout(rollout_id), Rollout, change, write, keys, args
+            )
         except _UNANSWERED as exc:
             raise StoreUnreachable(f"Redis did not answer ({exc})") from exc
         if updated is None:
@@ -560,18 +612,27 @@ class Store:
         return updated
 
     def update_model(
-        self, key: str, model: type[ModelT], change: Callable[[ModelT], None]
+        self,
+        key: str,
+        model: type[ModelT],
+        change: Callable[[ModelT], None],
+        write: Script | None = None,
+        keys: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> ModelT | None:
         """Read the JSON record at `key`, apply `change`, write it back, atomically; None if
         there is none. Optimistic: the write is a compare-and-set against the record as read
         (one script), retried on what another writer left. Two round trips, where WATCH, GET
-        and MULTI/SET/EXEC took three: a breach's claim is one of these."""
+        and MULTI/SET/EXEC took three: a breach's claim is one of these. `write`: a script
+        that compares and sets as _COMPARE_AND_SET does and also writes `keys` with `args`."""
+        write = write or self._compare_and_set
         raw = cast(str | None, self.redis.get(key))
         while raw is not None:
             record = model.model_validate_json(raw)
             change(record)
             written, current = cast(
-                list[Any], self._compare_and_set(keys=[key], args=[raw, record.model_dump_json()])
+                list[Any],
+                write(keys=[key, *keys], args=[raw, record.model_dump_json(), *args]),
             )
             if written:
                 return record

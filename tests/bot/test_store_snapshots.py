@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from bot.domain.clock import FrozenClock
-from bot.domain.models import PipelineStatus, Rollout, RolloutKind
+from bot.domain.models import PipelineStatus, Rollout, RolloutKind, RolloutStatus
 from bot.store.keys import Keys, Once
 from bot.store.store import AuditRecord, Store
 from tests.support.domain import CHANNEL, START
@@ -178,3 +178,38 @@ def test_scripts_loaded_at_start_spare_the_first_ack_two_round_trips(
     sent.clear()
     store.claim_once_reading(Once.command, "t-warm", "web")
     assert len(sent) == 1, sent
+
+
+def test_settling_a_rollout_writes_its_outcome_its_pipeline_and_frees_only_its_own_lock(
+    store: Store, redis_client: redis.Redis
+) -> None:
+    """Store.settle_rollout: one write, so no reader (and no crash) sees one without the other;
+    a lock another rollout has taken meanwhile stays that rollout's."""
+    first, second = rollout("r-1", "web", "1"), rollout("r-2", "web", "2")
+    store.create_rollout(first)
+    store.create_rollout(second)
+    assert store.claim_rollout("web", first.id, 30) is None
+    # Another writer changes the record between the read and the write: the change is retried
+    # on what it left, not lost.
+    other = Store(redis_client, store.keys, store.clock)
+    raced: list[str] = []
+
+    def live(r: Rollout) -> None:
+        if not raced:
+            raced.append(r.id)
+            other.update_rollout(r.id, lambda o: o.notes.append("written meanwhile"))
+        r.status = RolloutStatus.live
+
+    settled = store.settle_rollout(first.id, "web", live, live_version="1", live_rollout=first.id)
+    assert settled.status is RolloutStatus.live and settled.notes == ["written meanwhile"]
+    assert store.rollout(first.id) == settled
+    state = store.pipeline("web")
+    assert (state.live_version, state.live_rollout, state.inflight_rollout) == ("1", "r-1", "")
+    assert store.rollout_lock_holder("web") is None
+
+    assert store.claim_rollout("web", second.id, 30) is None
+    store.settle_rollout(first.id, "web", lambda r: r.notes.append("late"))
+    assert store.rollout_lock_holder("web") == second.id
+    assert store.pipeline("web").inflight_rollout == second.id
+    with pytest.raises(KeyError):
+        store.settle_rollout("r-gone", "web", lambda r: None)

@@ -25,6 +25,7 @@ from bot.plugins import KpiSourcePlugin, TargetPlugin, default_registry, parse_p
 from bot.services import canary as canary_decisions
 from bot.services import deploys, recovery, traffic
 from bot.services.requests import CommandRequest
+from bot.services.runner import LeftToRecovery
 from bot.services.traffic import Routers
 from bot.services.watch import Watcher
 from bot.slack.messages import traffic_line
@@ -922,7 +923,12 @@ def test_a_canary_whose_bot_died_before_its_watch_began_is_watched_and_finished(
         if e.action == "watch.start" and e.outcome == "recovered"
     ]
     assert entry.rollout == canary.id
-    new = rig.port_of("2")
+    finish_canary(rig, canary)
+
+
+def finish_canary(rig: Rig, canary: Rollout) -> None:
+    """Healthy polls until the canary has taken every step and its baseline retired."""
+    new = rig.port_of(canary.version)
     for _ in range(6):
         current = rig.store.rollout(canary.id)
         assert current is not None
@@ -932,3 +938,69 @@ def test_a_canary_whose_bot_died_before_its_watch_began_is_watched_and_finished(
     done = rig.settled(canary.id, lambda r: r.status is RolloutStatus.good)
     assert done.traffic is not None and done.traffic.percent == 100
     rig.wait_for(lambda: rig.weights() == {new: 100}, "the baseline retired")
+
+
+class BotKilled(LeftToRecovery):
+    """The bot died here: its lock and runner lease are left to expire, nothing more is
+    written (the runner leaves a rollout that raises this to recovery)."""
+
+
+# Each write the runner makes once the new version serves its first step, in order; the bot is
+# killed just before one of them ("watch": after the outcome, before the watch is recorded).
+GOING_LIVE = ("supersede", "audit", "settle", "watch")
+
+
+@pytest.mark.parametrize("killed_before", GOING_LIVE)
+def test_a_bot_killed_anywhere_in_going_live_leaves_a_canary_recovery_finishes(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, killed_before: str
+) -> None:
+    """Issue 11: traffic is never left split without a watch. The runner once freed the
+    pipeline's lock, then audited, then marked the rollout live: a bot killed between left the
+    canary at its first step, in flight with no lock to say so, and no recovery ever found it.
+    The outcome, the pipeline's record and the lock's release are now one write."""
+    rig = make(strategy="canary", steps=[5, 50, 100], step_duration="2s")
+    good_first(rig)
+    going_live, killed = threading.Event(), []
+
+    def dies_before(point: str, write: Callable[..., Any]) -> Callable[..., Any]:
+        def maybe_dies(*args: Any, **kwargs: Any) -> Any:
+            if point == killed_before and going_live.is_set() and not killed:
+                killed.append(point)
+                raise BotKilled(f"killed before {point}")
+            return write(*args, **kwargs)
+
+        return maybe_dies
+
+    monkeypatch.setattr(
+        rig.store, "update_rollout", dies_before("supersede", rig.store.update_rollout)
+    )
+    monkeypatch.setattr(rig.store, "audit", dies_before("audit", rig.store.audit))
+    monkeypatch.setattr(
+        rig.store, "settle_rollout", dies_before("settle", rig.store.settle_rollout)
+    )
+    monkeypatch.setattr(rig.watcher, "begin", dies_before("watch", rig.watcher.begin))
+    rig.runner.on_live = rig.watcher.begin
+    went_live = rig.runner._went_live
+
+    def goes_live(*args: Any, **kwargs: Any) -> None:
+        going_live.set()
+        went_live(*args, **kwargs)
+
+    monkeypatch.setattr(rig.runner, "_went_live", goes_live)
+    rig.clock.advance(1)
+    rig.command("/deploy", "web 2")
+    canary = rig.newest()
+    rig.wait_for(lambda: killed == [killed_before], f"the bot killed before {killed_before}")
+    assert rig.weights() == {rig.port_of("1"): 95, rig.port_of("2"): 5}, "the first step split"
+
+    # What a dead bot leaves expires: its lock and its lease (their TTLs are real time).
+    rig.store.redis.delete(
+        rig.store.keys.rollout_lock("web"), rig.store.keys.rollout_runner(canary.id)
+    )
+    rig.clock.advance(rig.ctx.limits.lock_ttl_seconds + 1)
+    recovery.recovery_pass(rig.ctx)
+    live = rig.settled(canary.id, lambda r: r.status is RolloutStatus.live)
+    rig.wait_for(lambda: rig.store.watch(canary.id) is not None, "the canary watched")
+    assert rig.store.pipeline("web").live_rollout == canary.id
+    assert not rig.store.pipeline("web").inflight_rollout
+    finish_canary(rig, live)
