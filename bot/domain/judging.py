@@ -93,10 +93,12 @@ class Decision(StrEnum):
 class Comparison:
     decision: Decision
     samples: int  # pairs compared
-    new_median: float | None = None
-    baseline_median: float | None = None
-    new_mean: float | None = None
-    baseline_mean: float | None = None
+    # The level each side's effect is measured on, and its name in the sentence: the medians
+    # (rank test), the means where the medians tie or for latency averages, the failure
+    # ratios (counts).
+    new_level: float | None = None
+    baseline_level: float | None = None
+    measure: str = "median"
     relative: float | None = None  # (new - baseline) / baseline, the bad way (see above)
     difference: float | None = None  # new - baseline, the bad way
     p_value: float | None = None
@@ -107,13 +109,14 @@ class Comparison:
         """One sentence a person on call understands."""
         if self.decision is Decision.not_enough_data:
             return f"{kpi.name}: not enough data yet ({self.rule})"
-        assert self.new_median is not None and self.baseline_median is not None
+        assert self.new_level is not None and self.baseline_level is not None
         verdict = "worse than" if self.decision is Decision.worse else "no worse than"
         p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
         detectable = "" if self.detectable is None else f"; {self.detectable.explain(kpi)}"
         return (
-            f"{kpi.name}: new version {verdict} the baseline (median {self.new_median:.4g} vs "
-            f"{self.baseline_median:.4g}, effect {_effect(self)}, p={p}, {self.samples} polls): "
+            f"{kpi.name}: new version {verdict} the baseline ({self.measure} "
+            f"{self.new_level:.4g} vs {self.baseline_level:.4g}, effect {_effect(self)}, p={p}, "
+            f"{self.samples} polls): "
             f"{self.rule}{detectable}"
         )
 
@@ -349,7 +352,7 @@ def compare_counts(
     `seconds`, `fraction` of the way through the step. Worse when the new version's failure
     ratio is higher with Fisher's exact test one-sided p below this look's level
     (`look_alpha`), the ratios' effect passes the floor, and it failed at
-    least MIN_FAILURES times. The comparison's medians and means are the two failure ratios;
+    least MIN_FAILURES times. The comparison's levels are the two failure ratios;
     it says what the step could detect (`detectable`)."""
     if polls < kpi.min_samples:
         return Comparison(
@@ -368,10 +371,9 @@ def compare_counts(
     comparison = Comparison(
         Decision.no_worse,
         polls,
-        new_median=new_ratio,
-        baseline_median=base_ratio,
-        new_mean=new_ratio,
-        baseline_mean=base_ratio,
+        new_level=new_ratio,
+        baseline_level=base_ratio,
+        measure="failure ratio",
         relative=_relative(difference, base_ratio),
         difference=difference,
     )
@@ -427,19 +429,18 @@ def compare(
         )
     new_mean, base_mean = fmean(new), fmean(baseline)
     new_median, base_median = median(new), median(baseline)
-    if new_median != base_median:
-        new_level, base_level = new_median, base_median
-    else:
-        new_level, base_level = new_mean, base_mean
+    measure = "median" if new_median != base_median else "mean"
+    new_level, base_level = (
+        (new_median, base_median) if measure == "median" else (new_mean, base_mean)
+    )
     difference = _bad_way(kpi, new_level, base_level)
     relative = _relative(difference, base_level)
     comparison = Comparison(
         Decision.no_worse,
         pairs,
-        new_median=new_median,
-        baseline_median=base_median,
-        new_mean=new_mean,
-        baseline_mean=base_mean,
+        new_level=new_level,
+        baseline_level=base_level,
+        measure=measure,
         relative=relative,
         difference=difference,
     )
@@ -556,10 +557,9 @@ def compare_averages(
     comparison = Comparison(
         Decision.no_worse,
         intervals,
-        new_median=new.mean,
-        baseline_median=base.mean,
-        new_mean=new.mean,
-        baseline_mean=base.mean,
+        new_level=new.mean,
+        baseline_level=base.mean,
+        measure="mean",
         relative=_relative(difference, base.mean),
         difference=difference,
     )

@@ -120,6 +120,9 @@ def test_compare_averages_says_worse_for_a_slower_new_version_over_the_same_span
     assert judged.decision is Decision.worse, judged.rule
     assert "same span" in judged.rule and "750 responses of the new version" in judged.rule
     assert "Welch's test" in judged.rule
+    # The sentence names what it compares: the two means, not medians.
+    sentence = judged.explain(_kpi())
+    assert sentence.startswith("latency: new version worse than the baseline (mean 0.0"), sentence
     alike = compare_averages(_kpi(), [(b.value, b.served, b.value, b.served) for b in base])
     assert alike.decision is Decision.no_worse
 

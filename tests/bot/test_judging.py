@@ -97,6 +97,15 @@ def test_direction_decrease_and_an_absolute_floor() -> None:
     assert compare(throughput, [140.0] * 6, baseline).decision is Decision.no_worse
 
 
+def test_where_the_medians_tie_the_sentence_gives_the_means_it_measured() -> None:
+    """Error ratios at low traffic are mostly zeros: both medians 0, the effect on the means."""
+    new, baseline = [0.0, 0.0, 0.0, 0.2, 0.3, 0.2, 0.0], [0.0] * 7
+    result = compare(kpi(), new, baseline)
+    assert result.relative is not None and math.isinf(result.relative)
+    sentence = result.explain(kpi())
+    assert "(mean 0.1 vs 0, effect +0.1 from zero," in sentence, sentence
+
+
 def test_huge_values_and_ties() -> None:
     big = [1e300, 2e300, 1e300, 3e300, 1e300]
     assert compare(kpi(), big, big).decision is Decision.no_worse
@@ -148,6 +157,9 @@ def test_counts_a_tripled_failure_share_is_worse_and_the_sentence_counts() -> No
     sentence = result.explain(kpi())
     assert "54 of 1800 failed vs 18 of 1800" in sentence and "exact test" in sentence
     assert "effect +200%" in sentence
+    assert sentence.startswith(
+        "errors: new version worse than the baseline (failure ratio 0.03 vs 0.01,"
+    ), sentence
 
 
 def test_counts_a_zero_baseline_needs_the_minimum_failures() -> None:
