@@ -25,7 +25,7 @@ from bot.domain.errors import (
 )
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.plugins import TargetPlugin, default_registry, parse_pipelines
-from bot.services import approvals
+from bot.services import approvals, recovery
 from bot.slack.render import mrkdwn
 from bot.store.store import Store
 from tests.support.domain import CHANNEL, START, ContextRig
@@ -327,6 +327,34 @@ def test_a_rejection_is_stored_plainly_and_shown_with_a_mention(make: Callable[.
     assert f"was rejected by <@{LEAD}>: nothing was deployed." in told
     assert rig.store.pipeline("web").inflight_rollout == "", "the pipeline is free again"
     assert rig.target.calls == [("locate", "1")], "located in the ack (pull: never), never run"
+
+
+def test_a_rejection_whose_bot_died_before_freeing_the_pipeline_is_only_freed(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejection records the outcome, then frees the lock. Killed between, the lock lapsed
+    and recovery adopted the rollout as if it had run: "undo" failed it, over its rejection,
+    after asking the engine about a version that never started."""
+    rig = make(approvals={"approvers": [LEAD], "required": 1})
+    rig.command("/deploy", "web 1", user=DEV)
+    request = rig.newest()
+    monkeypatch.setattr(rig.store, "release_rollout", lambda pipeline, rollout_id: None)
+    press(rig, request.id, LEAD, REJECTED, 1)  # the bot dies before the release
+    monkeypatch.undo()
+    assert rig.store.pipeline("web").inflight_rollout == request.id
+    rig.store.redis.delete(rig.store.keys.rollout_lock("web"))  # its TTL ran out
+    calls = list(rig.target.calls)
+    assert recovery.recover_orphans(rig.ctx) == [request.id]
+    deadline = time.monotonic() + 10
+    while rig.store.pipeline("web").inflight_rollout:
+        assert time.monotonic() < deadline, "the pipeline was not freed"
+        time.sleep(0.01)
+    ended = rig.store.rollout(request.id)
+    assert (
+        ended is not None and ended.status is RolloutStatus.rejected and ended.error == "rejected"
+    )
+    assert rig.target.calls == calls, "nothing asked of the engine"
+    assert rig.command("/deploy", "web 2", user=DEV).startswith("`web` needs approval")
 
 
 def test_a_deploy_or_rollback_of_the_live_version_is_refused_and_audited(
