@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.profile_ack              # 2,000 of each request, top 20 functions
     .venv/bin/python -m bench.profile_ack --n 500 --top 30 --only "/pipeline <name>"
+    .venv/bin/python -m bench.profile_ack --idle --n 200   # each request after idle gaps
 
 The ack section measures latency over HTTP under load, where every request shares one GIL with
 waitress and the load's other requests, so its figures move with whatever else the machine
@@ -22,6 +23,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import time
 from collections import Counter
@@ -83,6 +85,51 @@ def cpu_per_request(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: i
     return (time.thread_time() - started) / n * 1000
 
 
+IDLE_GAPS = (0.0, 0.005, 0.05)
+"""Seconds the thread sleeps before each request of `--idle`: none, then gaps like those
+between a quiet bot's requests."""
+
+
+def cpu_after_idle(
+    app: WsgiApp, forms: SignedForms, case: dict[str, str], n: int, idle: float
+) -> float:
+    """The median thread CPU (ms) of one request made after this thread slept `idle` s."""
+    call(app, forms, case["command"], case["text"])
+    samples = []
+    for _ in range(n):
+        if idle:
+            time.sleep(idle)
+        started = time.thread_time()
+        call(app, forms, case["command"], case["text"])
+        samples.append(time.thread_time() - started)
+    return statistics.median(samples) * 1000
+
+
+def print_idle(
+    targets: list[Target], bot_app: WsgiApp, floors: dict[str, WsgiApp], forms: SignedForms, n: int
+) -> None:
+    """The same requests, each after an idle gap: what a request to a quiet bot costs. The
+    CPU one request needs is not fixed: on a VM whose vCPU halts while idle, the first code
+    run after a wake-up is slower (cold caches), and more so the longer the gap; a request
+    that waits on Redis once or twice wakes up that many more times."""
+    trivial = {"command": "/deploy", "text": "web 2", "expect": "ok"}
+    gaps = " | ".join(f"{g * 1000:g} ms" for g in IDLE_GAPS)
+    print(f"\nThread CPU of one request after an idle gap, ms (median of {n}; gaps: {gaps})\n")
+    print("| request | bot | same work | ratio |")
+    print("|---|--:|--:|--:|")
+    bare = [cpu_after_idle(floors[""], forms, trivial, n, g) for g in IDLE_GAPS]
+    print(f"| bare bolt | {' / '.join(f'{c:.3f}' for c in bare)} | | |")
+    for target in targets:
+        case = target.cases[0]
+        bot = [cpu_after_idle(bot_app, forms, case, n, g) for g in IDLE_GAPS]
+        floor = [cpu_after_idle(floors[target.label], forms, trivial, n, g) for g in IDLE_GAPS]
+        print(
+            f"| {target.label} | {' / '.join(f'{c:.3f}' for c in bot)} | "
+            f"{' / '.join(f'{c:.3f}' for c in floor)} | "
+            f"{' / '.join(f'{b / f:.2f}x' for b, f in zip(bot, floor, strict=True))} |"
+        )
+
+
 def area_of(filename: str, function: str) -> str:
     """Where a profiled function lives: a package, a folder of this repository (`bot/` by its
     layer), a module of the standard library, or the C calls by kind."""
@@ -141,6 +188,11 @@ def main() -> int:
     parser.add_argument(
         "--sort", default="cumulative", choices=("cumulative", "tottime"), help="profile order"
     )
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="instead of the profiles: each request after idle gaps (IDLE_GAPS), n ≤ 300",
+    )
     args = parser.parse_args()
     n = max(1, min(args.n, 20_000))  # bounded: every request is a real Redis round trip or more
     rig = BenchRig()
@@ -170,6 +222,10 @@ def main() -> int:
             bare = BareBolt(rig.emulator.base_url, True, rig.redis.url, commands.get(label, ()))
             bares.append(bare)
             floors[label] = bare.wsgi()
+        if args.idle:
+            print_idle(targets, bot_app, floors, forms, min(n, 300))
+            under_test.close()
+            return 0
         trivial = {"command": "/deploy", "text": "web 2", "expect": "ok"}
         print(f"\nThread CPU per request, ms ({n} each, in process, no HTTP server)\n")
         print(
