@@ -133,8 +133,11 @@ class Rig(ContextRig):
 def make(redis_client: redis.Redis) -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def make_rig(**fields: Any) -> Rig:
-        rig = Rig(redis_client, traffic_pipeline(**fields))
+    def make_rig(raw: dict[str, Any] | None = None, **fields: Any) -> Rig:
+        """A rig on `raw` (a whole config), else on traffic_pipeline(**fields). Its runner is
+        shut down before the database is flushed: a runner thread left running once read a
+        rollout the flush had taken ("rollout does not exist")."""
+        rig = Rig(redis_client, raw if raw is not None else traffic_pipeline(**fields))
         rigs.append(rig)
         return rig
 
@@ -656,14 +659,11 @@ COMPARED = {
 
 
 def compared_rig(make: Callable[..., Rig], step: str = "30s", **kpi_fields: Any) -> Rig:
-    rig = make(strategy="canary", steps=[10, 100], step_duration=step)
     kpi = dict(COMPARED, **kpi_fields)
     config = traffic_pipeline(strategy="canary", steps=[10, 100], step_duration=step)
     config["pipelines"]["web"]["kpis"] = [kpi]
     config["pipelines"]["web"]["watch"] = {"interval": "1s", "duration": "2s", "warmup": 0}
-    fresh = Rig(rig.store.redis, config)
-    rig.runner.shutdown(wait=True)
-    return fresh
+    return make(config)
 
 
 def poll_both(rig: Rig, rollout_id: str, new: float, baseline: float) -> None:
@@ -771,7 +771,6 @@ def test_a_compare_poll_reads_the_baseline_within_what_is_left_of_the_poll_budge
 
 def held_rig(make: Callable[..., Rig], **traffic_fields: Any) -> tuple[Rig, Rollout]:
     """Version 2 as a canary whose one compare KPI never gets enough samples in a step."""
-    rig = make()
     config = traffic_pipeline(
         strategy="canary",
         steps=[10, 100],
@@ -783,8 +782,7 @@ def held_rig(make: Callable[..., Rig], **traffic_fields: Any) -> tuple[Rig, Roll
     web["kpis"] = [dict(COMPARED, min_samples=50)]
     web["watch"] = {"interval": "1s", "duration": "10s", "warmup": 0}
     web["deployers"] = ["U0DEV1"]
-    fresh = Rig(rig.store.redis, config)
-    rig.runner.shutdown(wait=True)
+    fresh = make(config)
     first = fresh.deploy("1", RolloutStatus.live)
     for _ in range(10):
         poll_both(fresh, first.id, 0.0, 0.0)
