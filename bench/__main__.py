@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import ack, judge, memory, polling, report, rollback, soak, traffic
+from bench import ack, judge, machine, memory, polling, report, rollback, soak, traffic
 from bench.machine import busy_cpu_seconds
 from bench.rig import BenchRig
 
@@ -89,6 +89,7 @@ def _meta(quick: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": _commit(),
         "loadavg_start": _loadavg(),
+        "wake_penalty": machine.wake_penalty(),
         "versions": {
             name: version(name) for name in ("slack_bolt", "slack_sdk", "waitress", "redis")
         },

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import socket
+import statistics
+import time
 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -29,3 +33,40 @@ def process_cpu_seconds(pid: int | None) -> float:
     except OSError:
         return math.nan
     return (int(fields[11]) + int(fields[12])) / USER_HZ
+
+
+WAKE_GAP_SECONDS = 0.05
+"""The idle gap of `wake_penalty`: about what separates a quiet bot's requests, or more."""
+
+
+def _fixed_work() -> None:
+    """A small fixed piece of what an ack does: a JSON round trip and two socket binds (the
+    bot's port check), no network."""
+    json.loads(json.dumps({"pipeline": "web", "steps": [{"n": i, "ok": True} for i in range(20)]}))
+    for _ in range(2):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind(("127.0.0.1", 0))
+        finally:
+            probe.close()
+
+
+def wake_penalty(hot: int = 200, idle: int = 40) -> dict[str, float]:
+    """The same fixed work, hot (back to back) and after WAKE_GAP_SECONDS asleep (medians, µs).
+
+    On a VM whose vCPU halts while idle, code run after a wake-up is slow (cold caches): the
+    more of it a request runs between waits, the more this machine adds to its latency. The
+    figures make runs on different machines comparable; they say nothing of the bot."""
+
+    def timed() -> float:
+        started = time.perf_counter()
+        _fixed_work()
+        return (time.perf_counter() - started) * 1e6
+
+    _fixed_work()
+    back_to_back = statistics.median(timed() for _ in range(hot))
+    after_idle = []
+    for _ in range(idle):
+        time.sleep(WAKE_GAP_SECONDS)
+        after_idle.append(timed())
+    return {"hot_us": back_to_back, "after_idle_us": statistics.median(after_idle)}

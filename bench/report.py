@@ -570,6 +570,18 @@ def _listed(names: list[str], what: str = "") -> str:
     return f" ({what + ': ' if what else ''}{', '.join(names)})"
 
 
+def _wake_line(penalty: JsonDict | None) -> list[str]:
+    if not penalty:
+        return []
+    hot, cold = penalty["hot_us"], penalty["after_idle_us"]
+    return [
+        f"Wake-up penalty (`bench.machine.wake_penalty`: a fixed piece of an ack's work, hot, "
+        f"then after 50 ms asleep): {hot:.0f} µs, then {cold:.0f} µs ({cold / hot:.1f}x). "
+        "A machine with a larger factor adds more to every request that waits on anything.",
+        "",
+    ]
+
+
 def markdown(results: JsonDict) -> str:
     meta = results["meta"]
     lines = [
@@ -579,6 +591,7 @@ def markdown(results: JsonDict) -> str:
         f"load average at start {meta['loadavg_start']}; whole run {_num(meta.get('seconds'), digits=0)} s. "
         "Every ratio is against a floor measured in this run on this machine.",
         "",
+        *_wake_line(meta.get("wake_penalty")),
     ]
     sections = (
         ("ack", ack_table),
