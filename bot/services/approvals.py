@@ -129,8 +129,8 @@ def _close(
     *,
     detail: Callable[[Rollout], str],
 ) -> Rollout | None:
-    """End a pending request (atomically: only if still pending), free the pipeline and
-    record the outcome (`detail` says what the audit entry adds)."""
+    """End a pending request (atomically: only if still pending) and free the pipeline, in
+    one write, then record the outcome (`detail` says what the audit entry adds)."""
     now = clock.now()
     closed = False
 
@@ -143,10 +143,9 @@ def _close(
             rollout.ended_by = by
             rollout.finished_at = now
 
-    rollout = store.update_rollout(rollout_id, close)
+    rollout = store.settle_rollout(rollout_id, close)
     if not closed:
         return None
-    store.release_rollout(rollout.pipeline, rollout.id)
     record_outcome(store, rollout, status.value, detail=detail(rollout))
     return rollout
 
@@ -357,7 +356,8 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
             rollout.status = RolloutStatus.queued if complete else rollout.status
             recorded.outcome = "approved" if complete else "partial"
 
-    rollout = ctx.store.update_rollout(rollout_id, record)
+    # A rejection frees the pipeline in the same write; an approval keeps it for the rollout.
+    rollout = ctx.store.settle_rollout(rollout_id, record)
     outcome = recorded.outcome
     action = "approve" if decision == APPROVED else "reject"
     count = f"{len(approvals_given(rollout, policy))} of {policy.required}"
@@ -378,7 +378,6 @@ def _record(ctx: Context, rollout_id: str, user: str, decision: str, policy: App
         command=f"{action} button",
     )
     if outcome == "rejected":
-        ctx.store.release_rollout(rollout.pipeline, rollout.id)
         record_outcome(ctx.store, rollout, "rejected", audit=False)  # the approver's entry above
         _after_close(ctx.store, ctx.notifier, policy, rollout)
         return Reply(

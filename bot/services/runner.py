@@ -734,22 +734,19 @@ class RolloutRunner:
         )
         # The pipeline's record, its lock and the rollout's status change in one write (see
         # `_settle`): a bot killed before it is adopted, one killed after it is watched.
-        rollout = self._settle(current, live, **fields)
+        rollout = self._settle(rollout_id, live, **fields)
         if rollout.status is RolloutStatus.live and self.on_live is not None:
             self.on_live(rollout, pipeline)
 
     def _settle(
-        self,
-        rollout: Rollout,
-        change: Callable[[Rollout], None],
-        **fields: str | float | None,
+        self, rollout_id: str, change: Callable[[Rollout], None], **fields: str | float | None
     ) -> Rollout:
         """`change` (the outcome) with the pipeline's `fields` and its lock freed, in one write
         (Store.settle_rollout): whoever sees a rollout ended may start the next one at once,
         and no crash leaves a rollout in flight that no lock names (recovery finds rollouts by
         their lock)."""
-        self._write_kept(rollout.id)
-        settled = self.store.settle_rollout(rollout.id, rollout.pipeline, change, **fields)
+        self._write_kept(rollout_id)
+        settled = self.store.settle_rollout(rollout_id, change, **fields)
         self._render(settled)
         return settled
 
@@ -790,7 +787,7 @@ class RolloutRunner:
             raise KeyError(f"rollout {rollout_id} does not exist")
         self._write_kept(rollout_id)
         record_outcome(self.store, failing, "failed", detail=reason)
-        self._settle(failing, fail)
+        self._settle(rollout_id, fail)
 
     def _finish(self, rollout_id: str, status: RolloutStatus, reason: str) -> None:
         def finish(rollout: Rollout) -> None:
@@ -803,7 +800,7 @@ class RolloutRunner:
         if current is None:
             raise KeyError(f"rollout {rollout_id} does not exist")
         record_outcome(self.store, current, status.value, detail=reason)
-        self._settle(current, finish)
+        self._settle(rollout_id, finish)
 
 
 def _mark(status: RolloutStatus) -> Callable[[Rollout], None]:

@@ -68,7 +68,8 @@ return {0, current}
 
 # A rollout's outcome and the pipeline it leaves, in one write: the record compared and set
 # as _COMPARE_AND_SET does, the pipeline's fields (ARGV[5..]) set, and its lock and in-flight
-# mark released if they are still this rollout's (ARGV[3]). Written one after the other, a bot
+# mark released if they are still this rollout's (ARGV[3]; empty while the rollout written is
+# still in flight: awaiting approval, queued, running). Written one after the other, a bot
 # killed between the release and the record left a rollout in flight that no lock names:
 # nobody's to recover, and behind a proxy a split nobody watches.
 _SETTLE_ROLLOUT = """
@@ -79,9 +80,11 @@ if #ARGV > 4 then
   redis.call('HSET', KEYS[2], unpack(ARGV, 5))
   redis.call('SADD', KEYS[4], ARGV[4])
 end
-if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
-if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[3] then
-  redis.call('HSET', KEYS[2], 'inflight_rollout', '')
+if ARGV[3] ~= '' then
+  if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+  if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[3] then
+    redis.call('HSET', KEYS[2], 'inflight_rollout', '')
+  end
 end
 return {1, false}
 """
@@ -355,6 +358,13 @@ class StoreUnreachable(Exception):
 
 
 _UNANSWERED = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _text(value: str | float | None) -> str:
+    """A pipeline field as its hash keeps it: None is empty."""
+    return "" if value is None else str(value)
+
+
 """What redis-py raises when Redis does not answer (rather than refusing a command)."""
 
 
@@ -441,7 +451,7 @@ class Store:
         return {name: _snapshot(name, answer) for name, answer in zip(names, answers, strict=True)}
 
     def update_pipeline(self, name: str, **fields: str | float | None) -> None:
-        mapping: dict[Any, Any] = {k: "" if v is None else str(v) for k, v in fields.items()}
+        mapping: dict[Any, Any] = {k: _text(v) for k, v in fields.items()}
         pipe = self.redis.pipeline()
         pipe.hset(self.keys.pipeline(name), mapping=mapping)
         pipe.sadd(self.keys.pipelines(), name)
@@ -572,39 +582,40 @@ class Store:
 
     def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
         """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
-        return self._rollout_changed(rollout_id, change, self._compare_and_set, [], [])
+        return self._rollout_changed(rollout_id, change, self._compare_and_set)
 
     def settle_rollout(
         self,
         rollout_id: str,
-        pipeline: str,
         change: Callable[[Rollout], None],
         **fields: str | float | None,
     ) -> Rollout:
-        """`update_rollout` for the change that ends a rollout's run (live, failed, ...), and
-        in the same atomic write the pipeline's `fields` and its lock and in-flight mark
-        released (where still this rollout's): whoever sees the outcome sees the pipeline
-        as it now is, and a bot killed on the way left either the lock held (recovery adopts
-        the rollout) or the outcome written."""
-        keys = [self.keys.pipeline(pipeline), self.keys.rollout_lock(pipeline)]
-        keys.append(self.keys.pipelines())
-        args: list[str] = [rollout_id, pipeline]
-        for field, value in fields.items():
-            args += [field, "" if value is None else str(value)]
-        return self._rollout_changed(rollout_id, change, self._settle_rollout, keys, args)
+        """`update_rollout`, and in the same atomic write the pipeline's `fields` and, once
+        the change leaves the rollout no longer in flight (live, good, failed, rejected, ...),
+        its lock and in-flight mark released (where still this rollout's): whoever sees the
+        outcome sees the pipeline as it now is, and a bot killed on the way left either the
+        lock held (recovery adopts the rollout) or the outcome written. A change that leaves
+        it in flight (an approval short of the count, a request approved and queued) keeps
+        them."""
+        pipeline_args = [arg for field, value in fields.items() for arg in (field, _text(value))]
+
+        def pipeline_of(rollout: Rollout) -> tuple[list[str], list[str]]:
+            name = rollout.pipeline
+            frees = "" if rollout.status.in_flight_states else rollout.id
+            keys = [self.keys.pipeline(name), self.keys.rollout_lock(name), self.keys.pipelines()]
+            return keys, [frees, name, *pipeline_args]
+
+        return self._rollout_changed(rollout_id, change, self._settle_rollout, pipeline_of)
 
     def _rollout_changed(
         self,
         rollout_id: str,
         change: Callable[[Rollout], None],
         write: Script,
-        keys: list[str],
-        args: list[str],
+        also: Callable[[Rollout], tuple[list[str], list[str]]] | None = None,
     ) -> Rollout:
         try:
-            updated = self.update_model(
-                self.keys.rollout(rollout_id), Rollout, change, write, keys, args
-            )
+            updated = self.update_model(self.keys.rollout(rollout_id), Rollout, change, write, also)
         except _UNANSWERED as exc:
             raise StoreUnreachable(f"Redis did not answer ({exc})") from exc
         if updated is None:
@@ -617,19 +628,20 @@ class Store:
         model: type[ModelT],
         change: Callable[[ModelT], None],
         write: Script | None = None,
-        keys: Sequence[str] = (),
-        args: Sequence[str] = (),
+        also: Callable[[ModelT], tuple[list[str], list[str]]] | None = None,
     ) -> ModelT | None:
         """Read the JSON record at `key`, apply `change`, write it back, atomically; None if
         there is none. Optimistic: the write is a compare-and-set against the record as read
         (one script), retried on what another writer left. Two round trips, where WATCH, GET
         and MULTI/SET/EXEC took three: a breach's claim is one of these. `write`: a script
-        that compares and sets as _COMPARE_AND_SET does and also writes `keys` with `args`."""
+        that compares and sets as _COMPARE_AND_SET does and also writes the keys with the
+        arguments `also` gives for the changed record."""
         write = write or self._compare_and_set
         raw = cast(str | None, self.redis.get(key))
         while raw is not None:
             record = model.model_validate_json(raw)
             change(record)
+            keys, args = also(record) if also is not None else ([], [])
             written, current = cast(
                 list[Any],
                 write(keys=[key, *keys], args=[raw, record.model_dump_json(), *args]),

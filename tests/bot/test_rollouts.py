@@ -329,19 +329,54 @@ def test_a_rejection_is_stored_plainly_and_shown_with_a_mention(make: Callable[.
     assert rig.target.calls == [("locate", "1")], "located in the ack (pull: never), never run"
 
 
-def test_a_rejection_whose_bot_died_before_freeing_the_pipeline_is_only_freed(
+class BotKilled(Exception):
+    """The bot died here."""
+
+
+def test_a_rejection_frees_the_pipeline_in_the_write_that_records_it(
     make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rejection records the outcome, then frees the lock. Killed between, the lock lapsed
-    and recovery adopted the rollout as if it had run: "undo" failed it, over its rejection,
-    after asking the engine about a version that never started."""
+    """The rejection was written, then the lock freed: a bot killed between left the pipeline
+    locked by a rejected request until the lock lapsed (the approvals' expiry plus the lock's
+    TTL), every /deploy refused meanwhile as in flight."""
     rig = make(approvals={"approvers": [LEAD], "required": 1})
     rig.command("/deploy", "web 1", user=DEV)
     request = rig.newest()
-    monkeypatch.setattr(rig.store, "release_rollout", lambda pipeline, rollout_id: None)
-    press(rig, request.id, LEAD, REJECTED, 1)  # the bot dies before the release
+
+    def dies_once_rejected(write: Callable[..., Rollout]) -> Callable[..., Rollout]:
+        def then_dies(*args: Any, **kwargs: Any) -> Rollout:
+            written = write(*args, **kwargs)
+            if written.status is RolloutStatus.rejected:
+                raise BotKilled("killed right after the rejection was written")
+            return written
+
+        return then_dies
+
+    for write in ("update_rollout", "settle_rollout"):
+        monkeypatch.setattr(rig.store, write, dies_once_rejected(getattr(rig.store, write)))
+    with pytest.raises(BotKilled):
+        press(rig, request.id, LEAD, REJECTED, 1)
     monkeypatch.undo()
-    assert rig.store.pipeline("web").inflight_rollout == request.id
+    assert rig.store.rollout(request.id).status is RolloutStatus.rejected  # type: ignore[union-attr]
+    assert rig.store.pipeline("web").inflight_rollout == ""
+    assert rig.store.rollout_lock_holder("web") is None
+    assert rig.command("/deploy", "web 2", user=DEV).startswith("`web` needs approval")
+
+
+def test_a_rollout_adopted_with_its_outcome_written_is_only_freed(
+    make: Callable[..., Rig],
+) -> None:
+    """A rollout whose outcome was written while it still held the lock (a bot of before the
+    one-write end, or any path that writes the outcome first): recovery adopted it as if it
+    had run, asked the engine to undo it and wrote `failed` over its outcome."""
+    rig = make(approvals={"approvers": [LEAD], "required": 1})
+    rig.command("/deploy", "web 1", user=DEV)
+    request = rig.newest()
+
+    def rejected(r: Rollout) -> None:
+        r.status, r.error, r.ended_by = RolloutStatus.rejected, "rejected", LEAD
+
+    rig.store.update_rollout(request.id, rejected)  # the outcome, the lock still held
     rig.store.redis.delete(rig.store.keys.rollout_lock("web"))  # its TTL ran out
     calls = list(rig.target.calls)
     assert recovery.recover_orphans(rig.ctx) == [request.id]
@@ -354,7 +389,6 @@ def test_a_rejection_whose_bot_died_before_freeing_the_pipeline_is_only_freed(
         ended is not None and ended.status is RolloutStatus.rejected and ended.error == "rejected"
     )
     assert rig.target.calls == calls, "nothing asked of the engine"
-    assert rig.command("/deploy", "web 2", user=DEV).startswith("`web` needs approval")
 
 
 def test_a_deploy_or_rollback_of_the_live_version_is_refused_and_audited(

@@ -184,11 +184,15 @@ def test_settling_a_rollout_writes_its_outcome_its_pipeline_and_frees_only_its_o
     store: Store, redis_client: redis.Redis
 ) -> None:
     """Store.settle_rollout: one write, so no reader (and no crash) sees one without the other;
-    a lock another rollout has taken meanwhile stays that rollout's."""
+    a change that leaves the rollout in flight keeps its lock; a lock another rollout has taken
+    meanwhile stays that rollout's."""
     first, second = rollout("r-1", "web", "1"), rollout("r-2", "web", "2")
     store.create_rollout(first)
     store.create_rollout(second)
     assert store.claim_rollout("web", first.id, 30) is None
+    store.settle_rollout(first.id, lambda r: setattr(r, "status", RolloutStatus.in_flight))
+    assert store.rollout_lock_holder("web") == first.id, "still in flight: still held"
+    assert store.pipeline("web").inflight_rollout == first.id
     # Another writer changes the record between the read and the write: the change is retried
     # on what it left, not lost.
     other = Store(redis_client, store.keys, store.clock)
@@ -200,7 +204,7 @@ def test_settling_a_rollout_writes_its_outcome_its_pipeline_and_frees_only_its_o
             other.update_rollout(r.id, lambda o: o.notes.append("written meanwhile"))
         r.status = RolloutStatus.live
 
-    settled = store.settle_rollout(first.id, "web", live, live_version="1", live_rollout=first.id)
+    settled = store.settle_rollout(first.id, live, live_version="1", live_rollout=first.id)
     assert settled.status is RolloutStatus.live and settled.notes == ["written meanwhile"]
     assert store.rollout(first.id) == settled
     state = store.pipeline("web")
@@ -208,8 +212,8 @@ def test_settling_a_rollout_writes_its_outcome_its_pipeline_and_frees_only_its_o
     assert store.rollout_lock_holder("web") is None
 
     assert store.claim_rollout("web", second.id, 30) is None
-    store.settle_rollout(first.id, "web", lambda r: r.notes.append("late"))
+    store.settle_rollout(first.id, lambda r: r.notes.append("late"))
     assert store.rollout_lock_holder("web") == second.id
     assert store.pipeline("web").inflight_rollout == second.id
     with pytest.raises(KeyError):
-        store.settle_rollout("r-gone", "web", lambda r: None)
+        store.settle_rollout("r-gone", lambda r: None)
