@@ -554,9 +554,9 @@ class RolloutRunner:
     def _recover(self, rollout: Rollout) -> None:
         """Reconcile a rollout whose bot died: finish it if the new version runs, else undo."""
         if rollout.status.finished:
-            # Its outcome is written and its bot died before freeing the pipeline (a rejection
-            # is recorded, then the lock released): freeing it (below) is all that is left;
-            # "undo" here would act on the engine for a rollout that never ran.
+            # Its outcome is written and its bot died before freeing the pipeline (a bot from
+            # before outcomes and releases were one write): freeing it (below) is all that is
+            # left; "undo" here would act on the engine for a rollout that never ran.
             logger.warning(
                 "rollout %s of %s ended %s before its bot freed the pipeline: freed",
                 rollout.id,

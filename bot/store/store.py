@@ -358,14 +358,12 @@ class StoreUnreachable(Exception):
 
 
 _UNANSWERED = (redis.ConnectionError, redis.TimeoutError)
+"""What redis-py raises when Redis does not answer (rather than refusing a command)."""
 
 
 def _text(value: str | float | None) -> str:
     """A pipeline field as its hash keeps it: None is empty."""
     return "" if value is None else str(value)
-
-
-"""What redis-py raises when Redis does not answer (rather than refusing a command)."""
 
 
 class Store:
