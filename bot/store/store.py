@@ -45,13 +45,23 @@ end
 return 0
 """
 
-_RELEASE_ROLLOUT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[1] then
-  redis.call('HSET', KEYS[2], 'inflight_rollout', '')
+# A pipeline's lock and in-flight mark freed, where they are still `rollout`'s.
+_RELEASE_FUNCTION = """
+local function release(lock, pipeline, rollout)
+  if redis.call('GET', lock) == rollout then redis.call('DEL', lock) end
+  if redis.call('HGET', pipeline, 'inflight_rollout') == rollout then
+    redis.call('HSET', pipeline, 'inflight_rollout', '')
+  end
 end
+"""
+
+_RELEASE_ROLLOUT = (
+    _RELEASE_FUNCTION
+    + """
+release(KEYS[1], KEYS[2], ARGV[1])
 return 1
 """
+)
 
 # A record written only if it is still what the writer read: {1, nil} when written, else
 # {0, what is there now (nil: deleted)} for the writer to change again. The same outcome as
@@ -72,7 +82,9 @@ return {0, current}
 # still in flight: awaiting approval, queued, running). Written one after the other, a bot
 # killed between the release and the record left a rollout in flight that no lock names:
 # nobody's to recover, and behind a proxy a split nobody watches.
-_SETTLE_ROLLOUT = """
+_SETTLE_ROLLOUT = (
+    _RELEASE_FUNCTION
+    + """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then return {0, current} end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -80,14 +92,10 @@ if #ARGV > 4 then
   redis.call('HSET', KEYS[2], unpack(ARGV, 5))
   redis.call('SADD', KEYS[4], ARGV[4])
 end
-if ARGV[3] ~= '' then
-  if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
-  if redis.call('HGET', KEYS[2], 'inflight_rollout') == ARGV[3] then
-    redis.call('HSET', KEYS[2], 'inflight_rollout', '')
-  end
-end
+if ARGV[3] ~= '' then release(KEYS[3], KEYS[2], ARGV[3]) end
 return {1, false}
 """
+)
 
 _DELETE_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -580,7 +588,7 @@ class Store:
 
     def update_rollout(self, rollout_id: str, change: Callable[[Rollout], None]) -> Rollout:
         """Apply `change` atomically (optimistic WATCH/MULTI): replicas never lose an update."""
-        return self._rollout_changed(rollout_id, change, self._compare_and_set)
+        return self._rollout_changed(rollout_id, change)
 
     def settle_rollout(
         self,
@@ -609,7 +617,7 @@ class Store:
         self,
         rollout_id: str,
         change: Callable[[Rollout], None],
-        write: Script,
+        write: Script | None = None,
         also: Callable[[Rollout], tuple[list[str], list[str]]] | None = None,
     ) -> Rollout:
         try:
