@@ -69,4 +69,8 @@ def wake_penalty(hot: int = 200, idle: int = 40) -> dict[str, float]:
     for _ in range(idle):
         time.sleep(WAKE_GAP_SECONDS)
         after_idle.append(timed())
-    return {"hot_us": back_to_back, "after_idle_us": statistics.median(after_idle)}
+    return {
+        "hot_us": back_to_back,
+        "after_idle_us": statistics.median(after_idle),
+        "gap_ms": WAKE_GAP_SECONDS * 1000,
+    }

@@ -85,6 +85,9 @@ def cpu_per_request(app: WsgiApp, forms: SignedForms, case: dict[str, str], n: i
     return (time.thread_time() - started) / n * 1000
 
 
+TRIVIAL = {"command": "/deploy", "text": "web 2", "expect": "ok"}
+"""The bare apps' one command: what each floor is called with."""
+
 IDLE_GAPS = (0.0, 0.005, 0.05)
 """Seconds the thread sleeps before each request of `--idle`: none, then gaps like those
 between a quiet bot's requests."""
@@ -112,17 +115,16 @@ def print_idle(
     CPU one request needs is not fixed: on a VM whose vCPU halts while idle, the first code
     run after a wake-up is slower (cold caches), and more so the longer the gap; a request
     that waits on Redis once or twice wakes up that many more times."""
-    trivial = {"command": "/deploy", "text": "web 2", "expect": "ok"}
     gaps = " | ".join(f"{g * 1000:g} ms" for g in IDLE_GAPS)
     print(f"\nThread CPU of one request after an idle gap, ms (median of {n}; gaps: {gaps})\n")
     print("| request | bot | same work | ratio |")
     print("|---|--:|--:|--:|")
-    bare = [cpu_after_idle(floors[""], forms, trivial, n, g) for g in IDLE_GAPS]
+    bare = [cpu_after_idle(floors[""], forms, TRIVIAL, n, g) for g in IDLE_GAPS]
     print(f"| bare bolt | {' / '.join(f'{c:.3f}' for c in bare)} | | |")
     for target in targets:
         case = target.cases[0]
         bot = [cpu_after_idle(bot_app, forms, case, n, g) for g in IDLE_GAPS]
-        floor = [cpu_after_idle(floors[target.label], forms, trivial, n, g) for g in IDLE_GAPS]
+        floor = [cpu_after_idle(floors[target.label], forms, TRIVIAL, n, g) for g in IDLE_GAPS]
         print(
             f"| {target.label} | {' / '.join(f'{c:.3f}' for c in bot)} | "
             f"{' / '.join(f'{c:.3f}' for c in floor)} | "
@@ -226,7 +228,6 @@ def main() -> int:
             print_idle(targets, bot_app, floors, forms, min(n, 300))
             under_test.close()
             return 0
-        trivial = {"command": "/deploy", "text": "web 2", "expect": "ok"}
         print(f"\nThread CPU per request, ms ({n} each, in process, no HTTP server)\n")
         print(
             f"| {'request':<40} | Redis round trips | CPU ms | bare bolt + the same Redis "
@@ -234,7 +235,7 @@ def main() -> int:
         )
         print(f"|{'-' * 42}|--:|--:|--:|--:|")
         floor_cpu = {
-            label: cpu_per_request(app, forms, trivial, n) for label, app in floors.items()
+            label: cpu_per_request(app, forms, TRIVIAL, n) for label, app in floors.items()
         }
         print(f"| {'bare bolt':<40} | 0 | {floor_cpu['']:.3f} | | |")
         for target in targets:
@@ -254,7 +255,7 @@ def main() -> int:
             print(f"\n## {target.label}: top {args.top} by {args.sort} time over {n} requests\n")
             print(out.getvalue().split("\n", 6)[-1].rstrip())
         for target in targets:
-            floor_profile = profiled(floors[target.label], forms, trivial, n)
+            floor_profile = profiled(floors[target.label], forms, TRIVIAL, n)
             print_areas(
                 target.label,
                 time_by_area(profiles[target.label], n),

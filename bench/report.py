@@ -576,7 +576,8 @@ def _wake_line(penalty: JsonDict | None) -> list[str]:
     hot, cold = penalty["hot_us"], penalty["after_idle_us"]
     return [
         f"Wake-up penalty (`bench.machine.wake_penalty`: a fixed piece of an ack's work, hot, "
-        f"then after 50 ms asleep): {hot:.0f} µs, then {cold:.0f} µs ({cold / hot:.1f}x). "
+        f"then after {penalty['gap_ms']:g} ms asleep): {hot:.0f} µs, then {cold:.0f} µs "
+        f"({cold / hot:.1f}x). "
         "A machine with a larger factor adds more to every request that waits on anything.",
         "",
     ]
