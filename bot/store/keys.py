@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 PIPELINE_KEY_TEMPLATE = "{prefix}:pipeline:{pipeline}"  # hash: PipelineState
-PIPELINES_KEY_TEMPLATE = "{prefix}:pipelines"  # set of pipeline names ever seen
 ROLLOUT_LOCK_KEY_TEMPLATE = "{prefix}:lock:rollout:{pipeline}"  # string: rollout id, PX ttl
 ROLLOUT_RUNNER_KEY_TEMPLATE = "{prefix}:runner:{rollout}"  # string: instance id, PX ttl
 ROLLOUT_KEY_TEMPLATE = "{prefix}:rollout:{rollout}"  # string: Rollout JSON
@@ -75,9 +74,6 @@ class Keys:
 
     def pipeline(self, pipeline: str) -> str:
         return PIPELINE_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)
-
-    def pipelines(self) -> str:
-        return PIPELINES_KEY_TEMPLATE.format(prefix=self.prefix)
 
     def rollout_lock(self, pipeline: str) -> str:
         return ROLLOUT_LOCK_KEY_TEMPLATE.format(prefix=self.prefix, pipeline=pipeline)

@@ -77,7 +77,7 @@ return {0, current}
 """
 
 # A rollout's outcome and the pipeline it leaves, in one write: the record compared and set
-# as _COMPARE_AND_SET does, the pipeline's fields (ARGV[5..]) set, and its lock and in-flight
+# as _COMPARE_AND_SET does, the pipeline's fields (ARGV[4..]) set, and its lock and in-flight
 # mark released if they are still this rollout's (ARGV[3]; empty while the rollout written is
 # still in flight: awaiting approval, queued, running). Written one after the other, a bot
 # killed between the release and the record left a rollout in flight that no lock names:
@@ -88,10 +88,7 @@ _SETTLE_ROLLOUT = (
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then return {0, current} end
 redis.call('SET', KEYS[1], ARGV[2])
-if #ARGV > 4 then
-  redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-  redis.call('SADD', KEYS[4], ARGV[4])
-end
+if #ARGV > 3 then redis.call('HSET', KEYS[2], unpack(ARGV, 4)) end
 if ARGV[3] ~= '' then release(KEYS[3], KEYS[2], ARGV[3]) end
 return {1, false}
 """
@@ -118,7 +115,7 @@ end
 """
 # A rollout may start only when no lock is held and no earlier rollout is still recorded as in
 # flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced):
-# the pipeline's rollout lock, else the holder's id. With a rollout's record (KEYS[4..6], ARGV[4..]) the rollout is opened in the same step: its record
+# the pipeline's rollout lock, else the holder's id. With a rollout's record (KEYS[3..5], ARGV[3..]) the rollout is opened in the same step: its record
 # written, listed under the pipeline, and its acceptance audited, so the lock never names a
 # rollout without a record and the ack spends one round trip on all of it.
 _CLAIM_ROLLOUT = (
@@ -130,11 +127,10 @@ local inflight = redis.call('HGET', KEYS[2], 'inflight_rollout')
 if inflight and inflight ~= '' then return inflight end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'inflight_rollout', ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[3])
-if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[4])
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
-  append(KEYS[6], ARGV[6], ARGV[7], {unpack(ARGV, 8)})
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+  append(KEYS[5], ARGV[5], ARGV[6], {unpack(ARGV, 7)})
 end
 return false
 """
@@ -458,10 +454,7 @@ class Store:
 
     def update_pipeline(self, name: str, **fields: str | float | None) -> None:
         mapping: dict[Any, Any] = {k: _text(v) for k, v in fields.items()}
-        pipe = self.redis.pipeline()
-        pipe.hset(self.keys.pipeline(name), mapping=mapping)
-        pipe.sadd(self.keys.pipelines(), name)
-        pipe.execute()
+        self.redis.hset(self.keys.pipeline(name), mapping=mapping)
 
     def halt(self, name: str, *, by: str, reason: str, incident: str = "") -> None:
         self.update_pipeline(
@@ -488,7 +481,7 @@ class Store:
     def claim_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> str | None:
         """Take the pipeline's rollout lock; returns the holder's rollout id when taken."""
         holder = self._claim(
-            keys=self._claim_keys(pipeline), args=[rollout_id, int(ttl_seconds * 1000), pipeline]
+            keys=self._claim_keys(pipeline), args=[rollout_id, int(ttl_seconds * 1000)]
         )
         return cast(str, holder) if holder else None
 
@@ -509,7 +502,6 @@ class Store:
             args=[
                 rollout.id,
                 int(ttl_seconds * 1000),
-                name,
                 rollout.model_dump_json(),
                 repr(rollout.created_at),
                 *accepted.args(),
@@ -521,11 +513,7 @@ class Store:
         return None
 
     def _claim_keys(self, pipeline: str) -> list[str]:
-        return [
-            self.keys.rollout_lock(pipeline),
-            self.keys.pipeline(pipeline),
-            self.keys.pipelines(),
-        ]
+        return [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
 
     def adopt_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
         keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
@@ -579,7 +567,6 @@ class Store:
         pipe = self.redis.pipeline()
         pipe.set(self.keys.rollout(rollout.id), rollout.model_dump_json())
         pipe.zadd(self.keys.pipeline_rollouts(rollout.pipeline), {rollout.id: rollout.created_at})
-        pipe.sadd(self.keys.pipelines(), rollout.pipeline)
         pipe.execute()
 
     def rollout(self, rollout_id: str) -> Rollout | None:
@@ -608,8 +595,8 @@ class Store:
         def pipeline_of(rollout: Rollout) -> tuple[list[str], list[str]]:
             name = rollout.pipeline
             frees = "" if rollout.status.in_flight_states else rollout.id
-            keys = [self.keys.pipeline(name), self.keys.rollout_lock(name), self.keys.pipelines()]
-            return keys, [frees, name, *pipeline_args]
+            keys = [self.keys.pipeline(name), self.keys.rollout_lock(name)]
+            return keys, [frees, *pipeline_args]
 
         return self._rollout_changed(rollout_id, change, self._settle_rollout, pipeline_of)
 
