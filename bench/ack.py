@@ -74,7 +74,8 @@ class RedisCommand:
 
 class BareBolt:
     """A bolt app with one trivial command behind the bot's HttpServer (same WSGI routing);
-    with `commands`, the command first sends those Redis commands, one round trip each."""
+    with `commands`, the command first sends those Redis commands, one round trip each, and
+    with `then`, calls it before it acks."""
 
     def __init__(
         self,
@@ -82,6 +83,9 @@ class BareBolt:
         process_before_response: bool,
         redis_url: str | None = None,
         commands: Sequence[RedisCommand] = (),
+        *,
+        command: str = "/deploy",
+        then: Callable[[], None] | None = None,
     ) -> None:
         app = App(
             signing_secret=SIGNING_SECRET,
@@ -94,15 +98,17 @@ class BareBolt:
         self.redis = connect(redis_url) if redis_url and commands else None
         store = self.redis
 
-        def deploy(ack: Ack) -> None:
+        def handle(ack: Ack) -> None:
             if store is not None:
                 # The bot's own commands again: the claim's SET NX finds its key taken and the
                 # answer's script appends one more audit entry, the same work either way.
-                for command in commands:
-                    store.execute_command(*command.args, **command.options)
+                for sent in commands:
+                    store.execute_command(*sent.args, **sent.options)
+            if then is not None:
+                then()
             ack("ok")
 
-        app.command("/deploy")(deploy)
+        app.command(command)(handle)
         self.handler = SlackRequestHandler(app, path="/slack/events")
         threads = Settings.model_fields["http_threads"].default
         # HttpServer only calls .wsgi() on what it serves.

@@ -324,19 +324,40 @@ def traffic_table(traffic: JsonDict) -> list[str]:
             f"{_num(row['floor_p50'], 1000, 2)} | {_ratio(row['ratio_p50'])} | "
             f"{_ratio(row['ratio_p99'])} | {_verdict(row['met'])} |"
         )
-    for label, figures in (
+    same = timing.get("same_work")
+    references = [
         ("floor: one bare runtime-API line (weight up; weight down) + probe", timing["floor"]),
         (
             "reference: HAProxyRouter.shift alone (1 round trip, state read back) + probe",
             timing["router"],
         ),
-    ):
+    ]
+    if same:
+        references.append(
+            (
+                f"same work: Slack's /rollback to bare bolt sending the {same['commands']} Redis "
+                "commands the bot's ack sends before the move, then the floor's line + probe",
+                same,
+            )
+        )
+    for label, figures in references:
         lines.append(
             f"| {label} | {figures['n']} | {_num(figures['p50'], 1000, 2)} | "
             f"{_num(figures['p99'], 1000, 2)} | {_num(figures['max'], 1000, 2)} | "
             f"{_num(figures.get('lower_p50'), 1000, 2)} | | | | |"
         )
     marks = timing["command_marks_median"]
+    command = timing["rows"][0]
+    if same and same["n"]:
+        lines += [
+            "",
+            f"Slack's `/rollback` against the same work without the bot: p50 "
+            f"{_num(command['p50'], 1000, 1)} against {_num(same['p50'], 1000, 1)} ms "
+            f"({_ratio(same['command_ratio_p50'])}), p99 {_num(command['p99'], 1000, 1)} against "
+            f"{_num(same['p99'], 1000, 1)} ms ({_ratio(same['command_ratio_p99'])}); the same "
+            f"work alone is {_ratio(same['ratio_p50_to_floor'])} the floor's p50 at p50 and "
+            f"{_ratio(same['ratio_p99_to_floor'])} at p99.",
+        ]
     lines += [
         "",
         "Where a `/rollback` spends its time (medians, ms after the command was sent): "

@@ -34,6 +34,13 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
    (one connection, one round trip), then the same probe on the floor's listen address. For
    reference, the bot's own `HAProxyRouter.shift` on the floor backend (the same two
    weights and `show servers state` that proves them, one round trip), and the same probe.
+   And the same work without the bot: a bare bolt app (the ack bench's, behind the same
+   HttpServer) whose `/rollback`, signed and sent as the bot's is, sends the Redis commands
+   the bot's ack sent before it moved the requests (recorded from its first sample), then the
+   floor's line; timed by the same probe from the same client. Its commands go to a scratch
+   database of the same Redis (scripts are cached server-wide, so they run as they ran),
+   holding the pipeline's state as it was when the bot's were recorded (DUMP, then RESTORE
+   before each request).
 3. A bad version (demo tag 3: every other GET / answers 500) deployed to the canary pipeline,
    caught at its 5% step, against the same version deployed to `direct` and rolled back by the
    watch; both with the same watch and threshold, at 100 req/s. Failed requests from the
@@ -46,15 +53,18 @@ import contextlib
 import gc
 import logging
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import docker.errors
+import redis
 
 from bench import botctl
+from bench.ack import BareBolt, RedisCommand
 from bench.load import LoadDriver
 from bench.observe import wait_for_version
 from bench.probe import CLIENTS, PACE_SECONDS, ProbeDriver
@@ -63,6 +73,7 @@ from bench.stats import median, ratio, summarize
 from bot.domain.config import Pipeline, Traffic
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.server import freeze_startup_heap
+from bot.store.connection import connect
 from bot.store.store import Store
 from bot.targets.docker_host import LABEL_PIPELINE
 from bot.targets.hardening import container_options
@@ -105,6 +116,8 @@ PROBE_LEAD_SECONDS = 0.2  # the probe starts this long before the poll that will
 TARGET_RATIO = 10.0
 TARGET_SECONDS = 0.05
 TARGET_BAD_SHARE = 0.05
+SCRATCH_DB = 1
+"""The Redis database the same-work app's commands go to (the bot's is 0)."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +232,7 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
         if botctl.wait_for_rollout(bot.ctx.store, first).status is not RolloutStatus.good:
             raise AssertionError("the canary pipeline's first version did not pass its watch")
         slack = LoadDriver(SIGNING_SECRET, response_base=f"{rig.emulator.root_url}/response")
-        timing = _rollback_timing(bot, bg, floor, probe, slack, profile)
+        timing = _rollback_timing(rig, bot, bg, floor, probe, slack, profile)
         breaches = [_breach_sample(bot, trip, probe) for _ in range(profile.breach_samples)]
         slow = _slow_slack(rig, bot, bg, trip, probe, slack, profile.slow_slack_samples)
         bad: dict[str, list[dict[str, Any]]] = {"canary": [], "direct": []}
@@ -227,6 +240,7 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
             bad["canary"].append(_bad_version_run(bot, canary))
             bad["direct"].append(_bad_version_run(bot, direct))
         floor_bare, floor_router = list(floor.bare), list(floor.router)
+        same_work = {"commands": floor.same_work_commands, "samples": list(floor.same_work)}
     finally:
         if rig.emulator is not None:
             for method in SLOW_METHODS:
@@ -244,7 +258,7 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
         _remove_containers(rig, set(names.values()))
         for scraped in (rig.name("tr-haproxy"), names["direct"]):
             rig.prometheus.set_targets({}, [], name=scraped)
-    return _result(swaps, timing, breaches, slow, bad, floor_bare, floor_router)
+    return _result(swaps, timing, breaches, slow, bad, floor_bare, floor_router, same_work)
 
 
 # The pipelines -----------------------------------------------------------------------------
@@ -344,6 +358,8 @@ class Floor:
         self.serving = "2"
         self.bare: list[dict[str, float]] = []
         self.router: list[dict[str, float]] = []
+        self.same_work: list[dict[str, float]] = []
+        self.same_work_commands = 0
         self.ids: list[str] = []
         try:
             for version, port in self.ports.items():
@@ -367,13 +383,14 @@ class Floor:
             self.close()
             raise
 
-    def _flip(self, move: Any) -> dict[str, float]:
+    def _flip(self, move: Callable[[str, str], float | None]) -> dict[str, float]:
+        """Time `move` (old, new): from its call, or from when it says it began."""
         old, new = ("1", "2") if self.serving == "2" else ("2", "1")
         first = self.probe.start(self.listen, old, consecutive=CONSECUTIVE, timeout=10)
         if first != self.serving:
             raise AssertionError(f"the floor backend answered {first}, not {self.serving}")
         began = time.time()
-        move(old, new)
+        began = move(old, new) or began
         seen = self.probe.result()
         self.serving = old
         return {
@@ -381,20 +398,36 @@ class Floor:
             "lower": max(0.0, float(seen["last_other_sent_at"] or began) - began),
         }
 
+    def weights_line(self, old: str, new: str) -> list[str]:
+        """The floor's runtime-API line: every request to `old`."""
+        backend = self.traffic.backend
+        return [
+            f"set server {backend}/v{self.ports[old]} weight 100",
+            f"set server {backend}/v{self.ports[new]} weight 0",
+        ]
+
+    def send_line(self, line: list[str]) -> None:
+        answers = runtime_api_line(self.traffic.runtime_api, line)
+        if answers:
+            raise AssertionError(f"HAProxy refused the floor's weights: {answers}")
+
     def sample_bare(self) -> None:
         def move(old: str, new: str) -> None:
-            backend = self.traffic.backend
-            answers = runtime_api_line(
-                self.traffic.runtime_api,
-                [
-                    f"set server {backend}/v{self.ports[old]} weight 100",
-                    f"set server {backend}/v{self.ports[new]} weight 0",
-                ],
-            )
-            if answers:
-                raise AssertionError(f"HAProxy refused the floor's weights: {answers}")
+            self.send_line(self.weights_line(old, new))
 
         self.bare.append(self._flip(move))
+
+    def sample_same_work(self, same: SameWork, slack: LoadDriver) -> None:
+        def move(old: str, new: str) -> float:
+            same.prepare(self.weights_line(old, new))
+            reply = slack.one(same.url, "/rollback", "floor 1")
+            if reply["status"] != 200 or reply["text"] != "ok":
+                raise AssertionError(f"same work: HTTP {reply['status']} {reply['text']!r}")
+            return float(reply["sent_at"])
+
+        self.same_work_commands = len(same.commands)
+        self.same_work.append(self._flip(move))
+        same.check_replayed()
 
     def sample_router(self) -> None:
         router = HAProxyRouter()
@@ -410,6 +443,94 @@ class Floor:
         for container_id in self.ids:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.api.remove_container(container_id, force=True)
+
+
+class SameWork:
+    """What the bot's `/rollback` ack must do before the requests move, without the bot: a
+    bare bolt app whose `/rollback` sends `commands` (the bot's, recorded) to a scratch
+    database holding `seed` (the keys they read, as they were), then the floor's line."""
+
+    def __init__(
+        self, rig: BenchRig, floor: Floor, commands: list[RedisCommand], seed: dict[str, bytes]
+    ) -> None:
+        assert rig.redis is not None and rig.emulator is not None
+        if not commands:
+            raise AssertionError("the bot's /rollback sent no Redis command before the move")
+        url = rig.redis.url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}"
+        self.commands = commands
+        self.seed = seed
+        self.line: list[str] = []
+        self.scratch = connect(url)
+        self.app = BareBolt(
+            rig.emulator.base_url,
+            True,
+            url,
+            commands,
+            command="/rollback",
+            then=lambda: floor.send_line(self.line),
+        )
+
+    @property
+    def url(self) -> str:
+        return self.app.url
+
+    def prepare(self, line: list[str]) -> None:
+        """The scratch database as the bot's commands found it; `line` for the next request."""
+        self.scratch.flushdb()
+        for key, dumped in self.seed.items():
+            self.scratch.restore(key, 0, dumped, replace=True)
+        self.line = line
+
+    def check_replayed(self) -> None:
+        """The commands did the bot's work: its claim and its rollout's lock, record and audit
+        entry are written beside the seed (replayed on a database without the seed, or
+        refused, they would write nothing and cost less)."""
+        written = cast(int, self.scratch.dbsize()) - len(self.seed)
+        if written < len(self.commands):
+            raise AssertionError(f"same work: {len(self.commands)} commands wrote {written} keys")
+
+    def close(self) -> None:
+        self.app.close()
+        self.scratch.flushdb()
+        self.scratch.close()
+
+
+@contextlib.contextmanager
+def _commands_before_the_move() -> Iterator[list[RedisCommand]]:
+    """The Redis commands the HTTP server's threads send until one of them asks the proxy to
+    move requests (`HAProxyRouter.shift`): what a `/rollback` ack does before the move."""
+    recorded: list[RedisCommand] = []
+    moved = threading.local()
+    execute_command: Callable[..., Any] = redis.Redis.execute_command
+    shift: Callable[..., bool] = HAProxyRouter.shift
+
+    def on_request_thread() -> bool:
+        return threading.current_thread().name.startswith(botctl.REQUEST_THREAD_PREFIX)
+
+    def execute(self: Any, *args: Any, **options: Any) -> Any:
+        if on_request_thread() and not getattr(moved, "done", False):
+            recorded.append(RedisCommand(args, dict(options)))
+        return execute_command(self, *args, **options)
+
+    def shifting(self: Any, *args: Any, **kwargs: Any) -> bool:
+        if on_request_thread():
+            moved.done = True
+        return shift(self, *args, **kwargs)
+
+    redis.Redis.execute_command = execute  # type: ignore[method-assign]
+    HAProxyRouter.shift = shifting  # type: ignore[method-assign]
+    try:
+        yield recorded
+    finally:
+        redis.Redis.execute_command = execute_command  # type: ignore[method-assign]
+        HAProxyRouter.shift = shift  # type: ignore[method-assign]
+
+
+def _pipeline_keys(store: Store, name: str) -> dict[str, bytes]:
+    """The keys a `/rollback` ack reads, dumped: the pipeline's state and its live rollout."""
+    keys = [store.keys.pipeline(name), store.keys.rollout(store.pipeline(name).live_rollout)]
+    dumped = {key: store.redis.dump(key) for key in keys}
+    return {key: value for key, value in dumped.items() if isinstance(value, bytes)}
 
 
 # 1. Requests lost in a swap --------------------------------------------------------------
@@ -507,6 +628,7 @@ def _rollback_sample(
 
 
 def _rollback_timing(
+    rig: BenchRig,
     bot: InProcessBot,
     bg: Served,
     floor: Floor,
@@ -514,15 +636,30 @@ def _rollback_timing(
     slack: LoadDriver,
     profile: TrafficProfile,
 ) -> list[dict[str, Any]]:
+    """The bot's /rollback samples, each after the floor's; the same work's from the second
+    on (its commands are the first sample's)."""
     samples = []
-    for _ in range(profile.rollback_samples):
-        botctl.deploy_and_wait(bot, bg.name, "2", statuses=(RolloutStatus.live,))
-        botctl.wait_unlocked(bot.ctx.store, bg.name)
-        for _ in range(profile.floor_flips):
-            floor.sample_bare()
-            floor.sample_router()
-        samples.append(_rollback_sample(bot, bg, probe, slack))
-        logger.info("traffic rollback sample: %s", samples[-1])
+    same: SameWork | None = None
+    try:
+        for _ in range(profile.rollback_samples):
+            botctl.deploy_and_wait(bot, bg.name, "2", statuses=(RolloutStatus.live,))
+            botctl.wait_unlocked(bot.ctx.store, bg.name)
+            for _ in range(profile.floor_flips):
+                floor.sample_bare()
+                floor.sample_router()
+                if same is not None:
+                    floor.sample_same_work(same, slack)
+            if same is None:
+                seed = _pipeline_keys(bot.ctx.store, bg.name)
+                with _commands_before_the_move() as commands:
+                    samples.append(_rollback_sample(bot, bg, probe, slack))
+                same = SameWork(rig, floor, commands, seed)
+            else:
+                samples.append(_rollback_sample(bot, bg, probe, slack))
+            logger.info("traffic rollback sample: %s", samples[-1])
+    finally:
+        if same is not None:
+            same.close()
     return samples
 
 
@@ -760,6 +897,21 @@ def _timing_row(path: str, samples: list[dict[str, Any]], floor_p50: float) -> d
     }
 
 
+def _same_work(
+    same_work: dict[str, Any], command: dict[str, Any], floor_p50: float
+) -> dict[str, Any]:
+    """The same-work samples' figures, and the bot's /rollback command row against them."""
+    figures = _timings(same_work["samples"])
+    return {
+        **figures,
+        "commands": same_work["commands"],
+        "command_ratio_p50": ratio(command["p50"], figures["p50"]),
+        "command_ratio_p99": ratio(command["p99"], figures["p99"]),
+        "ratio_p50_to_floor": ratio(figures["p50"], floor_p50),
+        "ratio_p99_to_floor": ratio(figures["p99"], floor_p50),
+    }
+
+
 def _result(
     swaps: dict[str, list[dict[str, Any]]],
     timing: list[dict[str, Any]],
@@ -768,6 +920,7 @@ def _result(
     bad: dict[str, list[dict[str, Any]]],
     floor_bare: list[dict[str, float]],
     floor_router: list[dict[str, float]],
+    same_work: dict[str, Any],
 ) -> dict[str, Any]:
     lost = []
     for key, pipeline in (
@@ -859,6 +1012,7 @@ def _result(
         "rollback_time": {
             "floor": floor,
             "router": _timings(floor_router),
+            "same_work": _same_work(same_work, rows[0], floor["p50"]),
             "rows": rows,
             "command_marks_median": _median_marks(timing) if timing else {},
             "command_last_request_to_2_median": median([s["last_request_to_2"] for s in timing]),
