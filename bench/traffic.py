@@ -530,7 +530,10 @@ def _pipeline_keys(store: Store, name: str) -> dict[str, bytes]:
     """The keys a `/rollback` ack reads, dumped: the pipeline's state and its live rollout."""
     keys = [store.keys.pipeline(name), store.keys.rollout(store.pipeline(name).live_rollout)]
     dumped = {key: store.redis.dump(key) for key in keys}
-    return {key: value for key, value in dumped.items() if isinstance(value, bytes)}
+    missing = [key for key, value in dumped.items() if not isinstance(value, bytes)]
+    if missing:
+        raise AssertionError(f"nothing to seed the same work with: {missing} not in Redis")
+    return cast(dict[str, bytes], dumped)
 
 
 # 1. Requests lost in a swap --------------------------------------------------------------
