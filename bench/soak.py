@@ -307,7 +307,7 @@ def run(rig: BenchRig, profile: SoakProfile) -> dict[str, Any]:
     }
 
 
-HISTORY_KINDS = {"rollout", "audit", "pipeline", "pipelines"}
+HISTORY_KINDS = {"rollout", "audit", "pipeline"}
 """Keys kept for good by design: rollout records, the pipelines' state, the audit stream."""
 _FINAL = {s.value for s in botctl.SETTLED}
 
