@@ -97,6 +97,23 @@ def test_rollback_and_detection_have_ratios_against_their_floors(results: dict[s
     assert all(_number(detection[k]) for k in ("p50", "max", "floor_seconds", "ratio_p50"))
 
 
+def test_traffic_times_the_rollback_against_its_floor_and_the_same_work(
+    results: dict[str, Any],
+) -> None:
+    traffic = results["traffic"]
+    assert "error" not in traffic, traffic.get("error")
+    timing = traffic["rollback_time"]
+    for reference in ("floor", "router", "same_work"):
+        assert timing[reference]["n"] >= 1 and _number(timing[reference]["p50"]), reference
+    # The same work replays what the bot's /rollback ack sent before the move: its claim and
+    # the rollout's opening.
+    assert timing["same_work"]["commands"] == 2
+    assert _number(timing["same_work"]["command_ratio_p50"])
+    for row in timing["rows"]:
+        assert row["n"] >= 1 and _number(row["p50"]) and _number(row["ratio_p50"]), row
+    assert "same work without the bot" in results["table_markdown"]
+
+
 def test_polling_covers_three_scales_with_cpu_round_trips_and_lateness(
     results: dict[str, Any],
 ) -> None:
