@@ -115,9 +115,10 @@ end
 """
 # A rollout may start only when no lock is held and no earlier rollout is still recorded as in
 # flight (an orphan from a crashed bot waits for reconciliation; it is not silently replaced):
-# the pipeline's rollout lock, else the holder's id. With a rollout's record (KEYS[3..5], ARGV[3..]) the rollout is opened in the same step: its record
-# written, listed under the pipeline, and its acceptance audited, so the lock never names a
-# rollout without a record and the ack spends one round trip on all of it.
+# the pipeline's rollout lock, else the holder's id. With a rollout's record (KEYS[3..5],
+# ARGV[3..]) the rollout is opened in the same step: its record written, listed under the
+# pipeline, and its acceptance audited, so the lock never names a rollout without a record
+# and the ack spends one round trip on all of it.
 _CLAIM_ROLLOUT = (
     _APPEND_AUDIT_FUNCTION
     + """
@@ -481,7 +482,7 @@ class Store:
     def claim_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> str | None:
         """Take the pipeline's rollout lock; returns the holder's rollout id when taken."""
         holder = self._claim(
-            keys=self._claim_keys(pipeline), args=[rollout_id, int(ttl_seconds * 1000)]
+            keys=self._lock_keys(pipeline), args=[rollout_id, int(ttl_seconds * 1000)]
         )
         return cast(str, holder) if holder else None
 
@@ -494,7 +495,7 @@ class Store:
         name = rollout.pipeline
         holder = self._claim(
             keys=[
-                *self._claim_keys(name),
+                *self._lock_keys(name),
                 self.keys.rollout(rollout.id),
                 self.keys.pipeline_rollouts(name),
                 self.keys.audit(),
@@ -512,20 +513,21 @@ class Store:
         self._log_audit(accepted)
         return None
 
-    def _claim_keys(self, pipeline: str) -> list[str]:
+    def _lock_keys(self, pipeline: str) -> list[str]:
+        """The pipeline's lock and its state (which keeps the in-flight mark), as the lock's
+        scripts take them."""
         return [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
 
     def adopt_rollout(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
-        keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
-        return bool(self._adopt(keys=keys, args=[rollout_id, int(ttl_seconds * 1000)]))
+        args: list[str | int] = [rollout_id, int(ttl_seconds * 1000)]
+        return bool(self._adopt(keys=self._lock_keys(pipeline), args=args))
 
     def renew_rollout_lock(self, pipeline: str, rollout_id: str, ttl_seconds: float) -> bool:
         keys = [self.keys.rollout_lock(pipeline)]
         return bool(self._renew(keys=keys, args=[rollout_id, int(ttl_seconds * 1000)]))
 
     def release_rollout(self, pipeline: str, rollout_id: str) -> None:
-        keys = [self.keys.rollout_lock(pipeline), self.keys.pipeline(pipeline)]
-        self._release(keys=keys, args=[rollout_id])
+        self._release(keys=self._lock_keys(pipeline), args=[rollout_id])
 
     def rollouts_in_flight(self, pipelines: list[str]) -> list[tuple[str, str, bool]]:
         """(pipeline, in-flight rollout id, lock held) for each pipeline with a rollout in
