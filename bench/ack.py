@@ -18,7 +18,6 @@ import contextlib
 import gc
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -260,7 +259,7 @@ def _counting_round_trips() -> Iterator[list[int]]:
     )
 
     def send(self: Any, command: Any, check_health: bool = True) -> None:
-        if threading.current_thread().name.startswith(botctl.REQUEST_THREAD_PREFIX):
+        if botctl.on_request_thread():
             count[0] += 1
         original(self, command, check_health)
 
@@ -272,14 +271,17 @@ def _counting_round_trips() -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def _recording_commands() -> Iterator[list[RedisCommand]]:
+def recording_commands(
+    until: Callable[[], bool] = lambda: False,
+) -> Iterator[list[RedisCommand]]:
     """The commands the HTTP server's threads ask a Redis client to send (scripts included:
-    they go through execute_command as EVALSHA; a pipeline's would not, and is not recorded)."""
+    they go through execute_command as EVALSHA; a pipeline's would not, and is not recorded),
+    none once `until()` says so on the sending thread."""
     recorded: list[RedisCommand] = []
     original: Callable[..., Any] = redis.Redis.execute_command
 
     def execute(self: Any, *args: Any, **options: Any) -> Any:
-        if threading.current_thread().name.startswith(botctl.REQUEST_THREAD_PREFIX):
+        if botctl.on_request_thread() and not until():
             recorded.append(RedisCommand(args, dict(options)))
         return original(self, *args, **options)
 
@@ -295,7 +297,7 @@ def recorded_commands(driver: LoadDriver, target: Target) -> list[RedisCommand]:
     scripts), for its same-work floor to send again."""
     case = target.cases[0]
     driver.one(target.url, case["command"], case["text"])
-    with _recording_commands() as recorded:
+    with recording_commands() as recorded:
         answer = driver.one(target.url, case["command"], case["text"])
     if case["expect"] not in answer["text"]:
         raise AssertionError(f"{target.label}: unexpected answer {answer}")

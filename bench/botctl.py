@@ -40,6 +40,11 @@ SETTLED = frozenset(
 )
 
 
+def on_request_thread() -> bool:
+    """This thread is one the HTTP server answers requests on."""
+    return threading.current_thread().name.startswith(REQUEST_THREAD_PREFIX)
+
+
 def pipeline(rig: BenchRig, what: str, **extra: Any) -> tuple[str, int, dict[str, Any]]:
     """A docker pipeline of the demo image, on a port of its own: (name, port, config)."""
     assert rig.images is not None
@@ -169,7 +174,7 @@ class EngineCalls:
         original = api.send
 
         def send(request: Any, **options: Any) -> Any:
-            if threading.current_thread().name.startswith(REQUEST_THREAD_PREFIX):
+            if on_request_thread():
                 self.count += 1
             return original(request, **options)
 

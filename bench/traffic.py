@@ -61,10 +61,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import docker.errors
-import redis
 
 from bench import botctl
-from bench.ack import BareBolt, RedisCommand
+from bench.ack import BareBolt, RedisCommand, recording_commands
 from bench.load import LoadDriver
 from bench.observe import wait_for_version
 from bench.probe import CLIENTS, PACE_SECONDS, ProbeDriver
@@ -485,7 +484,7 @@ class SameWork:
         """The commands did the bot's work: its claim and its rollout's lock, record and audit
         entry are written beside the seed (replayed on a database without the seed, or
         refused, they would write nothing and cost less)."""
-        written = cast(int, self.scratch.dbsize()) - len(self.seed)
+        written = self.scratch.dbsize() - len(self.seed)
         if written < len(self.commands):
             raise AssertionError(f"same work: {len(self.commands)} commands wrote {written} keys")
 
@@ -499,30 +498,19 @@ class SameWork:
 def _commands_before_the_move() -> Iterator[list[RedisCommand]]:
     """The Redis commands the HTTP server's threads send until one of them asks the proxy to
     move requests (`HAProxyRouter.shift`): what a `/rollback` ack does before the move."""
-    recorded: list[RedisCommand] = []
     moved = threading.local()
-    execute_command: Callable[..., Any] = redis.Redis.execute_command
     shift: Callable[..., bool] = HAProxyRouter.shift
 
-    def on_request_thread() -> bool:
-        return threading.current_thread().name.startswith(botctl.REQUEST_THREAD_PREFIX)
-
-    def execute(self: Any, *args: Any, **options: Any) -> Any:
-        if on_request_thread() and not getattr(moved, "done", False):
-            recorded.append(RedisCommand(args, dict(options)))
-        return execute_command(self, *args, **options)
-
     def shifting(self: Any, *args: Any, **kwargs: Any) -> bool:
-        if on_request_thread():
+        if botctl.on_request_thread():
             moved.done = True
         return shift(self, *args, **kwargs)
 
-    redis.Redis.execute_command = execute  # type: ignore[method-assign]
     HAProxyRouter.shift = shifting  # type: ignore[method-assign]
     try:
-        yield recorded
+        with recording_commands(until=lambda: getattr(moved, "done", False)) as recorded:
+            yield recorded
     finally:
-        redis.Redis.execute_command = execute_command  # type: ignore[method-assign]
         HAProxyRouter.shift = shift  # type: ignore[method-assign]
 
 
