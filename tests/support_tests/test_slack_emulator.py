@@ -501,7 +501,6 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 class BoltBot:
     url: str
     seen: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    opened: list[str] = field(default_factory=list)
 
     def wait_seen(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -562,7 +561,9 @@ def bolt_bot(emulator: SlackEmulator) -> Iterator[BoltBot]:
                 ],
             },
         )
-        bot.opened.append(view["view"]["id"])
+        # Recorded only once views.open has answered: the emulator logs the call before
+        # its answer reaches this thread, so waiting on the emulator alone races this line.
+        bot.seen.append(("opened", view["view"]))
 
     @app.view("five_whys")
     def submit(ack: Ack, body: dict[str, Any]) -> None:
@@ -675,12 +676,13 @@ def test_view_submission_after_views_open(
     )["ts"]
     slack.block_action("five_whys_open", message_ts=ts)
     emulator.wait_for("views.open")
+    opened = bolt_bot.wait_seen("opened")
 
     reply = slack.view_submission("five_whys", {"why_1": {"answer": "a bad config"}})
 
     assert reply.status == 200
     view = bolt_bot.wait_seen("view")["view"]
-    assert view["id"] == bolt_bot.opened[0]
+    assert view["id"] == opened["id"]
     assert view["private_metadata"] == "incident-7"
     assert view["state"]["values"]["why_1"]["answer"]["value"] == "a bad config"
 
