@@ -175,7 +175,6 @@ class Immune:
         self.scheduler.start()
         recovery_pass(self.ctx)  # before the sync, which then schedules the watches it records
         self.watcher.sync()
-        refresh_engine_view(self.ctx)
 
     def stop(self, wait: bool = False) -> None:
         for stop in self.extra_stops:

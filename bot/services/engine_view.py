@@ -1,10 +1,15 @@
 """What the engine runs for each pipeline, as last read in the background.
 
 `/pipeline <name>` shows what really runs beside what Redis says. Asking the engine inside
-Slack's ack costs a blocking call and ~1.5 ms of CPU per request, so a job reads every
-pipeline's live version every couple of seconds (status.refresh_engine_view) and the ack reads
-this view instead. A reading is used only while it is young and the pipeline's state is still
-the one it was read against (status.engine_of); otherwise the engine is asked, as before.
+Slack's ack costs a blocking call and ~1.5 ms of CPU per request, so a job reads the live
+version of each pipeline asked about lately every couple of seconds
+(status.refresh_engine_view) and the ack reads this view instead. A reading is used only while
+it is young and the pipeline's state is still the one it was read against (status.engine_of);
+otherwise the engine is asked, as before.
+
+Only pipelines asked about in the last `WANTED_SECONDS` are read: status is asked in bursts
+(during a deploy, an incident), and reading every pipeline every 2 s on every replica would
+cost the engine one listing per pipeline whether anybody looks or not.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from bot.ports import LiveVersion
 
 MAX_AGE_SECONDS = 10.0
 """An older reading is not used: the job that refreshes the view is late or stopped."""
+
+WANTED_SECONDS = 600.0
+"""How long after a `/pipeline <name>` the job keeps reading that pipeline."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,29 @@ class EngineReading:
 class EngineView:
     """The latest reading of each pipeline, shared by the refreshing job and the acks."""
 
-    def __init__(self, max_age: float = MAX_AGE_SECONDS) -> None:
+    def __init__(
+        self, max_age: float = MAX_AGE_SECONDS, wanted_for: float = WANTED_SECONDS
+    ) -> None:
         self.max_age = max_age
+        self.wanted_for = wanted_for
         self._readings: dict[str, EngineReading] = {}
+        self._asked_at: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def asked_about(self, name: str, now: float) -> None:
+        """Somebody asked about the pipeline: keep its reading fresh for `wanted_for`."""
+        with self._lock:
+            self._asked_at[name] = now
+
+    def wanted(self, now: float) -> list[str]:
+        """The pipelines asked about within `wanted_for`, sorted; the others are forgotten,
+        readings and all."""
+        with self._lock:
+            for name, asked_at in list(self._asked_at.items()):
+                if not 0 <= now - asked_at <= self.wanted_for:
+                    del self._asked_at[name]
+                    self._readings.pop(name, None)
+            return sorted(self._asked_at)
 
     def put(self, name: str, reading: EngineReading) -> None:
         with self._lock:

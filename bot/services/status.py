@@ -2,7 +2,8 @@
 
 The use case gathers what is true (Redis, and the engine for one named pipeline); the chat
 layer lays it out (bot/slack/messages.py). What the engine runs comes from the engine view
-(services/engine_view.py), refreshed in the background, while it still describes the state.
+(services/engine_view.py), refreshed in the background while the pipeline is asked about, and
+used while it still describes the state.
 """
 
 from __future__ import annotations
@@ -106,11 +107,20 @@ def engine_of(
 ) -> LiveVersion | None:
     """What the engine runs: the view's reading when it is young, still about `state`, and
     agrees with it; otherwise the engine is asked. So a disagreement, the only thing the
-    reply shows of the engine, is always what the engine says now."""
-    reading = ctx.engine_view.usable(name, state, ctx.clock.now())
+    reply shows of the engine, is always what the engine says now.
+
+    Asking keeps the pipeline in the view for a while, and the engine's answer is a reading
+    like the job's (the state was read before it), so the next ask need not wait for the job.
+    """
+    now = ctx.clock.now()
+    ctx.engine_view.asked_about(name, now)
+    reading = ctx.engine_view.usable(name, state, now)
     if reading is not None and _agrees(reading.live, state):
         return reading.live
-    return ctx.target(pipeline).live(name, pipeline)
+    live = ctx.target(pipeline).live(name, pipeline)
+    if not state.inflight_rollout:
+        ctx.engine_view.put(name, EngineReading(live, now, state.live_version, state.live_rollout))
+    return live
 
 
 def _agrees(live: LiveVersion | None, state: PipelineState) -> bool:
@@ -118,12 +128,15 @@ def _agrees(live: LiveVersion | None, state: PipelineState) -> bool:
 
 
 def refresh_engine_view(ctx: Context) -> None:
-    """Every couple of seconds: read what the engine runs for every pipeline, into the view.
+    """Every couple of seconds: read what the engine runs for each pipeline asked about lately
+    (`EngineView.wanted`), into the view; nothing at all when nobody asked.
 
     The state is read first, so a rollout that goes live while the engine is asked makes the
     reading about an older state, never used for the newer one.
     """
-    names = sorted(ctx.config.pipelines)
+    names = [n for n in ctx.engine_view.wanted(ctx.clock.now()) if n in ctx.config.pipelines]
+    if not names:
+        return
     snapshots = ctx.store.pipeline_snapshots(names)
     for name in names:
         state = snapshots[name].state

@@ -1,6 +1,7 @@
 """/pipeline on a memory target: the engine view answers `/pipeline <name>` without asking the
 engine while it is fresh and still about the pipeline's state; otherwise the engine is asked.
-Redis is read once per status, for one pipeline or all."""
+The view reads only the pipelines asked about lately. Redis is read once per status, for one
+pipeline or all."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from bot.domain.models import Rollout, RolloutStatus
 from bot.plugins import Registry, TargetPlugin, default_registry, parse_pipelines
 from bot.ports import LiveVersion
 from bot.services import status
-from bot.services.engine_view import MAX_AGE_SECONDS
+from bot.services.engine_view import MAX_AGE_SECONDS, WANTED_SECONDS
 from bot.services.requests import CommandRequest
 from bot.settings import Settings
 from bot.slack.replies import answer_text
@@ -95,11 +96,44 @@ def rig(redis_client: redis.Redis) -> Iterator[Rig]:
 
 def test_a_fresh_view_answers_without_asking_the_engine(rig: Rig) -> None:
     rig.runs("1", "r-unit-1")
+    assert rig.engine() == LiveVersion("1", "r-unit-1", True)
+    assert rig.target.asked == 1, "the first ask asks the engine"
+    rig.clock.advance(MAX_AGE_SECONDS + 1)  # that answer is too old to be used now
     status.refresh_engine_view(rig.ctx)
-    assert rig.target.asked == 2, "the job reads every pipeline"
+    assert rig.target.asked == 2, "the job read the pipeline asked about, and not the other"
     rig.clock.advance(MAX_AGE_SECONDS)
     assert rig.engine() == LiveVersion("1", "r-unit-1", True)
     assert rig.target.asked == 2, "the ack did not ask the engine"
+
+
+def test_the_answer_to_one_ask_serves_the_next(rig: Rig) -> None:
+    rig.runs("1", "r-unit-1")
+    assert rig.engine() == LiveVersion("1", "r-unit-1", True)
+    rig.clock.advance(MAX_AGE_SECONDS)
+    assert rig.engine() == LiveVersion("1", "r-unit-1", True)
+    assert rig.target.asked == 1
+
+
+def test_the_job_reads_nothing_while_nobody_asks(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig.runs("1", "r-unit-1")
+    sent = count_round_trips(monkeypatch)
+    status.refresh_engine_view(rig.ctx)
+    assert rig.target.asked == 0, "no engine is asked for a status nobody wants"
+    assert sent == [], "nor Redis"
+
+
+def test_a_pipeline_nobody_asked_about_for_a_while_is_no_longer_read(rig: Rig) -> None:
+    rig.runs("1", "r-unit-1")
+    rig.engine()
+    rig.clock.advance(WANTED_SECONDS - 1)
+    status.refresh_engine_view(rig.ctx)
+    assert rig.target.asked == 2, "still read: asked about within WANTED_SECONDS"
+    rig.clock.advance(2)
+    status.refresh_engine_view(rig.ctx)
+    assert rig.target.asked == 2
+    assert rig.ctx.engine_view.get("web") is None, "its reading is forgotten too"
+    assert rig.engine() == LiveVersion("1", "r-unit-1", True)
+    assert rig.target.asked == 3, "the next ask asks the engine, as the first did"
 
 
 def test_without_a_reading_the_engine_is_asked(rig: Rig) -> None:
@@ -110,6 +144,7 @@ def test_without_a_reading_the_engine_is_asked(rig: Rig) -> None:
 
 def test_a_stale_reading_is_not_used(rig: Rig) -> None:
     rig.runs("1", "r-unit-1")
+    rig.engine()
     status.refresh_engine_view(rig.ctx)
     rig.target.running.pop("web")  # stopped behind the bot's back, after the last reading
     rig.clock.advance(MAX_AGE_SECONDS + 0.5)
@@ -121,17 +156,23 @@ def test_a_stale_reading_is_not_used(rig: Rig) -> None:
 
 def test_a_reading_is_not_used_while_a_rollout_is_in_flight(rig: Rig) -> None:
     rig.runs("1", "r-unit-1")
+    rig.engine()
     status.refresh_engine_view(rig.ctx)
     assert rig.store.claim_rollout("web", "r-unit-2", 3) is None
     rig.target.running["web"] = LiveVersion("2", "r-unit-2", True)  # mid-swap
     assert rig.engine() == LiveVersion("2", "r-unit-2", True)
     assert rig.target.asked == 3
+    kept = rig.ctx.engine_view.get("web")
+    assert kept is not None and kept.live == LiveVersion("1", "r-unit-1", True), (
+        "an answer given while a rollout runs is not kept"
+    )
     status.refresh_engine_view(rig.ctx)
     assert rig.ctx.engine_view.get("web") is None, "no reading is kept while one runs"
 
 
 def test_a_reading_is_not_used_once_another_rollout_went_live(rig: Rig) -> None:
     rig.deploy("1")
+    rig.engine()
     status.refresh_engine_view(rig.ctx)
     asked = rig.target.asked
     went_live = rig.deploy("2")
@@ -145,6 +186,7 @@ def test_a_reading_is_not_used_once_another_rollout_went_live(rig: Rig) -> None:
 def test_a_reading_that_disagrees_with_redis_is_confirmed_with_the_engine(rig: Rig) -> None:
     rig.store.update_pipeline("web", live_version="1", live_rollout="r-unit-1")
     rig.target.running["web"] = LiveVersion("0", "r-unit-0", True)
+    assert rig.engine() == LiveVersion("0", "r-unit-0", True)
     status.refresh_engine_view(rig.ctx)
     rig.target.running["web"] = LiveVersion("1", "r-unit-1", True)  # put right since
     assert rig.engine() == LiveVersion("1", "r-unit-1", True)
@@ -153,7 +195,11 @@ def test_a_reading_that_disagrees_with_redis_is_confirmed_with_the_engine(rig: R
 
 def test_an_unreachable_engine_drops_the_reading_and_the_job_carries_on(rig: Rig) -> None:
     rig.runs("1", "r-unit-1")
+    rig.status("web")
+    rig.status("api")
     status.refresh_engine_view(rig.ctx)
+    assert rig.ctx.engine_view.get("web") is not None
+    assert rig.ctx.engine_view.get("api") is not None
     rig.target.unreachable = True
     status.refresh_engine_view(rig.ctx)  # does not raise
     assert rig.ctx.engine_view.get("web") is None
@@ -167,7 +213,7 @@ def test_a_status_reads_redis_once_for_one_pipeline_or_all(
 ) -> None:
     rig.deploy("1")
     assert rig.store.claim_rollout("api", "r-unit-api", 3) is None
-    status.refresh_engine_view(rig.ctx)
+    rig.engine()
     sent = count_round_trips(monkeypatch)
     asked = rig.target.asked
     [web] = rig.status("web").pipelines
@@ -218,10 +264,13 @@ def test_the_bot_refreshes_the_view_every_couple_of_seconds(
     bot.ctx.store.update_pipeline("web", live_version="1", live_rollout="r-unit-1")
     target.running["web"] = LiveVersion("1", "r-unit-1", True)
     bot.start()
-    first = bot.ctx.engine_view.get("web")
-    assert first is not None and first.live == LiveVersion("1", "r-unit-1", True), "at start"
+    assert bot.ctx.engine_view.get("web") is None, "nothing is read before anybody asks"
     job = bot.scheduler.get_job("refresh-engine-view")
     assert job is not None
+    request = CommandRequest("/pipeline", "web", "U0ADMIN", CHANNEL)
+    report = status.pipeline_command(bot.ctx, request)
+    assert isinstance(report, status.StatusReport)
+    assert report.pipelines[0].engine == LiveVersion("1", "r-unit-1", True)
     target.running["web"] = LiveVersion("1", "r-unit-1", False)
     wait_for(
         lambda: (
@@ -231,7 +280,6 @@ def test_the_bot_refreshes_the_view_every_couple_of_seconds(
         ENGINE_VIEW_INTERVAL_SECONDS * 3,
     )
     asked = target.asked
-    request = CommandRequest("/pipeline", "web", "U0ADMIN", CHANNEL)
     report = status.pipeline_command(bot.ctx, request)
     assert isinstance(report, status.StatusReport)
     assert report.pipelines[0].engine == LiveVersion("1", "r-unit-1", False)
