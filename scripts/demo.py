@@ -675,6 +675,30 @@ def remove_earlier_containers() -> list[str]:
     return sorted(removed)
 
 
+def remove_earlier_images(repository: str) -> int:
+    """The demo's images an earlier run pulled: scripts/demo.sh builds and pushes the three
+    versions anew each run (a new build time, a new digest) and drops its own tags, so every
+    copy of the repository the engine still holds is an earlier run's, unused once its
+    containers are gone. An image another repository also names is left alone."""
+    client = docker.from_env()
+    removed = 0
+    for image in client.images.list(name=repository):
+        names = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+        if not names or any(
+            not name.startswith(f"{repository}@") and not name.startswith(f"{repository}:")
+            for name in names
+        ):
+            continue
+        try:
+            client.images.remove(image.id)
+        except docker.errors.APIError as exc:  # still used, e.g. by a container not ours
+            print(f"Kept {image.short_id} of an earlier run: {exc.explanation}")
+            continue
+        removed += 1
+    client.close()
+    return removed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -716,6 +740,9 @@ def main() -> int:
     removed = remove_earlier_containers()
     if removed:
         print(f"Removed the demo's containers of an earlier run: {', '.join(removed)}")
+    images = remove_earlier_images(args.image)
+    if images:
+        print(f"Removed {images} image(s) of {args.image} an earlier run pulled")
 
     with SlackEmulator() as emulator:
         emulator.add_channel(CHANNEL, "deploys")
