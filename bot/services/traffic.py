@@ -612,16 +612,20 @@ def retire_baseline(ctx: Context, rollout: Rollout, pipeline: Pipeline) -> None:
 
 def restore_routes(ctx: Context, names: list[str] | None = None) -> list[str]:
     """Put the recorded routes back where the proxy lost them (it restarted); returns the
-    pipelines whose routes were restored. Pipelines with a rollout in flight are left to it."""
+    pipelines whose routes were restored. Pipelines with a rollout in flight are left to it.
+    Redis is read once for all of them: the job runs every 2 s on every replica, and each watch
+    poll of a pipeline behind a proxy runs it too."""
     restored = []
-    for name in names if names is not None else sorted(ctx.config.pipelines):
+    candidates = names if names is not None else sorted(ctx.config.pipelines)
+    behind = [name for name in candidates if ctx.config.pipelines[name].traffic is not None]
+    snapshots = ctx.store.pipeline_snapshots(behind)
+    for name in behind:
         pipeline = ctx.config.pipelines[name]
-        if pipeline.traffic is None:
+        assert pipeline.traffic is not None
+        snapshot = snapshots[name]
+        if snapshot.state.inflight_rollout or not snapshot.state.live_rollout:
             continue
-        state = ctx.store.pipeline(name)
-        if state.inflight_rollout or not state.live_rollout:
-            continue
-        rollout = ctx.store.rollout(state.live_rollout)
+        rollout = snapshot.live
         if rollout is None or rollout.traffic is None:
             continue
         router = served(ctx, pipeline).router(pipeline)

@@ -580,6 +580,18 @@ def test_routes_lost_by_a_proxy_restart_are_put_back_from_redis_and_the_channel_
     assert len(told) == 1, "told once, not at every check"
 
 
+def test_checking_the_proxy_s_routes_reads_redis_once(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make(strategy="canary", steps=[5, 100], step_duration="10s")
+    good_first(rig)
+    rig.deploy("2", RolloutStatus.live)
+    rig.store.load_scripts()  # as the bot does at start
+    sent = count_round_trips(monkeypatch)
+    assert traffic.restore_routes(rig.ctx) == []
+    assert len(sent) == 1, "the state and the live rollout's record in one round trip"
+
+
 # Config rules -------------------------------------------------------------------------------
 
 
