@@ -324,14 +324,19 @@ _AUDIT_FIELDS = tuple(name for name in AuditEntry.model_fields if name != "id")
 class PipelineSnapshot:
     """A pipeline's state and the rollouts it names, as read together at one moment.
 
-    The live rollout's record is parsed when first asked for: a pipeline nearly always has
-    one, and most readers but `/pipeline` (a refusal, the engine view's job) need the state
-    only; validating the record costs more than reading it.
+    Each rollout's record is parsed when first asked for: most readers need the state only
+    (an already-live refusal, the engine view's job, the recovery and proxy-route passes, which
+    skip a pipeline with a rollout in flight), and validating a record costs more than reading
+    it.
     """
 
     state: PipelineState
-    inflight: Rollout | None
+    inflight_record: str | None  # the in-flight rollout's JSON, as stored
     live_record: str | None  # the live rollout's JSON, as stored
+
+    @cached_property
+    def inflight(self) -> Rollout | None:
+        return Rollout.model_validate_json(self.inflight_record) if self.inflight_record else None
 
     @cached_property
     def live(self) -> Rollout | None:
@@ -344,7 +349,7 @@ def _snapshot(name: str, answer: list[Any]) -> PipelineSnapshot:
     flat, inflight, live = answer
     return PipelineSnapshot(
         PipelineState.from_hash(name, dict(zip(flat[::2], flat[1::2], strict=True))),
-        Rollout.model_validate_json(inflight) if inflight else None,
+        inflight or None,
         live or None,
     )
 

@@ -113,7 +113,7 @@ def test_a_failure_after_a_refusal_still_audits_it_and_lets_a_retry_run(
         claim = claim_reading(kind, subject, pipeline)
         assert claim.snapshot is not None
         return dataclasses.replace(
-            claim, snapshot=dataclasses.replace(claim.snapshot, inflight=None)
+            claim, snapshot=dataclasses.replace(claim.snapshot, inflight_record=None)
         )
 
     def unreachable(rollout_id: str) -> Any:

@@ -64,6 +64,32 @@ def test_every_pipeline_with_its_rollouts_in_one_round_trip(
     assert new.state == store.pipeline("new") and new.live is None and new.inflight is None
 
 
+def test_a_snapshot_parses_a_record_only_when_it_is_read(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, inflight = rollout("r-live", "web", "1"), rollout("r-next", "web", "2")
+    store.create_rollout(live)
+    store.create_rollout(inflight)
+    store.update_pipeline("web", live_version="1", live_rollout=live.id)
+    assert store.claim_rollout("web", inflight.id, 3) is None
+    parsed: list[str] = []
+    parse = Rollout.model_validate_json
+
+    def counted(raw: str) -> Rollout:
+        made = parse(raw)
+        parsed.append(made.id)
+        return made
+
+    monkeypatch.setattr(Rollout, "model_validate_json", counted)
+    web = store.pipeline_snapshots(["web"])["web"]
+    assert web.state.inflight_rollout == inflight.id
+    assert parsed == [], "a reader of the state alone validates no record"
+    assert web.inflight == inflight and web.inflight == inflight
+    assert parsed == [inflight.id], "the in-flight record, once"
+    assert web.live == live
+    assert parsed == [inflight.id, live.id]
+
+
 def test_no_pipelines_no_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     sent = count_round_trips(monkeypatch)
     assert store.pipeline_snapshots([]) == {}
