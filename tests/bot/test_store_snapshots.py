@@ -36,14 +36,20 @@ def store(redis_client: redis.Redis) -> Store:
     return Store(redis_client, Keys(f"immune-unit-{secrets.token_hex(3)}"), FrozenClock(START))
 
 
-def test_every_pipeline_with_its_rollouts_in_one_round_trip(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def live_and_in_flight(store: Store) -> tuple[Rollout, Rollout]:
+    """Pipeline `web` with version 1 live and good, and version 2's rollout in flight."""
     live, inflight = rollout("r-live", "web", "1"), rollout("r-next", "web", "2")
     store.create_rollout(live)
     store.create_rollout(inflight)
     store.update_pipeline("web", live_version="1", live_rollout=live.id, last_good_version="1")
     assert store.claim_rollout("web", inflight.id, 3) is None
+    return live, inflight
+
+
+def test_every_pipeline_with_its_rollouts_in_one_round_trip(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, inflight = live_and_in_flight(store)
     store.update_pipeline("api", live_rollout="r-gone")  # a record that has expired
     store.halt("db", by="U0ADMIN", reason="maintenance")
     store.pipeline_snapshots(["web"])  # the script is loaded once per server
@@ -67,11 +73,7 @@ def test_every_pipeline_with_its_rollouts_in_one_round_trip(
 def test_a_snapshot_parses_a_record_only_when_it_is_read(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    live, inflight = rollout("r-live", "web", "1"), rollout("r-next", "web", "2")
-    store.create_rollout(live)
-    store.create_rollout(inflight)
-    store.update_pipeline("web", live_version="1", live_rollout=live.id)
-    assert store.claim_rollout("web", inflight.id, 3) is None
+    live, inflight = live_and_in_flight(store)
     parsed: list[str] = []
     parse = Rollout.model_validate_json
 
