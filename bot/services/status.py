@@ -117,9 +117,20 @@ def engine_of(
     reading = ctx.engine_view.usable(name, state, now)
     if reading is not None and _agrees(reading.live, state):
         return reading.live
+    return _read_engine(ctx, name, pipeline, state)
+
+
+def _read_engine(
+    ctx: Context, name: str, pipeline: Pipeline, state: PipelineState
+) -> LiveVersion | None:
+    """Ask the engine what runs; the answer becomes the view's reading about `state` (read
+    before the engine was asked), unless a rollout is in flight: then none is kept."""
+    read_at = ctx.clock.now()
     live = ctx.target(pipeline).live(name, pipeline)
     if not state.inflight_rollout:
-        ctx.engine_view.put(name, EngineReading(live, now, state.live_version, state.live_rollout))
+        ctx.engine_view.put(
+            name, EngineReading(live, read_at, state.live_version, state.live_rollout)
+        )
     return live
 
 
@@ -143,18 +154,12 @@ def refresh_engine_view(ctx: Context) -> None:
         if state.inflight_rollout:
             ctx.engine_view.forget(name)  # never used while a rollout runs: the engine is asked
             continue
-        pipeline = ctx.pipeline(name)
-        read_at = ctx.clock.now()
         try:
-            live = ctx.target(pipeline).live(name, pipeline)
+            _read_engine(ctx, name, ctx.pipeline(name), state)
         except Exception:
             # Without a reading, /pipeline <name> asks the engine itself, as it always did.
             if ctx.engine_view.forget(name):
                 logger.warning("could not read what the engine runs for %s", name, exc_info=True)
-            continue
-        ctx.engine_view.put(
-            name, EngineReading(live, read_at, state.live_version, state.live_rollout)
-        )
 
 
 def export_audit(ctx: Context, name: str) -> str:
