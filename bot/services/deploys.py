@@ -318,16 +318,22 @@ def start_rollout(
         max_age_days=ctx.limits.audit_max_age_days,
     )
     # The lock, the record and the audit entry in one round trip: behind a proxy a rollback
-    # moves the requests right after (move_now), inside Slack's ack.
+    # moves the requests right after (move_now), inside Slack's ack, and only then logs the
+    # entry (a log line costs about as much as the runtime API's round trip).
     holder = ctx.store.open_rollout(rollout, ttl, accepted)
     if holder is not None:
         audit_in_flight(ctx, name, actor, kind.value, image, command)
         raise in_flight(ctx, name, holder)
+    if traffic_split is not None:
+        try:
+            traffic.move_now(ctx, rollout, pipeline)
+        finally:
+            ctx.store.log_audit(accepted)
+    else:
+        ctx.store.log_audit(accepted)
     if pipeline.approvals is not None and needs_approval:
         approvals.request_approval(ctx, rollout, pipeline)
         return rollout
-    if traffic_split is not None:
-        traffic.move_now(ctx, rollout, pipeline)
     ctx.runner.submit(rollout.id)
     return rollout
 

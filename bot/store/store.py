@@ -496,7 +496,9 @@ class Store:
     ) -> str | None:
         """`claim_rollout`, and with the lock the rollout's record written (as
         `create_rollout`) and `accepted` audited, atomically, in one round trip. Returns the
-        holder's rollout id when the lock was taken (nothing written then)."""
+        holder's rollout id when the lock was taken (nothing written then). The entry's log
+        line is the caller's (`log_audit`): a rollback behind a proxy moves the requests
+        first."""
         name = rollout.pipeline
         holder = self._claim(
             keys=[
@@ -515,7 +517,6 @@ class Store:
         )
         if holder:
             return cast(str, holder)
-        self._log_audit(accepted)
         return None
 
     def _lock_keys(self, pipeline: str) -> list[str]:
@@ -928,7 +929,7 @@ class Store:
             args += [len(entry), *entry]
         self._answer_with_audit(keys=[key, self.keys.audit()], args=args)
         for record in audit:
-            self._log_audit(record)
+            self.log_audit(record)
 
     def first_answer(self, kind: Once, request_id: str) -> str | None:
         """The first delivery's answer; None while it is still being handled."""
@@ -992,10 +993,11 @@ class Store:
     def append_audit(self, record: AuditRecord) -> str:
         """Append one entry made by `audit_record`; returns its stream id."""
         entry_id = self._audit_append(keys=[self.keys.audit()], args=record.args())
-        self._log_audit(record)
+        self.log_audit(record)
         return cast(str, entry_id)
 
-    def _log_audit(self, record: AuditRecord) -> None:
+    def log_audit(self, record: AuditRecord) -> None:
+        """The log line of an entry written to the stream (each writer logs its own)."""
         entry = record.entry
         logger.log(
             # A refusal is logged once, at INFO, where it is answered (handlers/errors.py).

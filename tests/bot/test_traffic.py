@@ -367,6 +367,60 @@ def test_a_rollback_moves_the_requests_after_two_redis_round_trips(
     assert _round_trips_before_the_move(rig, monkeypatch) == [2]
 
 
+def _accepted_lines(caplog: pytest.LogCaptureFixture, action: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(f"audit actor=U0ADMIN action={action} ")
+        and "outcome=accepted" in r.getMessage()
+    ]
+
+
+def test_a_rollback_logs_its_acceptance_once_after_the_requests_moved(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make(strategy="blue_green")
+    pin_first(rig, good_first(rig))
+    caplog.set_level("INFO", logger="bot.store.store")
+    rig.deploy("2", RolloutStatus.live)
+    assert len(_accepted_lines(caplog, "deploy")) == 1, "a deploy moves nothing in the ack"
+    logged_at_shift: list[list[str]] = []
+    shift = rig.router.shift
+
+    def watched(traffic: Any, weights: Any) -> bool:
+        logged_at_shift.append(_accepted_lines(caplog, "rollback"))
+        return shift(traffic, weights)
+
+    monkeypatch.setattr(rig.router, "shift", watched)
+    rig.clock.advance(1)
+    answer = rig.command("/rollback", "web 1")
+    assert answer.startswith("Rolling `web` back to `1`"), answer
+    assert logged_at_shift[:1] == [[]], "the requests moved before the line was logged"
+    [line] = _accepted_lines(caplog, "rollback")
+    assert f"rollout={rig.newest().id}" in line
+    [entry] = [e for e in rig.store.audit_entries(pipeline="web") if e.action == "rollback"]
+    assert entry.outcome == "accepted", "the entry itself was written before the move"
+
+
+def test_an_accepted_rollback_is_logged_even_when_recording_its_move_fails(
+    make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make(strategy="blue_green")
+    pin_first(rig, good_first(rig))
+    rig.deploy("2", RolloutStatus.live)
+    caplog.set_level("INFO", logger="bot.store.store")
+
+    def redis_gone(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(rig.store, "update_rollout", redis_gone)
+    rig.clock.advance(1)
+    request = CommandRequest("/rollback", "web 1", "U0ADMIN", CHANNEL)
+    with pytest.raises(redis.ConnectionError):
+        deploys.rollback(rig.ctx, request)
+    assert len(_accepted_lines(caplog, "rollback")) == 1, "the entry in Redis has its log line"
+
+
 def test_without_the_baselines_reference_the_move_waits_for_one_more_round_trip(
     make: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
