@@ -185,7 +185,7 @@ class Immune:
             self.scheduler.shutdown(wait=False)
         self.runner.shutdown(wait=wait)
         if self.slack_link is not None:
-            self.slack_link.stop()
+            self.slack_link.stop(wait=wait)
         if wait:  # nothing runs any more: its connections may go (not while work still runs)
             for close in self.closers:
                 try:

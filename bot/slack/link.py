@@ -245,10 +245,18 @@ class SlackLink:
                 report["reason"] = self._reason
             return report
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """No message is tried after this; with `wait`, a call already in flight is waited
+        for (at most a try's timeout and its retry interval, plus a second), so nothing of
+        this link runs or logs once it returns while Slack still answers."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        if not wait or threading.current_thread() is self._worker:
+            return
+        self._worker.join(self.timeout_seconds + self.retry_seconds + 1.0)
+        if self._worker.is_alive():
+            logger.warning("the Slack outbox was still sending at stop; it is left to finish")
 
     # The worker --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -140,3 +141,47 @@ def test_a_refused_channel_is_logged_once_not_retried_and_raised_when_asked(
     ]
     assert link.state is SlackState.ok, "a channel's refusal is not Slack failing"
     link.stop()
+
+
+def test_a_stop_that_waits_returns_after_the_call_in_flight_and_tries_nothing_more() -> None:
+    """A bot stopped between two tests (or at shutdown) leaves no outbox thread behind to
+    meet a Slack that has gone meanwhile and log about it later."""
+    link = make_link(wait_seconds=0.05)
+    started, release = threading.Event(), threading.Event()
+    tried: list[str] = []
+
+    def slow() -> str:
+        tried.append("slow")
+        started.set()
+        release.wait(5)
+        return "ts-slow"
+
+    assert link.send("slow", slow) is None  # its caller stopped waiting
+    link.send("next", lambda: tried.append("next") or "ts-next")
+    assert started.wait(5)
+    stopped = threading.Event()
+    stopper = threading.Thread(target=lambda: (link.stop(wait=True), stopped.set()))
+    stopper.start()
+    assert not stopped.wait(0.3), "the stop waits for the call in flight"
+    release.set()
+    assert stopped.wait(5), "and returns once it ended"
+    stopper.join(5)
+    assert not link._worker.is_alive()
+    assert tried == ["slow"], "nothing is tried after the stop"
+
+
+def test_a_stop_that_does_not_wait_returns_at_once() -> None:
+    link = make_link(wait_seconds=0.05)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "ts"
+
+    link.send("slow", slow)
+    assert started.wait(5)
+    began = time.monotonic()
+    link.stop()
+    assert time.monotonic() - began < 0.1
+    release.set()
