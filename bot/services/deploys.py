@@ -324,12 +324,10 @@ def start_rollout(
     if holder is not None:
         audit_in_flight(ctx, name, actor, kind.value, image, command)
         raise in_flight(ctx, name, holder)
-    if traffic_split is not None:
-        try:
+    try:
+        if traffic_split is not None:
             traffic.move_now(ctx, rollout, pipeline)
-        finally:
-            ctx.store.log_audit(accepted)
-    else:
+    finally:
         ctx.store.log_audit(accepted)
     if pipeline.approvals is not None and needs_approval:
         approvals.request_approval(ctx, rollout, pipeline)

@@ -997,7 +997,8 @@ class Store:
         return cast(str, entry_id)
 
     def log_audit(self, record: AuditRecord) -> None:
-        """The log line of an entry written to the stream (each writer logs its own)."""
+        """The log line of an entry written to the stream: `append_audit` and `record_answer`
+        log theirs, `open_rollout`'s caller logs the rollout's acceptance."""
         entry = record.entry
         logger.log(
             # A refusal is logged once, at INFO, where it is answered (handlers/errors.py).
