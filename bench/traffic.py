@@ -421,10 +421,7 @@ class Floor:
     def sample_same_work(self, same: SameWork, slack: LoadDriver) -> None:
         def move(old: str, new: str) -> float:
             same.prepare(self.weights_line(old, new))
-            reply = slack.one(same.url, "/rollback", "floor 1")
-            if reply["status"] != 200 or reply["text"] != "ok":
-                raise AssertionError(f"same work: HTTP {reply['status']} {reply['text']!r}")
-            return float(reply["sent_at"])
+            return same.send(slack)
 
         self.same_work_commands = len(same.commands)
         self.same_work.append(self._flip(move))
@@ -480,9 +477,14 @@ class SameWork:
         new connection with a `help` request, which this app's one command would answer by
         moving the requests before the timed request was sent (the first sample came out
         at -0.8 to -1.0 ms)."""
+        self.send(slack)
+
+    def send(self, slack: LoadDriver) -> float:
+        """Slack's `/rollback` to the app, its answer checked; when it was sent."""
         reply = slack.one(self.url, "/rollback", "floor 1")
         if reply["status"] != 200 or reply["text"] != "ok":
             raise AssertionError(f"same work: HTTP {reply['status']} {reply['text']!r}")
+        return float(reply["sent_at"])
 
     def prepare(self, line: list[str]) -> None:
         """The scratch database as the bot's commands found it; `line` for the next request."""
