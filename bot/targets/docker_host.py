@@ -683,7 +683,8 @@ class DockerHostTarget:
         raise RolloutFailed(
             f"no free port in traffic.ports {traffic.ports}: {len(running)} held by running "
             f"versions, {len(taken_by_others)} taken by other processes"
-            + (f" ({', '.join(map(str, taken_by_others[:5]))})" if taken_by_others else ""),
+            + (f" ({', '.join(map(str, taken_by_others[:5]))})" if taken_by_others else "")
+            + "; free a port there or widen traffic.ports, then try again",
         )
 
     def _create_beside(self, request: RolloutRequest, port: int) -> Container:

@@ -111,11 +111,12 @@ def served_web(
 ) -> Callable[..., dict[str, Any]]:
     """A pipeline `web` of the demo image behind a real HAProxy (the `haproxy_server` of the
     test) that the session's Prometheus scrapes, judged by the built-in error rate; call it
-    with the traffic block's keys (`strategy=...`) and it returns the pipeline's config."""
+    with the traffic block's keys (`strategy=...`; `ports`: how many) and it returns the
+    pipeline's config."""
 
-    def make(**traffic: Any) -> dict[str, Any]:
+    def make(ports: int = 6, **traffic: Any) -> dict[str, Any]:
         backend = unique_name.replace("-", "_")  # unique: the session's Prometheus is shared
-        block = haproxy_server.traffic_block(backend, ports=6, drain="1s", **traffic)
+        block = haproxy_server.traffic_block(backend, ports=ports, drain="1s", **traffic)
         haproxy_server.serve({"web": block})
         prometheus_server.set_targets({"pipeline": unique_name}, [haproxy_server.exporter])
         prometheus_server.wait_for_series(

@@ -5,6 +5,8 @@ bounded loopback load through `traffic.listen` that records every response (issu
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import requests
 
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
+from bot.targets.docker_host import port_taken
 from tests.scenarios.test_deploy_loop import deploy
 from tests.support.bot_harness import CHANNEL, wait_until
 from tests.support.load import LoadRecord, steady_load
@@ -237,6 +240,87 @@ def test_a_version_that_fails_its_health_check_never_gets_a_request(
     assert_nothing_lost(record)
     assert record.share("1") == 1.0, record.summary()
     print(f"unhealthy version: {record.summary()}")
+
+
+class OtherProcessListening:
+    """Something that is not immune listening on a version's port; counts what it accepts
+    (a request the proxy sent it would be one)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted = 0
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # As servers do: a stopped version's connections may still linger there in TIME_WAIT.
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
+        self._socket.listen(8)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            connection.close()
+
+    def __enter__(self) -> OtherProcessListening:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(timeout=5)
+
+
+def test_a_port_another_process_holds_is_skipped_and_with_none_left_the_deploy_fails_unstarted(
+    start_bot: Any, served_web: Any, prometheus_server: Any, docker_client: Any
+) -> None:
+    web = served_web(strategy="blue_green", ports=3)
+    low, high = (int(p) for p in web["traffic"]["ports"].split("-"))
+    bot = start_served_bot(start_bot, web, prometheus_server)
+    first = first_good(bot)
+    assert first.traffic is not None
+    one = first.traffic.port
+    taken, free = [p for p in range(low, high + 1) if p != one]
+    name = web["container"]["name"]
+
+    def version_1_stopped() -> bool:
+        running = docker_client.containers.list(
+            filters={"label": [f"immune.container={name}", "immune.version=1"]}
+        )
+        return not running
+
+    with (
+        OtherProcessListening(taken) as other,
+        steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load,
+    ):
+        time.sleep(0.5)
+        deploy(bot, "web 2")
+        second = rollout_of(bot, "2", is_(RolloutStatus.good))
+        wait_until(version_1_stopped, 15, what="version 1 drained and stopped")
+        assert not port_taken(one), "a stopped version's port is free again"
+        with OtherProcessListening(one) as another:
+            tried = time.monotonic()
+            deploy(bot, "web 3")
+            failed = rollout_of(bot, "3", lambda r: r.status.finished)
+            time.sleep(0.5)
+    record = load.record
+    assert second.traffic is not None and second.traffic.port == free, "the taken port skipped"
+    assert failed.status is RolloutStatus.failed
+    assert "no free port in traffic.ports" in failed.error, failed.error
+    assert "1 held by running versions, 2 taken by other processes" in failed.error, failed.error
+    assert "widen traffic.ports" in failed.error, failed.error
+    assert "start" not in [s.name for s in failed.steps], "nothing was started"
+    posted(bot, "no free port in traffic.ports")
+    assert_nothing_lost(record)
+    assert not record.failures(), record.summary()
+    after = [r for r in record.responses if r.sent_at > tried]
+    assert after and all(r.version == "2" for r in after), "version 2 kept every request"
+    assert other.accepted == 0 and another.accepted == 0, "the proxy never sent them a request"
+    print(f"ports taken by another process: {record.summary()}")
 
 
 def test_an_unreachable_runtime_api_fails_the_deploy_before_anything_starts(
