@@ -740,8 +740,11 @@ def _breach_sample(
                 load.stop()
                 first = probe.start(trip.port, "1", consecutive=CONSECUTIVE, timeout=15)
                 probing = True
-            tripped = botctl.wait_for_rollout(store, tripped.id, (RolloutStatus.rolled_back,), 30)
+            # The probe's answer first: waiting on it holds no GIL, where polling Redis for the
+            # rollout every 20 ms (a read and a parse in this, the bot's, process) would take
+            # it from the bot while it moves the requests.
             seen = probe.result() if probing else None
+            tripped = botctl.wait_for_rollout(store, tripped.id, (RolloutStatus.rolled_back,), 30)
             auto = botctl.wait_for_rollout(
                 store, _auto_rollback(store, trip.name, tripped.created_at).id
             )
