@@ -144,11 +144,16 @@ def test_a_canary_goes_to_100_percent_step_by_step_with_the_shares_it_promised(
 
 
 def test_a_bad_version_caught_at_the_first_canary_step_hurt_only_its_share(
-    start_bot: Any, served_web: Any, prometheus_server: Any
+    start_bot: Any, served_web: Any, prometheus_server: Any, docker_client: Any
 ) -> None:
     web = served_web(strategy="canary", steps=[5, 50, 100], step_duration="60s")
+    # No /metrics in any version: the watch judges them by the proxy's own counts alone.
+    web["container"]["environment"] = {"DEMO_METRICS": "off"}
     bot = start_served_bot(start_bot, web, prometheus_server)
-    first_good(bot)
+    first = first_good(bot)
+    assert first.traffic is not None
+    baseline = f"http://127.0.0.1:{first.traffic.port}"
+    assert requests.get(f"{baseline}/metrics", timeout=5).status_code == 404
     with steady_load("127.0.0.1", listen_port(web), rate=2 * RATE, max_seconds=40) as load:
         time.sleep(1)
         started = time.monotonic()
@@ -166,6 +171,12 @@ def test_a_bad_version_caught_at_the_first_canary_step_hurt_only_its_share(
     assert all(r.version == "3" for r in failed), "only the bad version's own 5xx"
     after = [r for r in record.responses if r.sent_at > ended + 0.5]
     assert after and all(r.version == "1" for r in after)
+    assert requests.get(f"{baseline}/metrics", timeout=5).status_code == 404
+    [bad] = docker_client.containers.list(
+        all=True,
+        filters={"label": [f"immune.container={web['container']['name']}", "immune.version=3"]},
+    )
+    assert "DEMO_METRICS=off" in bad.attrs["Config"]["Env"], "3 ran without /metrics too"
     assert wait_until(lambda: bot.ctx.store.rollout(breached.id).incident_id, 10)
     posted(bot, "sent all traffic back to `1`; `3` had 5% of requests (step 1 of 3)")
     print(
