@@ -86,6 +86,15 @@ def assert_nothing_lost(record: LoadRecord) -> None:
     assert not lost, f"{record.summary()}; first lost: {lost[:3]}"
 
 
+def containers_of_version(
+    docker_client: Any, web: dict[str, Any], version: str, *, stopped_too: bool = False
+) -> list[Any]:
+    """The pipeline's containers of `version` (by the labels the bot gives them): running
+    ones, or every one with `stopped_too`."""
+    labels = [f"immune.container={web['container']['name']}", f"immune.version={version}"]
+    return list(docker_client.containers.list(all=stopped_too, filters={"label": labels}))
+
+
 def test_blue_green_deploy_and_a_rollback_during_the_watch_lose_no_request(
     start_bot: Any, served_web: Any, prometheus_server: Any
 ) -> None:
@@ -172,10 +181,7 @@ def test_a_bad_version_caught_at_the_first_canary_step_hurt_only_its_share(
     after = [r for r in record.responses if r.sent_at > ended + 0.5]
     assert after and all(r.version == "1" for r in after)
     assert requests.get(f"{baseline}/metrics", timeout=5).status_code == 404
-    [bad] = docker_client.containers.list(
-        all=True,
-        filters={"label": [f"immune.container={web['container']['name']}", "immune.version=3"]},
-    )
+    [bad] = containers_of_version(docker_client, web, "3", stopped_too=True)
     assert "DEMO_METRICS=off" in bad.attrs["Config"]["Env"], "3 ran without /metrics too"
     assert wait_until(lambda: bot.ctx.store.rollout(breached.id).incident_id, 10)
     posted(bot, "sent all traffic back to `1`; `3` had 5% of requests (step 1 of 3)")
@@ -207,12 +213,9 @@ def test_a_rollback_after_the_watch_starts_the_old_version_first_and_loses_nothi
     first_good(bot)
     deploy(bot, "web 2")
     second = rollout_of(bot, "2", is_(RolloutStatus.good))
-    name = web["container"]["name"]
 
     def version_1_stopped() -> bool:
-        running = docker_client.containers.list(
-            filters={"label": [f"immune.container={name}", "immune.version=1"]}
-        )
+        running = containers_of_version(docker_client, web, "1")
         return bot.ctx.store.rollout(second.id).traffic.baseline_retired and not running
 
     wait_until(version_1_stopped, 15, what="version 1 drained and stopped")
@@ -296,14 +299,6 @@ def test_a_port_another_process_holds_is_skipped_and_with_none_left_the_deploy_f
     assert first.traffic is not None
     one = first.traffic.port
     taken, free = [p for p in range(low, high + 1) if p != one]
-    name = web["container"]["name"]
-
-    def version_1_stopped() -> bool:
-        running = docker_client.containers.list(
-            filters={"label": [f"immune.container={name}", "immune.version=1"]}
-        )
-        return not running
-
     with (
         OtherProcessListening(taken) as other,
         steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load,
@@ -311,7 +306,11 @@ def test_a_port_another_process_holds_is_skipped_and_with_none_left_the_deploy_f
         time.sleep(0.5)
         deploy(bot, "web 2")
         second = rollout_of(bot, "2", is_(RolloutStatus.good))
-        wait_until(version_1_stopped, 15, what="version 1 drained and stopped")
+        wait_until(
+            lambda: not containers_of_version(docker_client, web, "1"),
+            15,
+            what="version 1 drained and stopped",
+        )
         assert not port_taken(one), "a stopped version's port is free again"
         with OtherProcessListening(one) as another:
             tried = time.monotonic()
