@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from bot.domain.config import Traffic
 from bot.domain.models import Rollout, RolloutKind, RolloutStatus
 from bot.targets.docker_host import port_taken
 from tests.scenarios.test_deploy_loop import deploy
@@ -261,7 +262,6 @@ class OtherProcessListening:
     (a request the proxy sent it would be one)."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
         self.accepted = 0
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # As servers do: a stopped version's connections may still linger there in TIME_WAIT.
@@ -293,12 +293,12 @@ def test_a_port_another_process_holds_is_skipped_and_with_none_left_the_deploy_f
     start_bot: Any, served_web: Any, prometheus_server: Any, docker_client: Any
 ) -> None:
     web = served_web(strategy="blue_green", ports=3)
-    low, high = (int(p) for p in web["traffic"]["ports"].split("-"))
+    ports = Traffic.model_validate(web["traffic"]).ports.numbers()
     bot = start_served_bot(start_bot, web, prometheus_server)
     first = first_good(bot)
     assert first.traffic is not None
     one = first.traffic.port
-    taken, free = [p for p in range(low, high + 1) if p != one]
+    taken, free = [p for p in ports if p != one]
     with (
         OtherProcessListening(taken) as other,
         steady_load("127.0.0.1", listen_port(web), rate=RATE, max_seconds=40) as load,
