@@ -325,6 +325,7 @@ def traffic_table(traffic: JsonDict) -> list[str]:
             f"{_ratio(row['ratio_p99'])} | {_verdict(row['met'])} |"
         )
     same = timing.get("same_work")
+    stack = timing.get("bolt_only")
     references = [
         ("floor: one bare runtime-API line (weight up; weight down) + probe", timing["floor"]),
         (
@@ -338,6 +339,14 @@ def traffic_table(traffic: JsonDict) -> list[str]:
                 f"same work: Slack's /rollback to bare bolt sending the {same['commands']} Redis "
                 "commands the bot's ack sends before the move, then the floor's line + probe",
                 same,
+            )
+        )
+    if stack:
+        references.append(
+            (
+                "bolt only: Slack's /rollback to the same bare bolt app sending no Redis command, "
+                "then the floor's line + probe",
+                stack,
             )
         )
     for label, figures in references:
@@ -357,6 +366,13 @@ def traffic_table(traffic: JsonDict) -> list[str]:
             f"{_num(same['p99'], 1000, 1)} ms ({_ratio(same['command_ratio_p99'])}); the same "
             f"work alone is {_ratio(same['ratio_p50_to_floor'])} the floor's p50 at p50 and "
             f"{_ratio(same['ratio_p99_to_floor'])} at p99.",
+        ]
+    if stack and stack["n"]:
+        lines += [
+            "",
+            "Slack's request through the HTTP server and bolt to the floor's line, writing "
+            f"nothing: {_ratio(stack['ratio_p50_to_floor'])} the floor's p50 at p50 and "
+            f"{_ratio(stack['ratio_p99_to_floor'])} at p99, before any app records anything.",
         ]
     lines += [
         "",

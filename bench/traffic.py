@@ -40,7 +40,9 @@ stop-then-start swap on one port, its KPI read from the demo's own /metrics. All
    floor's line; timed by the same probe from the same client. Its commands go to a scratch
    database of the same Redis (scripts are cached server-wide, so they run as they ran),
    holding the pipeline's state as it was when the bot's were recorded (DUMP, then RESTORE
-   before each request).
+   before each request). And the stack alone: the same bare bolt app sending no Redis command,
+   then the floor's line: what any bolt app behind this HTTP server pays from Slack's request
+   before it could move anything.
 3. A bad version (demo tag 3: every other GET / answers 500) deployed to the canary pipeline,
    caught at its 5% step, against the same version deployed to `direct` and rolled back by the
    watch; both with the same watch and threshold, at 100 req/s. Failed requests from the
@@ -244,7 +246,7 @@ def run(rig: BenchRig, profile: TrafficProfile) -> dict[str, Any]:
             bad["canary"].append(_bad_version_run(bot, canary))
             bad["direct"].append(_bad_version_run(bot, direct))
         floor_bare, floor_router = list(floor.bare), list(floor.router)
-        same_work = {"commands": floor.same_work_commands, "samples": list(floor.same_work)}
+        same_work = dict(floor.same_work)
     finally:
         if rig.emulator is not None:
             for method in SLOW_METHODS:
@@ -362,8 +364,8 @@ class Floor:
         self.serving = "2"
         self.bare: list[dict[str, float]] = []
         self.router: list[dict[str, float]] = []
-        self.same_work: list[dict[str, float]] = []
-        self.same_work_commands = 0
+        # Bare bolt's samples by how many Redis commands its /rollback sent first.
+        self.same_work: dict[int, list[dict[str, float]]] = {}
         self.ids: list[str] = []
         try:
             for version, port in self.ports.items():
@@ -426,8 +428,7 @@ class Floor:
             same.prepare(self.weights_line(old, new))
             return same.send(slack)
 
-        self.same_work_commands = len(same.commands)
-        self.same_work.append(self._flip(move))
+        self.same_work.setdefault(len(same.commands), []).append(self._flip(move))
         same.check_replayed()
 
     def sample_router(self) -> None:
@@ -449,14 +450,14 @@ class Floor:
 class SameWork:
     """What the bot's `/rollback` ack must do before the requests move, without the bot: a
     bare bolt app whose `/rollback` sends `commands` (the bot's, recorded) to a scratch
-    database holding `seed` (the keys they read, as they were), then the floor's line."""
+    database holding `seed` (the keys they read, as they were), then the floor's line. With
+    no commands it is the stack alone: Slack's request through the HTTP server and bolt's
+    dispatch to the floor's line, what any bolt app pays before it can move anything."""
 
     def __init__(
         self, rig: BenchRig, floor: Floor, commands: list[RedisCommand], seed: dict[str, bytes]
     ) -> None:
         assert rig.redis is not None and rig.emulator is not None
-        if not commands:
-            raise AssertionError("the bot's /rollback sent no Redis command before the move")
         url = rig.redis.url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}"
         self.commands = commands
         self.seed = seed
@@ -491,9 +492,10 @@ class SameWork:
 
     def prepare(self, line: list[str]) -> None:
         """The scratch database as the bot's commands found it; `line` for the next request."""
-        self.scratch.flushdb()
-        for key, dumped in self.seed.items():
-            self.scratch.restore(key, 0, dumped, replace=True)
+        if self.commands:
+            self.scratch.flushdb()
+            for key, dumped in self.seed.items():
+                self.scratch.restore(key, 0, dumped, replace=True)
         self.line = line
 
     def _move(self, floor: Floor) -> None:
@@ -506,6 +508,8 @@ class SameWork:
         """The commands did the bot's work: its claim and its rollout's lock, record and audit
         entry are written beside the seed (replayed on a database without the seed, or
         refused, they would write nothing and cost less)."""
+        if not self.commands:
+            return
         written = self.scratch.dbsize() - len(self.seed)
         if written < len(self.commands):
             raise AssertionError(f"same work: {len(self.commands)} commands wrote {written} keys")
@@ -653,25 +657,33 @@ def _rollback_timing(
     on (its commands are the first sample's)."""
     samples = []
     same: SameWork | None = None
+    stack = SameWork(rig, floor, [], {})
     try:
+        stack.warm(slack)
         for _ in range(profile.rollback_samples):
             botctl.deploy_and_wait(bot, bg.name, "2", statuses=(RolloutStatus.live,))
             botctl.wait_unlocked(bot.ctx.store, bg.name)
             for _ in range(profile.floor_flips):
                 floor.sample_bare()
                 floor.sample_router()
+                floor.sample_same_work(stack, slack)
                 if same is not None:
                     floor.sample_same_work(same, slack)
             if same is None:
                 seed = _pipeline_keys(bot.ctx.store, bg.name)
                 with _commands_before_the_move() as commands:
                     samples.append(_rollback_sample(bot, bg, probe, slack))
+                if not commands:
+                    raise AssertionError(
+                        "the bot's /rollback sent no Redis command before the move"
+                    )
                 same = SameWork(rig, floor, commands, seed)
                 same.warm(slack)
             else:
                 samples.append(_rollback_sample(bot, bg, probe, slack))
             logger.info("traffic rollback sample: %s", samples[-1])
     finally:
+        stack.close()
         if same is not None:
             same.close()
     return samples
@@ -915,13 +927,14 @@ def _timing_row(path: str, samples: list[dict[str, Any]], floor_p50: float) -> d
 
 
 def _same_work(
-    same_work: dict[str, Any], command: dict[str, Any], floor_p50: float
+    commands: int, samples: list[dict[str, float]], command: dict[str, Any], floor_p50: float
 ) -> dict[str, Any]:
-    """The same-work samples' figures, and the bot's /rollback command row against them."""
-    figures = _timings(same_work["samples"])
+    """Bare bolt's samples with `commands` Redis commands before the move, and the bot's
+    /rollback command row against them."""
+    figures = _timings(samples)
     return {
         **figures,
-        "commands": same_work["commands"],
+        "commands": commands,
         "command_ratio_p50": ratio(command["p50"], figures["p50"]),
         "command_ratio_p99": ratio(command["p99"], figures["p99"]),
         "ratio_p50_to_floor": ratio(figures["p50"], floor_p50),
@@ -937,7 +950,7 @@ def _result(
     bad: dict[str, list[dict[str, Any]]],
     floor_bare: list[dict[str, float]],
     floor_router: list[dict[str, float]],
-    same_work: dict[str, Any],
+    same_work: dict[int, list[dict[str, float]]],
 ) -> dict[str, Any]:
     lost = []
     for key, pipeline in (
@@ -950,6 +963,7 @@ def _result(
             {"pipeline": pipeline, "swap": "before the commands", **_sum(swaps[key], "baseline")}
         )
     behind = [row for row in lost if row["pipeline"].startswith("behind")]
+    recorded = max((n for n in same_work if n), default=0)  # the bot's commands before the move
     floor = _timings(floor_bare)
     rows = [
         _timing_row("/rollback command", timing, floor["p50"]),
@@ -1029,7 +1043,11 @@ def _result(
         "rollback_time": {
             "floor": floor,
             "router": _timings(floor_router),
-            "same_work": _same_work(same_work, rows[0], floor["p50"]),
+            # The bot's recorded commands, and the stack alone (none).
+            "same_work": _same_work(
+                recorded, same_work[recorded] if recorded else [], rows[0], floor["p50"]
+            ),
+            "bolt_only": _same_work(0, same_work.get(0, []), rows[0], floor["p50"]),
             "rows": rows,
             "command_marks_median": _median_marks(timing) if timing else {},
             "command_last_request_to_2_median": median([s["last_request_to_2"] for s in timing]),
