@@ -492,10 +492,9 @@ class SameWork:
 
     def prepare(self, line: list[str]) -> None:
         """The scratch database as the bot's commands found it; `line` for the next request."""
-        if self.commands:
-            self.scratch.flushdb()
-            for key, dumped in self.seed.items():
-                self.scratch.restore(key, 0, dumped, replace=True)
+        self.scratch.flushdb()
+        for key, dumped in self.seed.items():
+            self.scratch.restore(key, 0, dumped, replace=True)
         self.line = line
 
     def _move(self, floor: Floor) -> None:
@@ -508,8 +507,6 @@ class SameWork:
         """The commands did the bot's work: its claim and its rollout's lock, record and audit
         entry are written beside the seed (replayed on a database without the seed, or
         refused, they would write nothing and cost less)."""
-        if not self.commands:
-            return
         written = self.scratch.dbsize() - len(self.seed)
         if written < len(self.commands):
             raise AssertionError(f"same work: {len(self.commands)} commands wrote {written} keys")
